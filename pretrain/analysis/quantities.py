@@ -1,0 +1,118 @@
+"""What a trained ViT learned, as numbers: the quantities behind Figure 7 of Dosovitskiy et al. (2021).
+
+Pure tensor functions. Attention inputs are the softmax probabilities of
+``VisionTransformer.forward_attention_maps``: one ``[B, heads, N, N]`` tensor per block, with the
+``num_prefix_tokens`` prefix (CLS) tokens first and the ``gh * gw`` patch tokens after them in row-major order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+
+def patch_pixel_distances(grid_size: tuple[int, int], patch_size: int) -> Tensor:
+    """Euclidean distance in pixels between the centres of every two patches: ``[gh*gw, gh*gw]``."""
+    grid_h, grid_w = grid_size
+    rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], dim=1).double() * patch_size
+    return torch.cdist(centres, centres)
+
+
+def mean_attention_distance(
+    attn: Tensor, grid_size: tuple[int, int], patch_size: int, num_prefix_tokens: int = 1
+) -> Tensor:
+    """Attention-weighted mean pixel distance between query and key patches, per head: ``[B, H, N, N] -> [H]``.
+
+    Prefix tokens are dropped as queries and as keys; each query's attention is renormalized over the patch
+    keys, so the result is the distance a head looks across the image, averaged over the batch and queries.
+    """
+    patch_attn = attn[:, :, num_prefix_tokens:, num_prefix_tokens:].double()
+    expected_tokens = grid_size[0] * grid_size[1]
+    if patch_attn.shape[-1] != expected_tokens:
+        raise ValueError(
+            f"attention over {patch_attn.shape[-1]} patch tokens does not match grid {grid_size} "
+            f"({expected_tokens} patches) after dropping {num_prefix_tokens} prefix tokens"
+        )
+    patch_attn = patch_attn / patch_attn.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    distances = patch_pixel_distances(grid_size, patch_size).to(patch_attn.device)
+    per_query = (patch_attn * distances).sum(dim=-1)
+    return per_query.mean(dim=(0, 2)).float()
+
+
+def mean_attention_distance_by_layer(
+    attentions: Sequence[Tensor], grid_size: tuple[int, int], patch_size: int, num_prefix_tokens: int = 1
+) -> Tensor:
+    """:func:`mean_attention_distance` of every block stacked: ``depth x [B, H, N, N] -> [depth, H]``."""
+    return torch.stack(
+        [mean_attention_distance(attn, grid_size, patch_size, num_prefix_tokens) for attn in attentions]
+    )
+
+
+def position_embedding_similarity(pos_embed: Tensor, grid_size: tuple[int, int]) -> Tensor:
+    """Cosine similarity of every patch's position embedding to every other: ``[gh*gw, D] -> [gh, gw, gh, gw]``.
+
+    ``pos_embed`` holds the patch tokens only (drop the prefix rows first). ``similarity[i, j]`` is the
+    ``[gh, gw]`` map of the patch at row ``i``, column ``j`` against all patches.
+    """
+    grid_h, grid_w = grid_size
+    if pos_embed.shape[0] != grid_h * grid_w:
+        raise ValueError(f"{pos_embed.shape[0]} position embeddings do not match grid {grid_size}; drop prefix rows")
+    unit = torch.nn.functional.normalize(pos_embed.double(), dim=-1)
+    return (unit @ unit.T).reshape(grid_h, grid_w, grid_h, grid_w).float()
+
+
+HEAD_FUSIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "mean": lambda attn: attn.mean(dim=1),
+    "max": lambda attn: attn.amax(dim=1),
+    "min": lambda attn: attn.amin(dim=1),
+}
+
+
+def attention_rollout(attentions: Sequence[Tensor], head_fusion: str = "mean", add_residual: bool = True) -> Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020): ``depth x [B, H, N, N] -> [B, N, N]``.
+
+    Heads are fused per block; with ``add_residual`` each block's matrix becomes ``0.5 * A + 0.5 * I`` (the
+    skip connection) with rows renormalized; the blocks are multiplied from the first to the last, so row
+    ``q`` of the result says how much each input token flows into output token ``q``.
+    """
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"unknown head_fusion {head_fusion!r}; known: {', '.join(HEAD_FUSIONS)}")
+    rollout = None
+    for attn in attentions:
+        fused = HEAD_FUSIONS[head_fusion](attn.double())
+        if add_residual:
+            fused = 0.5 * fused + 0.5 * torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
+            fused = fused / fused.sum(dim=-1, keepdim=True)
+        rollout = fused if rollout is None else fused @ rollout
+    if rollout is None:
+        raise ValueError("attention_rollout needs at least one attention map")
+    return rollout.float()
+
+
+def cls_attention_maps(attn: Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
+    """How much the CLS token (the first token) attends to each patch: ``[B, H, N, N] -> [B, H, gh, gw]``.
+
+    Raw probabilities (mass on prefix tokens is left out, not renormalized). For a rollout ``[B, N, N]``,
+    pass ``rollout[:, None]`` to get ``[B, 1, gh, gw]``.
+    """
+    batch, heads = attn.shape[:2]
+    return attn[:, :, 0, num_prefix_tokens:].reshape(batch, heads, *grid_size)
+
+
+def patch_embedding_components(weight: Tensor, num_components: int = 28) -> Tensor:
+    """Top principal components of the patch-embedding filters: ``[D, C, p, p] -> [k, C, p, p]``.
+
+    Each of the ``D`` filters is one sample of dimension ``C*p*p``; components are unit vectors, mutually
+    orthogonal, ordered by explained variance, ``k = min(num_components, D, C*p*p)``. Each component's sign is
+    fixed so that its largest-magnitude entry is positive, which makes the result deterministic.
+    """
+    filters = weight.detach().double().flatten(1)
+    centred = filters - filters.mean(dim=0, keepdim=True)
+    _, _, directions = torch.linalg.svd(centred, full_matrices=False)
+    components = directions[: min(num_components, *filters.shape)]
+    largest = components.gather(1, components.abs().argmax(dim=1, keepdim=True))
+    components = components * largest.sign()
+    return components.reshape(-1, *weight.shape[1:]).float()

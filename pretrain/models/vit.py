@@ -1,0 +1,334 @@
+"""Vision Transformer backbone (Dosovitskiy et al., 2021), parameter-compatible with timm's ``VisionTransformer``.
+
+Parameter names and shapes follow timm, so a timm state dict loads with ``strict=True`` and gives the same outputs.
+Attention runs through ``scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU); the explicit
+softmax path exists only for :meth:`VisionTransformer.forward_attention_maps`, used by the analysis tools.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PoolKind = Literal["token", "avg"]
+PosEmbedKind = Literal["learn", "sincos"]
+
+
+def sincos_pos_embed_2d(embed_dim: int, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
+    """Fixed 2-D sin-cos position embedding as in MAE: ``[prefix + gh*gw, D]``, prefix rows zero.
+
+    The first half of the channels encodes the column index, the second half the row index; each half is
+    ``[sin(pos * omega), cos(pos * omega)]`` with ``omega_i = 10000^(-i / (D/4))``.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"sin-cos position embedding needs embed_dim divisible by 4, got {embed_dim}")
+    grid_h, grid_w = grid_size
+    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4))
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
+    )
+
+    def encode(positions: Tensor) -> Tensor:
+        angles = positions.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([encode(cols), encode(rows)], dim=1)
+    prefix = torch.zeros(num_prefix_tokens, embed_dim, dtype=torch.float64)
+    return torch.cat([prefix, table], dim=0).float()
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches to tokens: conv with kernel = stride = patch. ``[B, C, H, W] -> [B, L, D]``."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection. ``[B, N, D] -> [B, N, D]``."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv.unbind(0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self._heads(x)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj(x.transpose(1, 2).flatten(2))
+
+    def attention_probs(self, x: Tensor) -> Tensor:
+        """Softmax attention weights ``[B, heads, N, N]`` (explicit path, for analysis only)."""
+        q, k, _ = self._heads(x)
+        return (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP. ``[..., D] -> [..., D]``."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scaling (CaiT); parameter named ``gamma`` as in timm."""
+
+    def __init__(self, dim: int, init_values: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample with probability ``drop_prob``."""
+
+    def __init__(self, drop_prob: float) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+def _optional(module: nn.Module, enabled: bool) -> nn.Module:
+    return module if enabled else nn.Identity()
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        layer_scale_init: float | None = None,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.ls1 = _optional(LayerScale(dim, layer_scale_init or 0.0), layer_scale_init is not None)
+        self.drop_path1 = _optional(DropPath(drop_path), drop_path > 0)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls2 = _optional(LayerScale(dim, layer_scale_init or 0.0), layer_scale_init is not None)
+        self.drop_path2 = _optional(DropPath(drop_path), drop_path > 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder with a CLS token and an optional linear head.
+
+    ``global_pool="avg"`` averages patch tokens and normalizes them with ``fc_norm`` (the final ``norm`` becomes
+    identity), as timm and the MAE fine-tuning recipe do; ``"token"`` uses the normalized CLS token.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 0,
+        global_pool: PoolKind = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        layer_scale_init: float | None = None,
+        drop_path_rate: float = 0.0,
+        pos_embed: PosEmbedKind = "learn",
+        norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if pos_embed not in ("learn", "sincos"):
+            raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {pos_embed!r}")
+        self.global_pool = global_pool
+        self.embed_dim = embed_dim
+        self.num_classes = num_classes
+        self.num_prefix_tokens = 1
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, embed_dim),
+            requires_grad=pos_embed == "learn",
+        )
+        drop_rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.Sequential(
+            *(
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, layer_scale_init, rate, norm_eps)
+                for rate in drop_rates
+            )
+        )
+        use_fc_norm = global_pool == "avg"
+        self.norm = _optional(nn.LayerNorm(embed_dim, eps=norm_eps), not use_fc_norm)
+        self.fc_norm = _optional(nn.LayerNorm(embed_dim, eps=norm_eps), use_fc_norm)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(pos_embed)
+
+    def _init_weights(self, pos_embed: PosEmbedKind) -> None:
+        """MAE's initialization: xavier-uniform linears and patch projection, small normal tokens."""
+        if pos_embed == "sincos":
+            table = sincos_pos_embed_2d(self.embed_dim, self.patch_embed.grid_size, self.num_prefix_tokens)
+            self.pos_embed.data.copy_(table.unsqueeze(0))
+        else:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=0.02)
+        proj = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def patch_size(self) -> int:
+        return self.patch_embed.patch_size
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that the optimizer must not decay (besides norms and biases)."""
+        return {"pos_embed", "cls_token"}
+
+    def embed_patches(self, images: Tensor) -> Tensor:
+        """Patch tokens with their position embedding added, no CLS: ``[B, C, H, W] -> [B, L, D]``."""
+        return self.patch_embed(images) + self.pos_embed[:, self.num_prefix_tokens :]
+
+    def prepend_cls(self, tokens: Tensor) -> Tensor:
+        """``[B, L, D] -> [B, 1 + L, D]`` with the CLS token (plus its position embedding) first."""
+        cls = (self.cls_token + self.pos_embed[:, : self.num_prefix_tokens]).expand(tokens.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """``[B, C, H, W] -> [B, 1 + L, D]`` encoded tokens (after the final norm when CLS pooling is used)."""
+        return self.norm(self.blocks(self.prepend_cls(self.embed_patches(images))))
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """``[B, 1 + L, D] -> [B, D]``: CLS token or mean of patch tokens followed by ``fc_norm``."""
+        if self.global_pool == "avg":
+            return self.fc_norm(tokens[:, self.num_prefix_tokens :].mean(dim=1))
+        return tokens[:, 0]
+
+    def forward_head(self, tokens: Tensor, pre_logits: bool = False) -> Tensor:
+        pooled = self.pool(tokens)
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    @torch.no_grad()
+    def forward_attention_maps(self, images: Tensor) -> list[Tensor]:
+        """Attention probabilities of every block, ``[B, heads, 1 + L, 1 + L]`` each (CLS first).
+
+        A separate explicit-softmax pass, so the fused attention of :meth:`forward` stays untouched.
+        """
+        x = self.prepend_cls(self.embed_patches(images))
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.attention_probs(block.norm1(x)))
+            x = block(x)
+        return maps
+
+    def reset_classifier(self, num_classes: int, global_pool: PoolKind | None = None) -> None:
+        """Swap the head (and optionally the pooling) for a downstream task; new layers are freshly initialized."""
+        if global_pool is not None and global_pool != self.global_pool:
+            use_fc_norm = global_pool == "avg"
+            self.norm = _optional(nn.LayerNorm(self.embed_dim, eps=self._norm_eps()), not use_fc_norm)
+            self.fc_norm = _optional(nn.LayerNorm(self.embed_dim, eps=self._norm_eps()), use_fc_norm)
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _norm_eps(self) -> float:
+        return self.blocks[0].norm1.eps
+
+
+# Architecture presets: (embed_dim, depth, num_heads). Patch size and image size are options of their own.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "test": dict(embed_dim=64, depth=4, num_heads=4),
+    "test_wide": dict(embed_dim=192, depth=4, num_heads=3),
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "huge": dict(embed_dim=1280, depth=32, num_heads=16),
+}
+
+
+def _preset_table() -> dict[str, dict[str, Any]]:
+    """``vit_<size>_patch<p>`` for the paper sizes and patches 14/16/32, plus ``vit_test_patch4`` for tests."""
+    table = {
+        f"vit_{size}_patch{patch}": dict(ARCHITECTURES[size], patch_size=patch)
+        for size in ("tiny", "small", "base", "large", "huge")
+        for patch in (14, 16, 32)
+    }
+    table["vit_test_patch4"] = dict(ARCHITECTURES["test"], patch_size=4, img_size=32)
+    table["vit_test_wide_patch4"] = dict(ARCHITECTURES["test_wide"], patch_size=4, img_size=32)
+    return table
+
+
+PRESETS: dict[str, dict[str, Any]] = _preset_table()
+
+
+def preset_options(name: str) -> dict[str, Any]:
+    """The constructor options of a named preset; unknown names list the known ones."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown ViT preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[name])
+
+
+def create_vit(name: str, **overrides: Any) -> VisionTransformer:
+    """Build a preset, e.g. ``create_vit("vit_base_patch16", img_size=384, num_classes=100)``."""
+    return VisionTransformer(**{**preset_options(name), **overrides})
+
+
+def grid_side(num_tokens: int) -> int:
+    """Side of a square token grid; a clear error when the count is not a square."""
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f"{num_tokens} patch tokens do not form a square grid")
+    return side
