@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by slurm/pretrain.sh and slurm/finetune.sh inside a job. Derives the layout from the allocation
 # (never hard-coded) and prints it; inside each srun task Lightning's SLURMEnvironment reads its own rank
 # from SLURM_PROCID, SLURM_LOCALID and SLURM_NODEID.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -114,13 +115,32 @@ def find_offline_run(wandb_dir: Path) -> Path:
     return candidates[0]
 
 
-def read_offline_run(path: Path) -> OfflineRun:
-    """Read an offline run: `path` is its `offline-run-*` directory, or a folder holding exactly one."""
+def finished_records(record_file: Path, timeout_s: float = 30.0) -> list[wandb_internal_pb2.Record]:
+    """All records of a finished run, waiting until wandb-core has written the run's `exit` record.
+
+    `run.finish()` can return before wandb-core (a separate process) has flushed the file: right after it the
+    file may hold only its header or end in a partly written chunk.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            records = list(iter_records(record_file))
+        except ValueError:
+            records = []
+        if any(record.WhichOneof("record_type") == "exit" for record in records):
+            return records
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{record_file} has no exit record after {timeout_s} s; was the run finished?")
+        time.sleep(0.05)
+
+
+def read_offline_run(path: Path, timeout_s: float = 30.0) -> OfflineRun:
+    """Read a finished offline run: `path` is its `offline-run-*` directory, or a folder holding exactly one."""
     path = Path(path)
     run_dir = path if path.name.startswith("offline-run-") else find_offline_run(path)
     (record_file,) = run_dir.glob("run-*.wandb")
     run = OfflineRun(directory=run_dir)
-    for record in iter_records(record_file):
+    for record in finished_records(record_file, timeout_s):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             row: dict[str, Any] = {}

@@ -123,14 +123,14 @@ def plot_reconstructions(
 ) -> Path:
     """MAE reconstructions, one row per image: ``panels [B, 4, C, H, W]`` in [0, 1] from ``reconstruction_panels``."""
     rows, columns = panels.shape[:2]
-    figure = Figure(figsize=(columns * TILE_INCHES, rows * TILE_INCHES + 0.4))
+    figure = Figure(figsize=(columns * (TILE_INCHES + 0.3), rows * TILE_INCHES + 0.4))
     axes = figure.subplots(rows, columns, squeeze=False)
     for row in range(rows):
         for col, ax in enumerate(axes[row]):
             ax.set_axis_off()
             _show_image(ax, panels[row, col])
             if row == 0:
-                ax.set_title(column_titles[col].capitalize(), fontsize=9)
+                ax.set_title(column_titles[col], fontsize=9)
     figure.suptitle("MAE reconstructions")
     return _save(figure, path)
 

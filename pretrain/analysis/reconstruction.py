@@ -14,7 +14,7 @@ from torch import Tensor
 
 from pretrain.models.mae import patchify, unpatchify
 
-RECONSTRUCTION_COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
+RECONSTRUCTION_COLUMNS = ("Original", "Masked", "Reconstruction", "Reconstruction + visible")
 # Same epsilon and unbiased variance as the norm_pix_loss targets of pretrain.models.mae.pixel_targets.
 NORM_PIX_EPS = 1e-6
 

@@ -1,10 +1,8 @@
+# shellcheck shell=bash
 # Shared by start_cluster.sh and stop_cluster.sh (sourced, not run).
 
-# Daemon state, PID files and logs of the test cluster; the config itself goes to /etc/slurm/slurm.conf,
-# where sbatch, srun and sinfo find it without any environment variable.
+# Daemon state, PID files and logs of the test cluster.
 STATE_DIR=${VITFM_SLURM_DIR:-/var/lib/vitfm-slurm}
-CONF=/etc/slurm/slurm.conf
-CONF_MARKER="written by tests/slurm/start_cluster.sh"
 
 die() {
   echo "$(basename "$0"): $*" >&2

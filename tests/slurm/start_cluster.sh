@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Start a single-node SLURM cluster on this machine, for the tests marked `slurm` and for CI.
 #
-#   sudo tests/slurm/start_cluster.sh    # install slurm + munge if missing, start munged, slurmctld, slurmd
-#   sudo tests/slurm/stop_cluster.sh     # stop what this script started
+#   tests/slurm/start_cluster.sh    # as root: install slurm + munge if missing, start munged, slurmctld, slurmd
+#   tests/slurm/stop_cluster.sh     # stop what this script started
 #
 # Made for Debian 12 containers run as root without an init system: the daemons are started by hand, without
 # cgroups. Idempotent: with the cluster up, a second run only prints the summary line. Takes ~10-20 s on a
 # fresh machine, most of it apt. Daemon state and logs: $VITFM_SLURM_DIR (default /var/lib/vitfm-slurm).
 set -euo pipefail
+# shellcheck source=tests/slurm/cluster_lib.sh
 source "$(dirname "$0")/cluster_lib.sh"
 
+# The config goes where sbatch, srun and sinfo find it without any environment variable.
+CONF=/etc/slurm/slurm.conf
+CONF_MARKER="written by tests/slurm/start_cluster.sh"
 TEMPLATE=$(dirname "$0")/slurm.conf.in
 TIMEOUT_S=${VITFM_SLURM_TIMEOUT:-60}
 
@@ -57,7 +61,7 @@ start_munged() {
   fi
   [[ -s /etc/munge/munge.key ]] || runuser -u munge -- mungekey --create
   install -d -o munge -g munge -m 0755 /run/munge
-  runuser -u munge -- /usr/sbin/munged
+  runuser -u munge -- /usr/sbin/munged || { print_daemon_logs; die "munged failed to start"; }
   wait_for 10 "munged to answer (munge -n | unmunge)" munge_works
   cp /run/munge/munged.pid "$STATE_DIR/munged.pid"
 }
@@ -76,7 +80,7 @@ start_daemon() {
 summary() {
   local node
   node=$(sinfo -h -N -o '%N, %c CPUs, %m MB memory, state %T, partition %P' | head -n 1)
-  echo "slurm $1 in $SECONDS s: node $node; config $CONF; logs $STATE_DIR"
+  echo "slurm $1: node $node; config $CONF; logs $STATE_DIR"
 }
 
 [[ $EUID -eq 0 ]] || die "must run as root (it installs packages and starts daemons)"
@@ -94,4 +98,4 @@ start_munged
 start_daemon slurmctld
 start_daemon slurmd
 wait_for "$TIMEOUT_S" "the node to come up in sinfo" node_is_up
-summary "up"
+summary "up in $SECONDS s"

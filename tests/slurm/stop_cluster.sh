@@ -3,6 +3,7 @@
 # slurmd, slurmctld and (if start_cluster.sh started it) munged. Controller state is kept, so a later
 # start recovers the job id counter. Safe to run when nothing is up.
 set -euo pipefail
+# shellcheck source=tests/slurm/cluster_lib.sh
 source "$(dirname "$0")/cluster_lib.sh"
 
 no_job_left() {

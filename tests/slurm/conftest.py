@@ -1,0 +1,46 @@
+"""Fixtures for tests that run jobs on a real SLURM cluster.
+
+Start a single-node cluster with `tests/slurm/start_cluster.sh` (root, Debian). Without one these tests skip,
+unless VITFM_REQUIRE_SLURM=1 (set in CI), where they fail instead so that CI cannot pass without running them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from slurm_jobs import SlurmJobs, slurm_command
+
+
+def _cluster_problem() -> str | None:
+    """Why no job can run here, or None when a node is ready."""
+    if shutil.which("sbatch") is None:
+        return "sbatch not found: start a single-node cluster with tests/slurm/start_cluster.sh"
+    try:
+        nodes = slurm_command("sinfo", "-h", "-N", "-o", "%N %T").split("\n")
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        return f"sinfo failed, is slurmctld running? (tests/slurm/start_cluster.sh): {error}"
+    if not any(node.split()[1:] in (["idle"], ["mixed"]) for node in nodes if node):
+        return f"no idle SLURM node; sinfo says: {'; '.join(node for node in nodes if node)}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster_ready() -> None:
+    problem = _cluster_problem()
+    if problem is None:
+        return
+    if os.environ.get("VITFM_REQUIRE_SLURM") == "1":
+        pytest.fail(f"VITFM_REQUIRE_SLURM=1 but {problem}")
+    pytest.skip(problem)
+
+
+@pytest.fixture
+def slurm_jobs(slurm_cluster_ready: None, tmp_path: Path) -> Iterator[SlurmJobs]:
+    jobs = SlurmJobs(tmp_path)
+    yield jobs
+    jobs.cancel_unfinished()
