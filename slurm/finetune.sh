@@ -27,4 +27,5 @@ source slurm/job_env.sh
 
 srun --kill-on-bad-exit=1 "${VITFM_PYTHON:-python}" finetune/run.py \
   trainer="${VITFM_TRAINER:-ddp}" trainer.num_nodes="$NODES" trainer.devices="$DEVICES_PER_NODE" \
-  run_dir="runs/finetune/$SLURM_JOB_ID" resume=auto logger.run_id="slurm-$SLURM_JOB_ID" "$@"
+  run_dir="runs/finetune/$SLURM_JOB_ID" resume=auto \
+  logger.run_id="slurm-$SLURM_CLUSTER_NAME-$SLURM_JOB_ID" "$@"

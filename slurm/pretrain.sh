@@ -3,7 +3,7 @@
 #
 #   mkdir -p logs                                            # sbatch does not create the --output directory
 #   sbatch slurm/pretrain.sh                                 # the defaults below: 2 nodes x 8 GPUs, 48 h
-#   sbatch --nodes=8 --time=24:00:00 slurm/pretrain.sh model=vit_large data=shards data.path=/data/in1k
+#   sbatch --nodes=8 --time=24:00:00 slurm/pretrain.sh model=vit_large data=shards data.shards=/data/in1k
 #   sbatch --partition=gpu --account=myproject slurm/pretrain.sh optim.lr=2e-4
 #   VITFM_TRAINER=ddp sbatch slurm/pretrain.sh               # DDP instead of DeepSpeed ZeRO-2
 #
@@ -11,7 +11,7 @@
 # arguments after the script go to pretrain/run.py as Hydra overrides. A job requeued after the USR1
 # warning (Lightning saves a checkpoint and runs `scontrol requeue`), a preemption or `scontrol requeue`
 # keeps its job id, so it reopens runs/pretrain/<job id>, resumes from its last checkpoint and continues
-# W&B run slurm-<job id>. See docs/cluster.md.
+# W&B run slurm-<cluster>-<job id>. See docs/cluster.md.
 #SBATCH --job-name=vitfm-pretrain
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=8
@@ -29,4 +29,5 @@ source slurm/job_env.sh
 
 srun --kill-on-bad-exit=1 "${VITFM_PYTHON:-python}" pretrain/run.py \
   trainer="${VITFM_TRAINER:-deepspeed_zero2}" trainer.num_nodes="$NODES" trainer.devices="$DEVICES_PER_NODE" \
-  run_dir="runs/pretrain/$SLURM_JOB_ID" resume=auto logger.run_id="slurm-$SLURM_JOB_ID" "$@"
+  run_dir="runs/pretrain/$SLURM_JOB_ID" resume=auto \
+  logger.run_id="slurm-$SLURM_CLUSTER_NAME-$SLURM_JOB_ID" "$@"

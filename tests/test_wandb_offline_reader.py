@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import wandb
 
-from tests.wandb_offline import read_offline_run
+from wandb_offline import read_offline_run
 
 
 def without_wandb_keys(values: dict) -> dict:
@@ -15,23 +15,19 @@ def without_wandb_keys(values: dict) -> dict:
 
 @pytest.fixture
 def offline_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Offline W&B whose every file lands under tmp_path; returns the directory runs are written to."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
+    """The directory offline runs are written to.
+
+    conftest's `_hermetic_wandb` already keeps W&B offline and its cache, config and data directories temporary.
+    """
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    for variable, folder in [
-        ("WANDB_DIR", "runs"),
-        ("WANDB_CACHE_DIR", "cache"),
-        ("WANDB_CONFIG_DIR", "config"),
-        ("WANDB_DATA_DIR", "data"),
-    ]:
-        (tmp_path / folder).mkdir()
-        monkeypatch.setenv(variable, str(tmp_path / folder))
-    return tmp_path / "runs"
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    return tmp_path
 
 
 def test_reader_returns_the_logged_scalars_config_summary_and_image(offline_wandb: Path) -> None:
-    run = wandb.init(project="reader-test", config={"lr": 0.1, "model": {"depth": 2}})
+    # A 70 kB config value makes the run record span three 32 kB blocks (FIRST, MIDDLE, LAST chunks).
+    config = {"lr": 0.1, "model": {"depth": 2}, "notes": "x" * 70_000}
+    run = wandb.init(project="reader-test", config=config)
     for step, loss in enumerate([1.0, 0.5, 0.25]):
         run.log({"train/loss": loss, "epoch": step})
     run.log({"reconstructions": wandb.Image(np.full((8, 16, 3), 200, dtype=np.uint8), caption="grid")})
@@ -46,7 +42,7 @@ def test_reader_returns_the_logged_scalars_config_summary_and_image(offline_wand
         {"train/loss": 0.25, "epoch": 2},
     ]
     assert [row["_step"] for row in logged.history] == [0, 1, 2, 3]
-    assert without_wandb_keys(logged.config) == {"lr": 0.1, "model": {"depth": 2}}
+    assert without_wandb_keys(logged.config) == config
     assert logged.summary["best_loss"] == 0.25
     assert logged.summary["train/loss"] == 0.25
     image = logged.history[3]["reconstructions"]

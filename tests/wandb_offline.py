@@ -11,8 +11,11 @@ wandb 0.31 ships no public reader for `run-<id>.wandb` files. The file is a Leve
 
 All integers are little-endian.
 
-    run = read_offline_run(tmp_path / "wandb")
-    assert run.history[0]["loss"] == 0.5
+    from wandb_offline import read_offline_run   # tests/ is on sys.path through tests/conftest.py
+
+    run = read_offline_run(tmp_path / "wandb")     # after run.finish(); waits for wandb-core's final flush
+    assert run.values("train/loss") == [2.0, 1.5]
+    assert run.images[0].is_file()
 """
 
 from __future__ import annotations
@@ -124,13 +127,13 @@ def finished_records(record_file: Path, timeout_s: float = 30.0) -> list[wandb_i
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            records = list(iter_records(record_file))
-        except ValueError:
-            records = []
+            records, problem = list(iter_records(record_file)), "no exit record"
+        except ValueError as error:
+            records, problem = [], str(error)
         if any(record.WhichOneof("record_type") == "exit" for record in records):
             return records
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{record_file} has no exit record after {timeout_s} s; was the run finished?")
+            raise TimeoutError(f"{record_file}: {problem} after {timeout_s} s; was the run finished?")
         time.sleep(0.05)
 
 
@@ -173,10 +176,13 @@ def _set_nested(target: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 def _item_value(item: wandb_internal_pb2.HistoryItem) -> Any:
+    """wandb 0.31 writes `value_json`; the typed fields (`integer`, `number`, ...) are read for completeness."""
     if item.value_json:
         return json.loads(item.value_json)
     typed = item.WhichOneof("value")
-    return None if typed in (None, "none") else json.loads(item.json) if typed == "json" else getattr(item, typed)
+    if typed in (None, "none"):
+        return None
+    return json.loads(item.json) if typed == "json" else getattr(item, typed)
 
 
 def _apply_updates(target: dict[str, Any], items: Any) -> None:

@@ -38,7 +38,7 @@ def mean_attention_distance(
         )
     patch_attn = patch_attn / patch_attn.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
     distances = patch_pixel_distances(grid_size, patch_size).to(patch_attn.device)
-    per_query = (patch_attn * distances).sum(dim=-1)
+    per_query = torch.einsum("bhqk,qk->bhq", patch_attn, distances)
     return per_query.mean(dim=(0, 2)).float()
 
 

@@ -21,11 +21,12 @@ def _cluster_problem() -> str | None:
     if shutil.which("sbatch") is None:
         return "sbatch not found: start a single-node cluster with tests/slurm/start_cluster.sh"
     try:
-        nodes = slurm_command("sinfo", "-h", "-N", "-o", "%N %T").split("\n")
+        nodes = slurm_command("sinfo", "-h", "-N", "-o", "%N %T").split()
     except (RuntimeError, subprocess.TimeoutExpired) as error:
         return f"sinfo failed, is slurmctld running? (tests/slurm/start_cluster.sh): {error}"
-    if not any(node.split()[1:] in (["idle"], ["mixed"]) for node in nodes if node):
-        return f"no idle SLURM node; sinfo says: {'; '.join(node for node in nodes if node)}"
+    node_states = dict(zip(nodes[::2], nodes[1::2]))
+    if not {"idle", "mixed"} & set(node_states.values()):
+        return f"no idle SLURM node; sinfo says: {node_states}"
     return None
 
 

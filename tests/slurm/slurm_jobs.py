@@ -44,13 +44,12 @@ class SlurmJobs:
                cwd: Path | None = None, env: dict[str, str] | None = None) -> int:
         """`sbatch --parsable` SCRIPT from `cwd` (default: the test's workdir); returns the job id.
 
-        The job's output goes to `cwd/slurm-<id>.out` unless `sbatch_args` holds an --output.
+        The job runs in `cwd`; its output goes where the script's #SBATCH --output says, else to
+        `cwd/slurm-<id>.out` (read it with `output(job_id)`).
         """
         cwd = cwd or self.workdir
-        output_args = () if any(arg.startswith(("--output", "-o")) for arg in sbatch_args) else (
-            f"--output={cwd}/slurm-%j.out",)
         result = subprocess.run(
-            ["sbatch", "--parsable", *output_args, *sbatch_args, str(script), *script_args],
+            ["sbatch", "--parsable", *sbatch_args, str(script), *script_args],
             cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
             timeout=COMMAND_TIMEOUT_S)
         assert result.returncode == 0, f"sbatch failed: {result.stderr.strip()}"

@@ -1,12 +1,15 @@
-"""The test cluster runs what the SLURM launch scripts rely on: multi-task srun steps that form one
-torch.distributed group, and requeued jobs that rerun in the same log with SLURM_RESTART_COUNT set."""
+"""The test cluster runs what the SLURM launch scripts rely on (multi-task srun steps that form one
+torch.distributed group, requeued jobs that rerun in the same log with SLURM_RESTART_COUNT set), and the
+launch scripts hand the allocation to the app as the Hydra overrides the app expects."""
 
+import json
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 from slurm_jobs import REPO_ROOT, SlurmJobs
 
 pytestmark = pytest.mark.slurm
@@ -59,3 +62,37 @@ def test_requeued_job_reruns_with_restart_count_1_in_the_same_log(slurm_jobs: Sl
     assert info["Restarts"] == "1"
     runs = [line for line in slurm_jobs.output(job_id).splitlines() if line.startswith("run ")]
     assert runs == ["run 0", "run 1"]
+
+
+STUB_APP = """
+import json, os, sys
+print("app", json.dumps({"rank": os.environ["SLURM_PROCID"], "cluster": os.environ["SLURM_CLUSTER_NAME"],
+                         "argv": sys.argv[1:], "master": f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"}))
+"""
+
+
+@pytest.mark.parametrize("app", ["pretrain", "finetune"])
+def test_launch_script_passes_the_allocation_and_job_keyed_overrides_to_the_app(
+        slurm_jobs: SlurmJobs, tmp_path: Path, app: str) -> None:
+    # A stand-in for the repository: the real launch scripts, a stub app that prints what it was given.
+    shutil.copytree(REPO_ROOT / "slurm", tmp_path / "slurm")
+    (tmp_path / app).mkdir()
+    (tmp_path / app / "run.py").write_text(STUB_APP)
+    (tmp_path / "logs").mkdir()
+
+    job_id = slurm_jobs.submit(
+        tmp_path / "slurm" / f"{app}.sh", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+        "--gpus-per-node=0", "--time=5", script_args=("optim.lr=0.5", "data.path=/a b"), cwd=tmp_path,
+        env={"VITFM_TRAINER": "ddp", "VITFM_PYTHON": sys.executable})
+    info = slurm_jobs.wait_until_finished(job_id, timeout_s=60)
+
+    output = slurm_jobs.output(job_id)
+    assert info["JobState"] == "COMPLETED", output
+    assert info["StdOut"] == f"{tmp_path}/logs/vitfm-{app}-{job_id}.out"
+    assert f"job {job_id} restart 0 on " in output and "1 nodes x 2 devices = 2 processes" in output
+    launches = [json.loads(line.removeprefix("app ")) for line in output.splitlines() if line.startswith("app ")]
+    assert sorted(launch["rank"] for launch in launches) == ["0", "1"]
+    assert launches[0]["argv"] == [
+        "trainer=ddp", "trainer.num_nodes=1", "trainer.devices=2", f"run_dir=runs/{app}/{job_id}", "resume=auto",
+        f"logger.run_id=slurm-{launches[0]['cluster']}-{job_id}", "optim.lr=0.5", "data.path=/a b"]
+    assert launches[0]["master"] == launches[1]["master"] == f"{socket.gethostname()}:{10000 + job_id % 20000}"

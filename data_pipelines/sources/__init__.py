@@ -1,0 +1,1 @@
+"""Readers of datasets in their official on-disk layouts; `write_shards.SOURCES` registers them by name."""

@@ -1,0 +1,126 @@
+"""What every source hands the shard writer: a list of items (one per image) and the class names."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+# Formats stored as they are (their bytes are kept); anything else is re-encoded in the requested format.
+KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+ENCODINGS = {"jpg": ("JPEG", {"quality": 95}), "png": ("PNG", {}), "webp": ("WEBP", {"quality": 95})}
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """Bytes of one image as they go into the tar, with the extension that names its format."""
+
+    extension: str
+    data: bytes
+    width: int
+    height: int
+
+
+class Item(Protocol):
+    """One image of a source; `encode` runs in a worker process, so items must be cheap to pickle."""
+
+    key: str
+    label: int | None
+
+    def encode(self, image_format: str) -> EncodedImage: ...
+
+
+@dataclass(frozen=True)
+class FileItem:
+    """An image file on disk: its bytes are kept when it is already JPEG, PNG or WebP."""
+
+    key: str
+    label: int | None
+    path: str
+
+    def encode(self, image_format: str) -> EncodedImage:
+        data = Path(self.path).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format in KEPT_FORMATS:
+                return EncodedImage(KEPT_FORMATS[image.format], data, *image.size)
+            return encode_pil(image, image_format)
+
+
+@dataclass(frozen=True)
+class ArrayItem:
+    """Decoded pixels (H, W, 3) uint8, as the CIFAR pickles hold them."""
+
+    key: str
+    label: int | None
+    pixels: np.ndarray
+
+    def encode(self, image_format: str) -> EncodedImage:
+        return encode_pil(Image.fromarray(self.pixels), image_format)
+
+
+def encode_pil(image: Image.Image, image_format: str) -> EncodedImage:
+    pil_format, options = ENCODINGS[image_format]
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format=pil_format, **options)
+    return EncodedImage(image_format, buffer.getvalue(), *image.size)
+
+
+def make_key(index: int, path: Path | None = None, root: Path | None = None) -> str:
+    """Unique, stable sample key: the item's index in the source's sorted listing, plus a readable path slug.
+
+    Dots are replaced because webdataset splits a tar member name at the first dot of its basename.
+    """
+    if path is None:
+        return f"{index:08d}"
+    relative = path.relative_to(root) if root is not None else Path(path.name)
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", str(relative.with_suffix("")))[-64:]
+    return f"{index:08d}_{slug}"
+
+
+@dataclass
+class Listing:
+    """The items of one split of a source, in a stable order, and its class names (None when unlabeled)."""
+
+    items: list[Item]
+    classes: list[str] | None
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """What the user asked for on the command line."""
+
+    root: Path
+    split: str | None
+    task: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A registered source: how to list one split of it, and how to explain its layout in --help."""
+
+    name: str
+    summary: str
+    layout: str
+    splits: tuple[str, ...] | None  # None: any sub-folder name, or the root itself when no split is given
+    load: Callable[[SourceRequest], Listing]
+    needs_task: bool = False
+
+
+def require_files(paths: Iterable[Path], source: str) -> None:
+    """Raise one error that names every expected file or folder that is missing."""
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise FileNotFoundError(f"{source}: expected files are missing: {', '.join(missing)}")
+
+
+def file_items(samples: Iterable[tuple[Path, int | None]], root: Path | None = None) -> list[Item]:
+    """FileItems for (path, label) pairs, keyed by their position in this listing."""
+    return [
+        FileItem(make_key(index, Path(path), root), label, str(path)) for index, (path, label) in enumerate(samples)
+    ]

@@ -1,0 +1,332 @@
+"""Stream decoded, augmented, batched images from WebDataset shards: what a training or eval step reads.
+
+    loader = build_loader(StreamConfig(shards="data/demo/train", batch_size=64, transform="mae", image_size=32))
+    for batch in loader:  # {"image": float [B,3,S,S], "label": long [B], "corrupt_skipped": long [], "key": [B]}
+        ...
+
+The stages of one dataloader worker, in order (`ShardStream.pipeline`):
+    shards of this epoch (shuffled by seed+epoch, same on every rank; or resampled with replacement)
+    -> this rank's share -> this worker's share -> tar members grouped into samples
+    -> shuffle buffer -> number samples -> group into batches -> skip batches already consumed (resume)
+    -> decode + transform + collate + normalize
+
+Order: for a given (seed, epoch, rank, world_size, num_workers) the batches and their pixels are the same on every
+run: each shuffle and each sample's augmentation draws from its own seed (data_pipelines.seeding).
+
+Resume: `skip_batches=k` yields exactly what an uninterrupted loader yields from its batch k on. Skipped batches
+are read from the tar but never decoded. Non-resampled streams with several workers need the manifest's per-shard
+counts for this (see data_pipelines.resume).
+
+Corrupt data: a sample whose image or label cannot be decoded, or a tar member that cannot be read, is skipped
+and counted, never fatal. Each batch carries `corrupt_skipped`, the number of skips its worker made since its
+previous batch, so summing `batch["corrupt_skipped"]` over every batch a rank receives gives that rank's total
+(all-reduce with sum across ranks for the global count). A skipped sample leaves its batch smaller rather than
+shifting later batch boundaries, so resume stays exact over corrupt data.
+
+Epoch length: non-resampled streams read every sample of the selected shards exactly once per epoch across all
+ranks and workers; ranks may then get different batch counts, which multi-rank training must not have, so use
+`resampled=True` (or `batches_per_epoch`, which caps every rank at the same count) there. Resampled streams draw
+shards with replacement and every rank yields exactly `batches_per_epoch` batches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import tarfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed
+import webdataset as wds
+
+from data_pipelines.manifest import read_manifest
+from data_pipelines.resume import SkipPlan, plan_skip
+from data_pipelines.seeding import seeded_torch_rng, stable_seed
+from data_pipelines.shards import expand_shards, local_path
+from data_pipelines.transforms import (
+    CORRUPT_SAMPLE_ERRORS,
+    TRANSFORMS,
+    ImageTransform,
+    Normalize,
+    TransformOptions,
+    build_transform,
+    open_image,
+    read_label,
+)
+
+logger = logging.getLogger(__name__)
+# Errors of reading a tar that mean damaged data; others (a missing shard, a failing `pipe:` command) are raised.
+CORRUPT_TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, zlib.error)
+
+
+@dataclass
+class StreamConfig:
+    """Everything that decides which batches a rank yields. Tuples may be given as lists (Hydra)."""
+
+    shards: str | list[str]
+    batch_size: int
+    num_workers: int = 2
+    transform: str = "mae"  # mae | supervised | eval
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    seed: int = 0
+    epoch: int = 0
+    resampled: bool = False
+    batches_per_epoch: int | None = None  # per rank; required when resampled, a cap otherwise
+    skip_batches: int = 0  # resume: batches of this epoch this rank already consumed
+    shuffle_buffer: int = 1000  # samples; 0 reads shards in order (with shards still shuffled unless resampled)
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    eval_crop_fraction: float = 0.875
+    randaugment: bool = True  # supervised transform only
+    randaugment_num_ops: int = 2
+    randaugment_magnitude: int = 9
+    rank: int | None = None  # None: from torch.distributed when initialized, else 0 of 1
+    world_size: int | None = None
+    manifest: str | None = None  # manifest.json location when it is not beside the shards (pipe: URLs)
+    pin_memory: bool = False
+
+    def __post_init__(self) -> None:
+        self.mean, self.std, self.crop_scale = tuple(self.mean), tuple(self.std), tuple(self.crop_scale)
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"unknown transform {self.transform!r}; valid transforms: {', '.join(TRANSFORMS)}")
+        if self.batch_size < 1 or self.num_workers < 0 or self.skip_batches < 0:
+            raise ValueError(f"need batch_size >= 1, num_workers >= 0, skip_batches >= 0; got {self}")
+        if self.resampled and self.batches_per_epoch is None:
+            raise ValueError("resampled=True needs batches_per_epoch: an endless stream has no epoch end of its own")
+        if self.batches_per_epoch is not None and self.skip_batches > self.batches_per_epoch:
+            raise ValueError(f"skip_batches={self.skip_batches} exceeds batches_per_epoch={self.batches_per_epoch}")
+        if (self.rank is None) != (self.world_size is None):
+            raise ValueError("give both rank and world_size, or neither (to read them from torch.distributed)")
+
+    def transform_options(self) -> TransformOptions:
+        return TransformOptions(
+            image_size=self.image_size,
+            crop_scale=self.crop_scale,
+            eval_crop_fraction=self.eval_crop_fraction,
+            randaugment=self.randaugment,
+            randaugment_num_ops=self.randaugment_num_ops,
+            randaugment_magnitude=self.randaugment_magnitude,
+        )
+
+
+def resolve_rank(cfg: StreamConfig) -> tuple[int, int]:
+    """(rank, world_size) from the config, else from torch.distributed when initialized, else (0, 1)."""
+    if cfg.rank is not None:
+        if not 0 <= cfg.rank < cfg.world_size:
+            raise ValueError(f"rank {cfg.rank} is outside world_size {cfg.world_size}")
+        return cfg.rank, cfg.world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def epoch_shards(urls: Sequence[str], seed: int, epoch: int) -> list[str]:
+    """All shards in this epoch's order: webdataset's seeded shard shuffle, with one seed shared by every rank."""
+    return [shard["url"] for shard in wds.SimpleShardList(list(urls), seed=stable_seed(seed, epoch, "shards"))]
+
+
+def share(items: Sequence[str], index: int, count: int) -> list[str]:
+    """Member `index` of `count`'s share: webdataset's split_by_node/split_by_worker slicing, with the index given.
+
+    webdataset's splitters read the rank and worker id from the environment; we pass them in, because the config
+    fixes the rank and a resumed loader's workers play rotated roles (data_pipelines.resume).
+    """
+    return list(items[index::count])
+
+
+class CorruptCounter:
+    """Skips of one worker since it last reported them in a batch."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+
+    def tar_error(self, error: Exception) -> bool:
+        """webdataset handler: count damaged tar data and go on; raise anything else (e.g. a missing shard)."""
+        if not isinstance(error, CORRUPT_TAR_ERRORS):
+            raise error
+        logger.warning("skipping unreadable tar data: %s", error)
+        self.pending += 1
+        return True
+
+    def take(self) -> int:
+        taken, self.pending = self.pending, 0
+        return taken
+
+
+def number_samples(samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Tag each sample with its position in this worker's stream, which seeds its augmentation."""
+    for position, sample in enumerate(samples):
+        sample["__position__"] = position
+        yield sample
+
+
+class BatchDecoder:
+    """A group of raw samples -> one batch: decode, transform, collate, normalize; corrupt samples are dropped."""
+
+    def __init__(self, transform: ImageTransform, normalize: Normalize, counter: CorruptCounter, seed: int) -> None:
+        self.transform = transform
+        self.normalize = normalize
+        self.counter = counter
+        self.seed = seed
+
+    def __call__(self, group: list[dict[str, Any]]) -> dict[str, Any] | None:
+        decoded = [pair for pair in map(self.decode, group) if pair is not None]
+        if not decoded:
+            return None  # nothing to yield; the skips are reported with this worker's next batch
+        return {
+            "image": self.normalize(torch.stack([image for image, _, _ in decoded])),
+            "label": torch.tensor([label for _, label, _ in decoded], dtype=torch.long),
+            "corrupt_skipped": torch.tensor(self.counter.take(), dtype=torch.long),
+            "key": [key for _, _, key in decoded],
+        }
+
+    def decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int, str] | None:
+        try:
+            label = read_label(sample)
+            with seeded_torch_rng(stable_seed(self.seed, sample["__position__"])):
+                image = self.transform(open_image(sample))
+        except CORRUPT_SAMPLE_ERRORS as error:
+            logger.warning("skipping corrupt sample %s from %s: %s", sample.get("__key__"), sample.get("__url__"), error)
+            self.counter.pending += 1
+            return None
+        return image, label, sample["__key__"]
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """The per-worker pipeline. Picklable: each dataloader worker builds its own stages from it in `__iter__`."""
+
+    def __init__(self, cfg: StreamConfig, urls: list[str], rank: int, world_size: int, counts: dict[str, int] | None):
+        super().__init__()
+        self.cfg = cfg
+        self.urls = urls
+        self.rank = rank
+        self.world_size = world_size
+        self.counts = counts
+        self.num_workers = max(1, cfg.num_workers)
+        self.set_epoch(cfg.epoch, cfg.skip_batches)
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Make the next iteration yield `epoch`, starting after its first `skip_batches` batches."""
+        self.epoch = epoch
+        self.skip_batches = skip_batches
+        self.skip_plan = plan_skip(skip_batches, self.worker_batches())
+
+    def worker_shards(self, role: int) -> list[str]:
+        return share(share(epoch_shards(self.urls, self.cfg.seed, self.epoch), self.rank, self.world_size), role, self.num_workers)
+
+    def worker_batches(self) -> list[int | None]:
+        """Batches each worker role yields this epoch: None for endless (resampled) streams, from the manifest
+        otherwise; a skip across several workers needs them, a single stream does not."""
+        if self.cfg.resampled or (self.num_workers == 1 and self.counts is None):
+            return [None] * self.num_workers
+        if self.counts is None:
+            raise ValueError(
+                "resuming (skip_batches > 0) with several workers needs each shard's sample count: keep the "
+                "manifest.json written with the shards beside them or set manifest=PATH"
+            )
+        samples = [sum(self.counts[url] for url in self.worker_shards(role)) for role in range(self.num_workers)]
+        return [math.ceil(count / self.cfg.batch_size) for count in samples]
+
+    def epoch_batches(self) -> int | None:
+        """Batches this rank yields in the coming iteration (after any skip), or None when unknown."""
+        if self.cfg.batches_per_epoch is not None:
+            return self.cfg.batches_per_epoch - self.skip_batches
+        if self.counts is None:
+            return None
+        return sum(self.worker_batches()) - self.skip_batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        return iter(self.pipeline((worker + self.skip_plan.first_worker) % self.num_workers))
+
+    def pipeline(self, role: int) -> wds.DataPipeline:
+        """The declared stages of worker role `role` for this epoch."""
+        cfg = self.cfg
+        counter = CorruptCounter()
+        seed = stable_seed(cfg.seed, self.epoch, self.rank, role)
+        shuffle = wds.shuffle(cfg.shuffle_buffer, seed=stable_seed(seed, "samples")) if cfg.shuffle_buffer > 1 else None
+        return wds.DataPipeline(
+            self.shard_source(role, seed),
+            wds.tarfile_to_samples(handler=counter.tar_error),
+            shuffle,
+            number_samples,
+            wds.batched(cfg.batch_size, collation_fn=None, partial=True),
+            wds.slice(self.skip_plan.skips[role], None),
+            wds.map(BatchDecoder(build_transform(cfg.transform, cfg.transform_options()), Normalize(cfg.mean, cfg.std), counter, seed)),
+        )
+
+    def shard_source(self, role: int, seed: int) -> wds.ResampledShards | list[dict[str, str]]:
+        if self.cfg.resampled:
+            return wds.ResampledShards(self.urls, seed=stable_seed(self.cfg.seed, self.epoch), worker_seed=lambda: seed, deterministic=True)
+        return [{"url": url} for url in self.worker_shards(role)]
+
+
+class ShardLoader(wds.WebLoader):
+    """webdataset's WebLoader over a ShardStream, which knows its epoch length and can move to another epoch."""
+
+    def __init__(self, stream: ShardStream, num_workers: int, pin_memory: bool) -> None:
+        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+        self.stream = stream
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Call before each epoch: the next iteration yields `epoch`, after its first `skip_batches` batches."""
+        self.stream.set_epoch(epoch, skip_batches)
+
+    def __len__(self) -> int:
+        batches = self.stream.epoch_batches()
+        if batches is None:
+            raise TypeError("epoch length unknown: no manifest.json beside the shards (set manifest=PATH)")
+        return batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        batches = super().__iter__()
+        limit = self.stream.epoch_batches() if self.stream.cfg.batches_per_epoch is not None else None
+        return batches if limit is None else itertools.islice(batches, limit)
+
+
+def build_loader(cfg: StreamConfig) -> ShardLoader:
+    """The batches of `cfg`'s rank, checked up front: shards exist, there are enough of them, epochs fit."""
+    urls = expand_shards(cfg.shards)
+    rank, world_size = resolve_rank(cfg)
+    readers = world_size * max(1, cfg.num_workers)
+    if not cfg.resampled and len(urls) < readers:
+        raise ValueError(
+            f"{len(urls)} shards cannot feed {world_size} ranks x {max(1, cfg.num_workers)} workers without leaving "
+            "some empty: write smaller shards (write_shards --max-count), lower num_workers, or use resampled=True"
+        )
+    counts = shard_counts(urls, cfg.manifest)
+    stream = ShardStream(cfg, urls, rank, world_size, counts)
+    check_epoch_cap(cfg, stream, rank, world_size)
+    return ShardLoader(stream, cfg.num_workers, cfg.pin_memory)
+
+
+def shard_counts(urls: list[str], manifest: str | None) -> dict[str, int] | None:
+    """Per-shard sample counts from the manifest, or None when the shards have none (epoch length unknown)."""
+    if manifest is None and any(local_path(url) is None for url in urls):
+        return None
+    try:
+        return read_manifest(urls, manifest)["counts"]
+    except FileNotFoundError:
+        if manifest is not None:
+            raise
+        return None
+
+
+def check_epoch_cap(cfg: StreamConfig, stream: ShardStream, rank: int, world_size: int) -> None:
+    """A capped non-resampled epoch must fit in every rank, or the short rank would end early and others hang."""
+    if cfg.resampled or cfg.batches_per_epoch is None or stream.counts is None:
+        return
+    per_rank = [ShardStream(cfg, stream.urls, other, world_size, stream.counts) for other in range(world_size)]
+    shortest = min(sum(other.worker_batches()) for other in per_rank)
+    if cfg.batches_per_epoch > shortest:
+        raise ValueError(
+            f"batches_per_epoch={cfg.batches_per_epoch} but the shortest rank has {shortest} batches per epoch: "
+            f"lower it to {shortest} at most, or use resampled=True"
+        )

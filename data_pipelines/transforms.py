@@ -1,0 +1,146 @@
+"""Decode and augment one image per objective, as uint8 tensors; normalization runs once per batch.
+
+- mae:        RandomResizedCrop(crop_scale, bicubic) + horizontal flip (the MAE recipe)
+- supervised: mae + RandAugment (mixup/cutmix belong to the training module, which sees whole batches)
+- eval:       resize the shorter side to image_size / eval_crop_fraction, then center crop image_size
+
+Why it is fast (bench/loader.py measures it): the crop is drawn from the image header before decoding; a JPEG is
+decoded at the smallest DCT scale (1/2, 1/4, 1/8, PIL's draft mode) that still covers the crop at output
+resolution, so no output pixel is upsampled that would not have been; crop + resize is one antialiased bicubic
+resize on uint8 (torchvision.transforms.v2), and floats appear only for the whole batch.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms as transforms_v1
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# What a corrupt, truncated or incomplete sample raises while it is decoded; anything else is a bug.
+CORRUPT_SAMPLE_ERRORS = (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError)
+DCT_REDUCTIONS = (8, 4, 2)
+
+ImageTransform = Callable[[Image.Image], torch.Tensor]  # lazily opened image -> uint8 [3, S, S]
+Box = tuple[float, float, float, float]  # left, top, width, height in pixels of the stored image
+
+
+@dataclass(frozen=True)
+class TransformOptions:
+    image_size: int = 224
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    eval_crop_fraction: float = 0.875
+    randaugment: bool = True
+    randaugment_num_ops: int = 2
+    randaugment_magnitude: int = 9
+
+
+def open_image(sample: dict[str, Any]) -> Image.Image:
+    """The sample's image, opened lazily (only the header is read until pixels are needed)."""
+    for extension in IMAGE_EXTENSIONS:
+        if extension in sample:
+            return Image.open(io.BytesIO(sample[extension]))
+    raise KeyError(f"sample {sample.get('__key__')} has no image member ({', '.join(IMAGE_EXTENSIONS)})")
+
+
+def read_label(sample: dict[str, Any]) -> int:
+    """The integer in `key.cls`, or -1 for unlabeled samples."""
+    return int(sample["cls"]) if "cls" in sample else -1
+
+
+def decode_region(image: Image.Image, box: Box, output_size: int) -> torch.Tensor:
+    """The pixels of `box` as uint8 [3, h, w], from a JPEG decoded as small as `output_size` allows."""
+    left, top, width, height = box
+    full_width, full_height = image.size
+    reduction = next((factor for factor in DCT_REDUCTIONS if min(width, height) // output_size >= factor), 1)
+    if reduction > 1 and image.format == "JPEG":
+        image.draft("RGB", (full_width // reduction, full_height // reduction))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    scale_x, scale_y = image.width / full_width, image.height / full_height
+    x0, x1 = _pixel_span(left * scale_x, (left + width) * scale_x, image.width)
+    y0, y1 = _pixel_span(top * scale_y, (top + height) * scale_y, image.height)
+    region = np.asarray(image)[y0:y1, x0:x1].copy()
+    return torch.from_numpy(region).permute(2, 0, 1)
+
+
+def _pixel_span(start: float, end: float, limit: int) -> tuple[int, int]:
+    first = min(max(round(start), 0), limit - 1)
+    return first, min(max(round(end), first + 1), limit)
+
+
+def resize_square(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    return F.resize(pixels, [size, size], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+
+
+class RandomResizedCropFlip:
+    """MAE's train transform: RandomResizedCrop(crop_scale, crop_ratio, bicubic) then a horizontal flip."""
+
+    def __init__(self, options: TransformOptions) -> None:
+        self.size = options.image_size
+        self.scale = list(options.crop_scale)
+        self.ratio = list(options.crop_ratio)
+        self.flip = v2.RandomHorizontalFlip()
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        top, left, height, width = transforms_v1.RandomResizedCrop.get_params(image, self.scale, self.ratio)
+        return self.flip(resize_square(decode_region(image, (left, top, width, height), self.size), self.size))
+
+
+class ResizeCenterCrop:
+    """The eval transform: shorter side to image_size / eval_crop_fraction, center crop image_size."""
+
+    def __init__(self, options: TransformOptions) -> None:
+        self.size = options.image_size
+        self.resized_short_side = int(options.image_size / options.eval_crop_fraction)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        width, height = image.size
+        side = self.size * min(width, height) / self.resized_short_side  # the crop, in stored pixels
+        box = ((width - side) / 2, (height - side) / 2, side, side)
+        return resize_square(decode_region(image, box, self.size), self.size)
+
+
+def supervised_transform(options: TransformOptions) -> ImageTransform:
+    """The MAE crop and flip followed by RandAugment on uint8, as DeiT-style supervised training uses."""
+    crop_flip = RandomResizedCropFlip(options)
+    if not options.randaugment:
+        return crop_flip
+    randaugment = v2.RandAugment(
+        options.randaugment_num_ops, options.randaugment_magnitude, interpolation=v2.InterpolationMode.BILINEAR
+    )
+    return lambda image: randaugment(crop_flip(image))
+
+
+TRANSFORMS: dict[str, Callable[[TransformOptions], ImageTransform]] = {
+    "mae": RandomResizedCropFlip,
+    "supervised": supervised_transform,
+    "eval": ResizeCenterCrop,
+}
+
+
+def build_transform(name: str, options: TransformOptions) -> ImageTransform:
+    if name not in TRANSFORMS:
+        raise KeyError(f"unknown transform {name!r}; valid transforms: {', '.join(TRANSFORMS)}")
+    return TRANSFORMS[name](options)
+
+
+class Normalize:
+    """uint8 [B, 3, S, S] -> float32 (x / 255 - mean) / std, in two in-place passes over the batch."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.scale = 1 / (255 * std_tensor)
+        self.shift = -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_tensor
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().mul_(self.scale).add_(self.shift)

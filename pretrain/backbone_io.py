@@ -1,0 +1,117 @@
+"""The one weight loader: anything a user may hold -> a :class:`VisionTransformer` backbone.
+
+Accepted: an exported ``backbone.safetensors`` (+ ``backbone.json``), a Lightning ``.ckpt`` of our pretraining
+or fine-tuning, a DeepSpeed checkpoint directory, a timm or MAE-reference state dict (``.pth``/``.pt``/``.bin``/
+``.safetensors``), or HF ``ViTModel``/``ViTMAE*`` weights. Keys are adapted in :mod:`pretrain.models.weights`;
+the position embedding is resampled when the requested image size differs (FixRes fine-tuning).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from pretrain.checkpointing import read_checkpoint
+from pretrain.models.vit import VisionTransformer
+from pretrain.models.weights import adapt_to_model, backbone_from_hf, backbone_from_timm
+
+BACKBONE_FILE = "backbone.safetensors"
+META_FILE = "backbone.json"
+FORMAT = "vitfm-backbone/1"
+# Wrappers that trainers put around our modules' parameter names, outermost first.
+_WRAPPER_PREFIXES = ("_forward_module.", "module.", "model.", "encoder.")
+
+
+def save_backbone(out_dir: str | os.PathLike, backbone: VisionTransformer, meta: Mapping[str, Any]) -> Path:
+    """Write ``backbone.safetensors`` (fp32, timm names, no head) and ``backbone.json``; both atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().contiguous().cpu() for k, v in backbone.state_dict().items() if not k.startswith("head.")}
+    weights_tmp = out_dir / f".{BACKBONE_FILE}.tmp"
+    save_file(state, str(weights_tmp))
+    meta_tmp = out_dir / f".{META_FILE}.tmp"
+    meta_tmp.write_text(json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True))
+    os.replace(weights_tmp, out_dir / BACKBONE_FILE)
+    os.replace(meta_tmp, out_dir / META_FILE)
+    return out_dir / BACKBONE_FILE
+
+
+def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Remove trainer prefixes (``_forward_module.model.encoder.`` etc.) and keep backbone keys only."""
+    out = dict(state)
+    for prefix in _WRAPPER_PREFIXES:
+        if any(key.startswith(prefix) for key in out):
+            out = {key[len(prefix) :]: value for key, value in out.items() if key.startswith(prefix)}
+    return out
+
+
+def _deepspeed_state(directory: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    root = directory / "checkpoint" if (directory / "checkpoint").is_dir() and not (directory / "latest").exists() else directory
+    state = get_fp32_state_dict_from_zero_checkpoint(str(root))
+    meta = None
+    model_states = sorted(directory.rglob("mp_rank_00_model_states.pt"))
+    if model_states:
+        client = torch.load(model_states[0], map_location="cpu", weights_only=False)
+        meta = client.get("vitfm")
+    return state, meta
+
+
+def read_backbone_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """Backbone weights (our names, no head, no decoder) and their metadata when the source carries any."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    meta = None
+    if path.is_dir():
+        if (path / BACKBONE_FILE).is_file():
+            return read_backbone_state(path / BACKBONE_FILE)
+        state, meta = _deepspeed_state(path)
+    elif path.suffix == ".safetensors":
+        state = load_file(str(path))
+        meta_path = path.with_name(META_FILE) if path.name == BACKBONE_FILE else path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    elif path.suffix == ".ckpt":
+        checkpoint = read_checkpoint(path)
+        state, meta = checkpoint["state_dict"], checkpoint.get("vitfm")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("model", "state_dict"):  # MAE-reference and generic training checkpoints nest the weights
+            if isinstance(state.get(key), Mapping):
+                state = state[key]
+    if any("embeddings.patch_embeddings" in key for key in state):
+        return backbone_from_hf(state), meta
+    state = _strip_wrappers(state)
+    backbone = {k: v for k, v in backbone_from_timm(state).items() if not k.startswith(("decoder", "mask_token"))}
+    return backbone, meta
+
+
+def load_backbone(
+    path: str | os.PathLike, options: Mapping[str, Any] | None = None, strict: bool = True
+) -> tuple[VisionTransformer, dict[str, Any]]:
+    """Build and load a backbone. ``options`` (VisionTransformer arguments) override the checkpoint's own.
+
+    Without metadata in the checkpoint (timm/HF files), ``options`` must describe the architecture.
+    """
+    state, meta = read_backbone_state(path)
+    meta = dict(meta or {})
+    merged = {**meta.get("options", {}), **(options or {})}
+    if not merged:
+        raise ValueError(f"{path} carries no architecture description: pass the backbone options (preset, img_size, ...)")
+    model = VisionTransformer(**merged)
+    model_state = model.state_dict()
+    state = adapt_to_model(state, model_state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("head.", "fc_norm."))]
+    if strict and (missing or unexpected):
+        raise ValueError(f"weights in {path} do not fit the backbone: missing {missing}, unexpected {unexpected}")
+    meta["options"] = merged
+    return model, meta

@@ -1,0 +1,46 @@
+"""Callbacks specific to our objectives (generic ones come from Lightning in :mod:`pretrain.trainer`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+
+from pretrain.analysis.reconstruction import reconstruction_grid
+from pretrain.models.mae import MaskedAutoencoder
+
+
+class ReconstructionLogger(Callback):
+    """Every ``every_n_steps`` logs original | masked | reconstruction | pasted for a few training images."""
+
+    def __init__(self, every_n_steps: int, mean: Sequence[float], std: Sequence[float], num_images: int = 8) -> None:
+        self.every_n_steps = every_n_steps
+        self.mean, self.std = list(mean), list(std)
+        self.num_images = num_images
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        model = pl_module.model
+        if not isinstance(model, MaskedAutoencoder) or trainer.global_step % self.every_n_steps or not trainer.is_global_zero:
+            return
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if not loggers:
+            return
+        images = batch["image"][: self.num_images]
+        was_training = model.training
+        model.eval()
+        output = model(images)
+        model.train(was_training)
+        grid = reconstruction_grid(
+            images, output.mask, output.pred, model.patch_size, self.mean, self.std, model.norm_pix_loss
+        )
+        for logger in loggers:
+            logger.log_image(
+                key="train/reconstructions",
+                images=[grid],
+                caption=["original | masked | reconstruction | reconstruction + visible"],
+                step=trainer.global_step,
+            )

@@ -1,0 +1,37 @@
+"""Export any pretraining checkpoint to one fp32 backbone file plus the JSON that rebuilds it.
+
+    python pretrain/export.py CHECKPOINT OUT_DIR
+    python pretrain/export.py outputs/pretrain/2026-11-23_10-00-00/checkpoints/step=000300.ckpt exported/
+
+CHECKPOINT is a Lightning ``.ckpt`` file or a DeepSpeed checkpoint directory (ZeRO shards are consolidated).
+OUT_DIR receives ``backbone.safetensors`` (timm parameter names, loads with ``weights_only`` semantics: no
+pickled code) and ``backbone.json`` (architecture options, normalization, objective, step, config hash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from pretrain.backbone_io import load_backbone, save_backbone
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write ``out_dir/backbone.safetensors`` and ``backbone.json`` from a training checkpoint."""
+    backbone, meta = load_backbone(checkpoint)
+    if "step" not in meta:
+        raise ValueError(f"{checkpoint} is not a checkpoint of this pipeline's pretraining (no metadata)")
+    return save_backbone(out_dir, backbone, {**meta, "source_checkpoint": str(checkpoint)})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="Lightning .ckpt file or DeepSpeed checkpoint directory")
+    parser.add_argument("out_dir", help="folder for backbone.safetensors and backbone.json")
+    args = parser.parse_args()
+    print(export_checkpoint(args.checkpoint, args.out_dir))
+
+
+if __name__ == "__main__":
+    main()

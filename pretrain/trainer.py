@@ -1,0 +1,156 @@
+"""The one trainer factory: every app (pretrain, finetune) gets its Lightning ``Trainer`` from here.
+
+It turns the ``trainer`` and ``logger`` config groups into a strategy (ddp / deepspeed), precision, logger,
+checkpointing, throughput and learning-rate monitoring, and SLURM requeue handling.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
+
+from pretrain.checkpointing import AtomicCheckpointIO
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+def _ddp(config: Mapping[str, Any]) -> Strategy:
+    backend = "gloo" if config["accelerator"] == "cpu" else None
+    return DDPStrategy(process_group_backend=backend)
+
+
+def _deepspeed(config: Mapping[str, Any]) -> Strategy:
+    return DeepSpeedStrategy(
+        stage=config["zero_stage"],
+        offload_optimizer=config.get("offload_optimizer", False),
+        logging_batch_size_per_gpu=config.get("batch_size_per_device", 1),
+    )
+
+
+STRATEGIES: dict[str, Callable[[Mapping[str, Any]], Strategy | str]] = {
+    "auto": lambda config: "auto",
+    "ddp": _ddp,
+    "deepspeed": _deepspeed,
+}
+
+
+def has_wandb_credentials() -> bool:
+    """An API key in the environment or in ~/.netrc; without one W&B runs offline."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def _wandb_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any]) -> Logger:
+    mode = config.get("mode", "auto")
+    offline = mode == "offline" or (mode == "auto" and not has_wandb_credentials())
+    if offline:
+        log.info("W&B runs offline in %s; upload later with: wandb sync %s/wandb/offline-run-*", run_dir, run_dir)
+    return WandbLogger(
+        project=config["project"],
+        entity=config.get("entity"),
+        name=config.get("name"),
+        id=config.get("run_id"),
+        tags=list(config.get("tags") or []),
+        save_dir=str(run_dir),
+        offline=offline,
+        resume="allow" if config.get("run_id") else None,
+        config=dict(run_config),
+    )
+
+
+def _csv_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any]) -> Logger:
+    logger = CSVLogger(str(run_dir), name="csv", version="")
+    logger.log_hyperparams(dict(run_config))
+    return logger
+
+
+LOGGERS: dict[str, Callable[[Mapping[str, Any], Path, Mapping[str, Any]], Logger | None]] = {
+    "wandb": _wandb_logger,
+    "csv": _csv_logger,
+    "none": lambda config, run_dir, run_config: None,
+}
+
+
+def _lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; choose one of: {', '.join(sorted(registry))}")
+    return registry[name]
+
+
+def build_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any]) -> Logger | None:
+    return _lookup(LOGGERS, config["kind"], "logger")(config, run_dir, run_config)
+
+
+def build_trainer(
+    config: Mapping[str, Any],
+    logger_config: Mapping[str, Any],
+    run_dir: str | os.PathLike,
+    run_config: Mapping[str, Any],
+    batch_size_fn: Callable[[Any], int],
+    tokens_fn: Callable[[Any], int] | None = None,
+    callbacks: Iterable[Callback] = (),
+) -> L.Trainer:
+    """A Trainer for ``config`` (the ``trainer`` group) writing checkpoints under ``run_dir/checkpoints``."""
+    run_dir = Path(run_dir)
+    strategy = _lookup(STRATEGIES, config["strategy"], "strategy")(config)
+    checkpointing = ModelCheckpoint(
+        dirpath=run_dir / CHECKPOINT_SUBDIR,
+        filename="{step:06d}",
+        every_n_train_steps=config["checkpoint_every_n_steps"],
+        monitor="step",
+        mode="max",
+        save_top_k=config["keep_checkpoints"],
+    )
+    all_callbacks = [
+        checkpointing,
+        LearningRateMonitor(logging_interval="step"),
+        ThroughputMonitor(batch_size_fn=batch_size_fn, length_fn=tokens_fn, window_size=config.get("throughput_window", 10)),
+        *callbacks,
+    ]
+    plugins: list[Any] = [] if isinstance(strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=config.get("slurm_auto_requeue", True)))
+    logger = build_logger(logger_config, run_dir, run_config)
+    if config["accelerator"] == "cpu" and config["precision"] not in ("32-true", "32", "bf16-mixed", "bf16-true"):
+        raise ValueError(f"precision {config['precision']!r} is not supported on CPU; use 32-true or bf16-mixed")
+    if config["accelerator"] == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.accelerator=gpu but no CUDA device is visible; use trainer=cpu on this machine")
+    return L.Trainer(
+        default_root_dir=str(run_dir),
+        accelerator=config["accelerator"],
+        devices=config["devices"],
+        num_nodes=config["num_nodes"],
+        strategy=strategy,
+        precision=config["precision"],
+        max_steps=config["max_steps"],
+        max_epochs=-1,
+        gradient_clip_val=config.get("gradient_clip_val"),
+        accumulate_grad_batches=config.get("accumulate_grad_batches", 1),
+        log_every_n_steps=config["log_every_n_steps"],
+        callbacks=all_callbacks,
+        logger=logger if logger is not None else False,
+        plugins=plugins,
+        enable_progress_bar=config.get("progress_bar", True),
+        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=config.get("deterministic", False),
+    )

@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from pretrain.checkpointing import AtomicCheckpointIO, UnreadableCheckpointError, find_resume_checkpoint, read_checkpoint
+
+
+def test_atomic_save_leaves_previous_file_intact_when_writing_fails(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "step=000010.ckpt"
+    io.save_checkpoint({"global_step": 10}, target)
+
+    def crash(obj, handle):
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 20}, target)
+    monkeypatch.undo()
+    assert read_checkpoint(target)["global_step"] == 10
+
+
+def test_resume_picks_highest_complete_step(tmp_path):
+    io = AtomicCheckpointIO()
+    for step in (5, 10):
+        io.save_checkpoint({"global_step": step}, tmp_path / f"step={step:06d}.ckpt")
+    (tmp_path / "step=000015.ckpt").write_bytes(b"PK\x03\x04truncated")
+    assert find_resume_checkpoint(tmp_path).name == "step=000010.ckpt"
+
+
+def test_resume_finds_nothing_in_an_empty_or_missing_dir(tmp_path):
+    assert find_resume_checkpoint(tmp_path) is None
+    assert find_resume_checkpoint(tmp_path / "absent") is None
+
+
+def test_unreadable_checkpoint_error_says_what_was_expected(tmp_path):
+    bad = tmp_path / "model.ckpt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(UnreadableCheckpointError, match="Expected a Lightning .ckpt"):
+        read_checkpoint(bad)
