@@ -131,6 +131,16 @@ def epoch_shards(urls: Sequence[str], seed: int, epoch: int) -> list[str]:
     return [shard["url"] for shard in wds.SimpleShardList(list(urls), seed=stable_seed(seed, epoch, "shards"))]
 
 
+def worker_batch_counts(
+    cfg: StreamConfig, urls: Sequence[str], counts: dict[str, int], epoch: int, rank: int, world_size: int
+) -> list[int]:
+    """Batches each worker role of `rank` yields in a non-resampled epoch, from per-shard sample counts."""
+    num_workers = max(1, cfg.num_workers)
+    rank_shards = share(epoch_shards(urls, cfg.seed, epoch), rank, world_size)
+    samples = [sum(counts[url] for url in share(rank_shards, role, num_workers)) for role in range(num_workers)]
+    return [math.ceil(count / cfg.batch_size) for count in samples]
+
+
 def share(items: Sequence[str], index: int, count: int) -> list[str]:
     """Member `index` of `count`'s share: webdataset's split_by_node/split_by_worker slicing, with the index given.
 
@@ -192,7 +202,7 @@ class BatchDecoder:
             with seeded_torch_rng(stable_seed(self.seed, sample["__position__"])):
                 image = self.transform(open_image(sample))
         except CORRUPT_SAMPLE_ERRORS as error:
-            logger.warning("skipping corrupt sample %s from %s: %s", sample.get("__key__"), sample.get("__url__"), error)
+            logger.warning("skipping corrupt sample %s of %s: %s", sample.get("__key__"), sample.get("__url__"), error)
             self.counter.pending += 1
             return None
         return image, label, sample["__key__"]
@@ -201,7 +211,9 @@ class BatchDecoder:
 class ShardStream(torch.utils.data.IterableDataset):
     """The per-worker pipeline. Picklable: each dataloader worker builds its own stages from it in `__iter__`."""
 
-    def __init__(self, cfg: StreamConfig, urls: list[str], rank: int, world_size: int, counts: dict[str, int] | None):
+    def __init__(
+        self, cfg: StreamConfig, urls: list[str], rank: int, world_size: int, counts: dict[str, int] | None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.urls = urls
@@ -217,9 +229,6 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.skip_batches = skip_batches
         self.skip_plan = plan_skip(skip_batches, self.worker_batches())
 
-    def worker_shards(self, role: int) -> list[str]:
-        return share(share(epoch_shards(self.urls, self.cfg.seed, self.epoch), self.rank, self.world_size), role, self.num_workers)
-
     def worker_batches(self) -> list[int | None]:
         """Batches each worker role yields this epoch: None for endless (resampled) streams, from the manifest
         otherwise; a skip across several workers needs them, a single stream does not."""
@@ -230,8 +239,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 "resuming (skip_batches > 0) with several workers needs each shard's sample count: keep the "
                 "manifest.json written with the shards beside them or set manifest=PATH"
             )
-        samples = [sum(self.counts[url] for url in self.worker_shards(role)) for role in range(self.num_workers)]
-        return [math.ceil(count / self.cfg.batch_size) for count in samples]
+        return worker_batch_counts(self.cfg, self.urls, self.counts, self.epoch, self.rank, self.world_size)
 
     def epoch_batches(self) -> int | None:
         """Batches this rank yields in the coming iteration (after any skip), or None when unknown."""
@@ -252,6 +260,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         counter = CorruptCounter()
         seed = stable_seed(cfg.seed, self.epoch, self.rank, role)
         shuffle = wds.shuffle(cfg.shuffle_buffer, seed=stable_seed(seed, "samples")) if cfg.shuffle_buffer > 1 else None
+        transform = build_transform(cfg.transform, cfg.transform_options())
         return wds.DataPipeline(
             self.shard_source(role, seed),
             wds.tarfile_to_samples(handler=counter.tar_error),
@@ -259,13 +268,16 @@ class ShardStream(torch.utils.data.IterableDataset):
             number_samples,
             wds.batched(cfg.batch_size, collation_fn=None, partial=True),
             wds.slice(self.skip_plan.skips[role], None),
-            wds.map(BatchDecoder(build_transform(cfg.transform, cfg.transform_options()), Normalize(cfg.mean, cfg.std), counter, seed)),
+            wds.map(BatchDecoder(transform, Normalize(cfg.mean, cfg.std), counter, seed)),
         )
 
-    def shard_source(self, role: int, seed: int) -> wds.ResampledShards | list[dict[str, str]]:
+    def shard_source(self, role: int, seed: int) -> wds.ResampledShards | wds.SimpleShardList:
+        """Resampled: shards drawn with replacement from the worker's own seed; else this worker's share."""
         if self.cfg.resampled:
-            return wds.ResampledShards(self.urls, seed=stable_seed(self.cfg.seed, self.epoch), worker_seed=lambda: seed, deterministic=True)
-        return [{"url": url} for url in self.worker_shards(role)]
+            epoch_seed = stable_seed(self.cfg.seed, self.epoch)
+            return wds.ResampledShards(self.urls, seed=epoch_seed, worker_seed=lambda: seed, deterministic=True)
+        shards = share(epoch_shards(self.urls, self.cfg.seed, self.epoch), self.rank, self.world_size)
+        return wds.SimpleShardList(share(shards, role, self.num_workers))
 
 
 class ShardLoader(wds.WebLoader):
@@ -323,8 +335,10 @@ def check_epoch_cap(cfg: StreamConfig, stream: ShardStream, rank: int, world_siz
     """A capped non-resampled epoch must fit in every rank, or the short rank would end early and others hang."""
     if cfg.resampled or cfg.batches_per_epoch is None or stream.counts is None:
         return
-    per_rank = [ShardStream(cfg, stream.urls, other, world_size, stream.counts) for other in range(world_size)]
-    shortest = min(sum(other.worker_batches()) for other in per_rank)
+    shortest = min(
+        sum(worker_batch_counts(cfg, stream.urls, stream.counts, stream.epoch, other, world_size))
+        for other in range(world_size)
+    )
     if cfg.batches_per_epoch > shortest:
         raise ValueError(
             f"batches_per_epoch={cfg.batches_per_epoch} but the shortest rank has {shortest} batches per epoch: "

@@ -13,6 +13,7 @@ resize on uint8 (torchvision.transforms.v2), and floats appear only for the whol
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,8 +70,12 @@ def decode_region(image: Image.Image, box: Box, output_size: int) -> torch.Tenso
     scale_x, scale_y = image.width / full_width, image.height / full_height
     x0, x1 = _pixel_span(left * scale_x, (left + width) * scale_x, image.width)
     y0, y1 = _pixel_span(top * scale_y, (top + height) * scale_y, image.height)
-    region = np.asarray(image)[y0:y1, x0:x1].copy()
-    return torch.from_numpy(region).permute(2, 0, 1)
+    with warnings.catch_warnings():
+        # A read-only view of the decoded bytes, one copy fewer; nothing below writes into it (resize makes new).
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        pixels = torch.from_numpy(np.asarray(image))
+    # Height-width-channel memory seen as [3, h, w] is channels-last, the layout of torch's fast uint8 resize.
+    return pixels[y0:y1, x0:x1].permute(2, 0, 1)
 
 
 def _pixel_span(start: float, end: float, limit: int) -> tuple[int, int]:
@@ -89,11 +94,11 @@ class RandomResizedCropFlip:
         self.size = options.image_size
         self.scale = list(options.crop_scale)
         self.ratio = list(options.crop_ratio)
-        self.flip = v2.RandomHorizontalFlip()
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         top, left, height, width = transforms_v1.RandomResizedCrop.get_params(image, self.scale, self.ratio)
-        return self.flip(resize_square(decode_region(image, (left, top, width, height), self.size), self.size))
+        crop = resize_square(decode_region(image, (left, top, width, height), self.size), self.size)
+        return F.horizontal_flip(crop) if torch.rand(1) < 0.5 else crop
 
 
 class ResizeCenterCrop:

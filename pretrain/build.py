@@ -6,6 +6,7 @@ Nothing here reads Hydra: the apps resolve their config to dicts and pass them i
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -29,9 +30,12 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def backbone_options(model: Mapping[str, Any], num_classes: int = 0) -> dict[str, Any]:
-    """VisionTransformer arguments: the preset's, overridden by every non-null key of the ``model`` group."""
-    options = preset_options(model["preset"])
-    options.update({key: value for key, value in model.items() if key != "preset" and value is not None})
+    """Every VisionTransformer argument, spelled out: constructor defaults, then the preset's, then every key of
+    the ``model`` group. Complete options keep an exported backbone rebuildable if defaults change later."""
+    signature = inspect.signature(VisionTransformer.__init__).parameters.values()
+    options = {p.name: p.default for p in signature if p.default is not inspect.Parameter.empty}
+    options.update(preset_options(model["preset"]))
+    options.update({key: value for key, value in model.items() if key != "preset"})
     options["num_classes"] = num_classes
     return options
 

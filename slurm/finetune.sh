@@ -3,8 +3,8 @@
 # Submit from the repository root:
 #
 #   mkdir -p logs                                            # sbatch does not create the --output directory
-#   sbatch slurm/finetune.sh task=cifar100 checkpoint=runs/pretrain/123456/backbone.safetensors
-#   sbatch --nodes=4 --time=12:00:00 slurm/finetune.sh task=imagenet checkpoint=...
+#   sbatch slurm/finetune.sh task=cifar100 ckpt=runs/pretrain/123456/backbone.safetensors
+#   sbatch --nodes=4 --time=12:00:00 slurm/finetune.sh task=imagenet ckpt=...
 #   VITFM_TRAINER=deepspeed_zero2 sbatch slurm/finetune.sh task=... # DeepSpeed instead of DDP
 #
 # sbatch flags override the #SBATCH lines below (choose tasks with --ntasks-per-node, one per GPU);
@@ -25,7 +25,8 @@ cd "${SLURM_SUBMIT_DIR:?submit this script with sbatch}"
 [[ -f finetune/run.py ]] || { echo "error: submit from the repository root, not $PWD" >&2; exit 1; }
 source slurm/job_env.sh
 
+# ++ sets logger.run_id whether or not the chosen logger config has one (logger=csv and logger=none do not).
 srun --kill-on-bad-exit=1 "${VITFM_PYTHON:-python}" finetune/run.py \
   trainer="${VITFM_TRAINER:-ddp}" trainer.num_nodes="$NODES" trainer.devices="$DEVICES_PER_NODE" \
   run_dir="runs/finetune/$SLURM_JOB_ID" resume=auto \
-  logger.run_id="slurm-$SLURM_CLUSTER_NAME-$SLURM_JOB_ID" "$@"
+  ++logger.run_id="slurm-$SLURM_CLUSTER_NAME-$SLURM_JOB_ID" "$@"

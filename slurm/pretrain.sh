@@ -27,7 +27,8 @@ cd "${SLURM_SUBMIT_DIR:?submit this script with sbatch}"
 [[ -f pretrain/run.py ]] || { echo "error: submit from the repository root, not $PWD" >&2; exit 1; }
 source slurm/job_env.sh
 
+# ++ sets logger.run_id whether or not the chosen logger config has one (logger=csv and logger=none do not).
 srun --kill-on-bad-exit=1 "${VITFM_PYTHON:-python}" pretrain/run.py \
   trainer="${VITFM_TRAINER:-deepspeed_zero2}" trainer.num_nodes="$NODES" trainer.devices="$DEVICES_PER_NODE" \
   run_dir="runs/pretrain/$SLURM_JOB_ID" resume=auto \
-  logger.run_id="slurm-$SLURM_CLUSTER_NAME-$SLURM_JOB_ID" "$@"
+  ++logger.run_id="slurm-$SLURM_CLUSTER_NAME-$SLURM_JOB_ID" "$@"

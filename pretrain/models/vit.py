@@ -197,7 +197,7 @@ class VisionTransformer(nn.Module):
             torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, embed_dim),
             requires_grad=pos_embed == "learn",
         )
-        drop_rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        drop_rates = [drop_path_rate * index / max(1, depth - 1) for index in range(depth)]
         self.blocks = nn.Sequential(
             *(
                 Block(embed_dim, num_heads, mlp_ratio, qkv_bias, layer_scale_init, rate, norm_eps)

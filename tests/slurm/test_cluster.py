@@ -94,5 +94,5 @@ def test_launch_script_passes_the_allocation_and_job_keyed_overrides_to_the_app(
     assert sorted(launch["rank"] for launch in launches) == ["0", "1"]
     assert launches[0]["argv"] == [
         "trainer=ddp", "trainer.num_nodes=1", "trainer.devices=2", f"run_dir=runs/{app}/{job_id}", "resume=auto",
-        f"logger.run_id=slurm-{launches[0]['cluster']}-{job_id}", "optim.lr=0.5", "data.path=/a b"]
+        f"++logger.run_id=slurm-{launches[0]['cluster']}-{job_id}", "optim.lr=0.5", "data.path=/a b"]
     assert launches[0]["master"] == launches[1]["master"] == f"{socket.gethostname()}:{10000 + job_id % 20000}"

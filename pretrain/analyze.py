@@ -1,0 +1,179 @@
+"""Figures of what a pretrained ViT learned, for any checkpoint (Dosovitskiy et al., 2021, Fig. 7; MAE Fig. 2).
+
+    python pretrain/analyze.py ckpt=outputs/pretrain/<run>/checkpoints/step=000300.ckpt  # the five figures
+    python pretrain/analyze.py ckpt=outputs/pretrain/<run>/backbone.safetensors logger=wandb  # four, to W&B too
+    python pretrain/analyze.py --help                                                     # every option
+
+Writes ``run_dir/figures/``: patch-embedding filters, position-embedding similarity, mean attention distance by
+depth and head (averaged over ``num_images`` images), CLS attention and attention rollout overlaid on images, and
+MAE reconstructions. Reconstructions need the whole MAE, so only a Lightning ``.ckpt`` of an MAE run gives them;
+for other inputs the log says why they are skipped. The numbers and the drawing live in :mod:`pretrain.analysis`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import wandb
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from data_pipelines.stream import StreamConfig, build_loader
+from pretrain import analysis
+from pretrain.backbone_io import load_backbone
+from pretrain.build import backbone_options, build_model
+from pretrain.checkpointing import read_checkpoint
+from pretrain.models.mae import MaskedAutoencoder
+from pretrain.models.vit import VisionTransformer
+from pretrain.run import ensure_demo_shards
+from pretrain.trainer import build_logger
+
+log = logging.getLogger("analyze")
+
+FIGURES_SUBDIR = "figures"
+RUN_CONFIG = Path(".hydra") / "config.yaml"
+
+
+def load_mae(path: Path, meta: Mapping[str, Any], objective: Mapping[str, Any] | None) -> MaskedAutoencoder | str:
+    """The whole MAE of a Lightning checkpoint, or the reason there is none to load.
+
+    The decoder's options are not in the checkpoint: they come from ``objective`` when given, else from the
+    pretraining run's ``.hydra/config.yaml`` (beside ``checkpoints/``, or beside a SLURM ``hpc_ckpt_*``).
+    """
+    if path.suffix != ".ckpt":
+        return f"{path.name} is not a Lightning .ckpt, so it holds no MAE decoder"
+    if meta.get("objective") != "mae":
+        return f"{path.name} comes from objective={meta.get('objective')!r} pretraining, which has no MAE decoder"
+    if objective is None:
+        run_configs = [directory / RUN_CONFIG for directory in (path.parent, path.parent.parent)]
+        found = next((config for config in run_configs if config.is_file()), None)
+        if found is None:
+            return (
+                f"the MAE decoder options are unknown: no {RUN_CONFIG} of the pretraining run beside {path}; "
+                "pass the objective it used, e.g. +objective=mae"
+            )
+        objective = OmegaConf.to_container(OmegaConf.load(found).objective, resolve=True)
+    mae = build_model(objective, meta["options"])
+    state = read_checkpoint(path)["state_dict"]
+    mae.load_state_dict({key.removeprefix("model."): value for key, value in state.items()})
+    return mae
+
+
+def image_batches(config: Mapping[str, Any], image_size: int, mean: list[float], std: list[float]) -> list[Tensor]:
+    """At least ``num_images`` normalized, centre-cropped images (fewer when the shards hold fewer), in batches."""
+    data = config["data"]
+    if data["make_demo"]:
+        ensure_demo_shards({**data, "image_size": image_size})
+    stream = StreamConfig(
+        shards=data["shards"],
+        batch_size=data["batch_size"],
+        num_workers=data["num_workers"],
+        transform="eval",
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        seed=config["seed"],
+        shuffle_buffer=0,
+    )
+    batches, count = [], 0
+    for batch in build_loader(stream):
+        batches.append(batch["image"])
+        count += len(batch["image"])
+        if count >= config["num_images"]:
+            break
+    if not batches:
+        raise ValueError(f"no images in data.shards={data['shards']}; point it at shards with images")
+    return batches
+
+
+@torch.no_grad()
+def write_figures(
+    backbone: VisionTransformer,
+    mae: MaskedAutoencoder | None,
+    batches: list[Tensor],
+    config: Mapping[str, Any],
+    mean: list[float],
+    std: list[float],
+    out_dir: Path,
+) -> dict[str, Path]:
+    """Every figure the inputs allow, keyed by name; reconstructions only when ``mae`` is given."""
+    grid, patch = backbone.patch_embed.grid_size, backbone.patch_size
+    prefix = backbone.num_prefix_tokens
+    figures = {
+        "patch_embedding_filters": analysis.plot_patch_embedding_filters(
+            analysis.patch_embedding_components(backbone.patch_embed.proj.weight, config["num_components"]),
+            out_dir / "patch_embedding_filters.png",
+        ),
+        "position_embedding_similarity": analysis.plot_position_embedding_similarity(
+            analysis.position_embedding_similarity(backbone.pos_embed[0, prefix:], grid),
+            out_dir / "position_embedding_similarity.png",
+        ),
+    }
+    distance_sum, image_count = 0.0, 0
+    for images in batches:
+        attentions = backbone.forward_attention_maps(images)
+        distance_sum = distance_sum + len(images) * analysis.mean_attention_distance_by_layer(attentions, grid, patch, prefix)
+        image_count += len(images)
+    log.info("mean attention distance averaged over %d images", image_count)
+    figures["mean_attention_distance"] = analysis.plot_mean_attention_distance(
+        distance_sum / image_count, out_dir / "mean_attention_distance.png", image_size=backbone.patch_embed.img_size
+    )
+    shown = batches[0][: config["num_shown"]]
+    attentions = backbone.forward_attention_maps(shown)
+    rollout = analysis.attention_rollout(attentions, config["head_fusion"])
+    figures["attention_maps"] = analysis.plot_attention_maps(
+        analysis.denormalize(shown, mean, std),
+        analysis.cls_attention_maps(attentions[-1], grid, prefix),
+        analysis.cls_attention_maps(rollout[:, None], grid, prefix)[:, 0],
+        out_dir / "attention_maps.png",
+    )
+    if mae is not None:
+        generator = torch.Generator().manual_seed(config["seed"])
+        noise = torch.rand(len(shown), backbone.patch_embed.num_patches, generator=generator).to(shown.device)
+        output = mae(shown, mask_ratio=config["mask_ratio"], noise=noise)
+        panels = analysis.reconstruction_panels(shown, output.mask, output.pred, patch, mean, std, mae.norm_pix_loss)
+        figures["reconstructions"] = analysis.plot_reconstructions(panels, out_dir / "reconstructions.png")
+    return figures
+
+
+def analyze(config: dict[str, Any], run_dir: Path) -> dict[str, Path]:
+    """Write the figures for ``config["ckpt"]`` to ``run_dir/figures`` (and W&B); returns them by name."""
+    path, device = Path(config["ckpt"]), torch.device(config["device"])
+    options = backbone_options(config["model"]) if config.get("model") else None
+    backbone, meta = load_backbone(path, options)
+    mae = load_mae(path, meta, config.get("objective"))
+    if isinstance(mae, str):
+        log.warning("skipping the MAE reconstructions figure: %s", mae)
+        mae = None
+    else:
+        mae.to(device).eval()
+    mean, std = list(meta.get("mean") or config["data"]["mean"]), list(meta.get("std") or config["data"]["std"])
+    image_size = config["data"]["image_size"] or backbone.patch_embed.img_size
+    log.info("analysing %s (step %s, %s images, mean %s, std %s)", path, meta.get("step"), image_size, mean, std)
+    batches = [images.to(device) for images in image_batches(config, image_size, mean, std)]
+    figures = write_figures(
+        backbone.to(device).eval(), mae, batches, config, mean, std, run_dir / FIGURES_SUBDIR
+    )
+    log.info("wrote %d figures to %s", len(figures), run_dir / FIGURES_SUBDIR)
+    logger = build_logger(config["logger"], run_dir, config)
+    if isinstance(logger, WandbLogger):
+        caption = f"{path} (step {meta.get('step')})"
+        logger.experiment.log({f"analysis/{name}": wandb.Image(str(png), caption=caption) for name, png in figures.items()})
+        logger.experiment.finish()
+    return figures
+
+
+@hydra.main(config_path="../conf", config_name="analyze", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    analyze(OmegaConf.to_container(cfg, resolve=True), Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Hydra composition: every option of every config group composes, and bad names say what is valid."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
+
+from pretrain.build import backbone_options
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+GROUPS = ["model", "objective", "data", "optim", "trainer", "logger"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(group, option):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("pretrain", overrides=[f"{group}={option}", "data.shards=/tmp/x"], return_hydra_config=True)
+    assert OmegaConf.select(cfg, group) is not None
+    if group == "model":
+        assert backbone_options(OmegaConf.to_container(cfg.model))["img_size"] == cfg.model.img_size
+
+
+def test_unknown_group_option_lists_the_valid_ones():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        with pytest.raises(MissingConfigException, match="vit_base"):
+            compose("pretrain", overrides=["model=vit_gigantic"])
+
+
+def test_help_lists_groups():
+    result = subprocess.run([sys.executable, "pretrain/run.py", "--help"], cwd=CONF.parent, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for group in GROUPS:
+        assert f"{group}:" in result.stdout

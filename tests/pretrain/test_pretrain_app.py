@@ -1,0 +1,109 @@
+"""The pretraining app end to end: real shards, real Lightning trainer, real offline W&B run read back."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, app_overrides, run_app
+from wandb_offline import read_offline_run
+
+from pretrain.backbone_io import load_backbone
+
+pytestmark = pytest.mark.slow
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def test_short_mae_run_lowers_loss_logs_to_wandb_and_exports(demo_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    run_app(
+        app_overrides(
+            demo_shards,
+            run_dir,
+            **{"trainer.max_steps": 60, "trainer.checkpoint_every_n_steps": 30, "optim.lr": 2e-3, "optim.warmup_steps": 5,
+               "logger": "wandb", "logger.log_images_every_n_steps": 30},
+        )
+    )
+    run = read_offline_run(run_dir / "wandb")
+    losses = run.values("train/loss")
+    assert len(losses) >= 10
+    assert mean(losses[-3:]) < 0.8 * mean(losses[:3])
+    for key in ("throughput/device/samples_per_sec", "throughput/device/items_per_sec", "lr-AdamW", "train/grad_norm",
+                "data/corrupt_samples_skipped"):
+        assert run.values(key), f"{key} was not logged"
+    assert run.images, "no reconstruction panel was logged"
+    assert run.config["model"]["preset"] == "vit_test_patch4"
+    assert "api_key" not in str(run.config).lower()
+    backbone, meta = load_backbone(run_dir / "backbone.safetensors")
+    assert meta["step"] == 60 and meta["objective"] == "mae"
+    assert torch.isfinite(backbone(torch.randn(1, 3, 32, 32))).all()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step=000030.ckpt", "step=000060.ckpt"]
+
+
+def test_supervised_objective_trains_with_csv_logger(demo_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    run_app(app_overrides(demo_shards, run_dir, objective="supervised", logger="csv", **{"trainer.max_steps": 10}))
+    metrics = (run_dir / "csv" / "metrics.csv").read_text()
+    assert "train/loss" in metrics
+    _, meta = load_backbone(run_dir / "backbone.safetensors")
+    assert meta["objective"] == "supervised"
+
+
+def final_state(run_dir: Path) -> dict:
+    checkpoint = torch.load(run_dir / "checkpoints" / "step=000016.ckpt", map_location="cpu", weights_only=False)
+    return checkpoint["state_dict"]
+
+
+def test_killed_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(demo_shards, tmp_path):
+    settings = {"trainer.max_steps": 16, "trainer.checkpoint_every_n_steps": 4, "trainer.keep_checkpoints": -1,
+                "logger": "none", "data.batches_per_epoch": 6}
+    straight = tmp_path / "straight"
+    run_app(app_overrides(demo_shards, straight, **settings))
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, "pretrain/run.py", *app_overrides(demo_shards, interrupted, **settings)],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    checkpoint = interrupted / "checkpoints" / "step=000008.ckpt"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists(), "the run never reached its step-8 checkpoint"
+    assert not (interrupted / "checkpoints" / "step=000016.ckpt").exists(), "the run finished before it was killed"
+
+    resumed = run_app(app_overrides(demo_shards, interrupted, **settings))
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    expected, actual = final_state(straight), final_state(interrupted)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_two_process_ddp_on_cpu(demo_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_app(app_overrides(demo_shards, run_dir, trainer="ddp_cpu", logger="none", **{"trainer.max_steps": 6}))
+    output = result.stdout + result.stderr
+    assert "1 node(s) x 2 device(s) = 2 processes; global batch 32" in output
+    assert (run_dir / "checkpoints" / "step=000006.ckpt").exists()
+    assert (run_dir / "backbone.safetensors").exists()
+
+
+def test_unreadable_resume_checkpoint_fails_with_a_clear_message(demo_shards, tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("garbage")
+    result = subprocess.run(
+        [sys.executable, "pretrain/run.py", *app_overrides(demo_shards, tmp_path / "run", resume=str(bad))],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "cannot read checkpoint" in result.stderr + result.stdout
