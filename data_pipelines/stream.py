@@ -35,6 +35,7 @@ import itertools
 import logging
 import math
 import tarfile
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -96,7 +97,12 @@ class StreamConfig:
         if self.transform not in TRANSFORMS:
             raise ValueError(f"unknown transform {self.transform!r}; valid transforms: {', '.join(TRANSFORMS)}")
         if self.batch_size < 1 or self.num_workers < 0 or self.skip_batches < 0:
-            raise ValueError(f"need batch_size >= 1, num_workers >= 0, skip_batches >= 0; got {self}")
+            raise ValueError(
+                "need batch_size >= 1, num_workers >= 0, skip_batches >= 0; "
+                f"got {self.batch_size}, {self.num_workers}, {self.skip_batches}"
+            )
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         if self.resampled and self.batches_per_epoch is None:
             raise ValueError("resampled=True needs batches_per_epoch: an endless stream has no epoch end of its own")
         if self.batches_per_epoch is not None and self.skip_batches > self.batches_per_epoch:
@@ -284,7 +290,10 @@ class ShardLoader(wds.WebLoader):
     """webdataset's WebLoader over a ShardStream, which knows its epoch length and can move to another epoch."""
 
     def __init__(self, stream: ShardStream, num_workers: int, pin_memory: bool) -> None:
-        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+        # Its own generator: DataLoader draws a base seed per iteration, which must not advance the caller's
+        # generator (a resumed run would otherwise see different model randomness); our workers never use it.
+        generator = torch.Generator().manual_seed(stream.cfg.seed)
+        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, generator=generator)
         self.stream = stream
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -315,7 +324,7 @@ def build_loader(cfg: StreamConfig) -> ShardLoader:
         )
     counts = shard_counts(urls, cfg.manifest)
     stream = ShardStream(cfg, urls, rank, world_size, counts)
-    check_epoch_cap(cfg, stream, rank, world_size)
+    check_equal_epochs(cfg, stream, world_size)
     return ShardLoader(stream, cfg.num_workers, cfg.pin_memory)
 
 
@@ -331,16 +340,24 @@ def shard_counts(urls: list[str], manifest: str | None) -> dict[str, int] | None
         return None
 
 
-def check_epoch_cap(cfg: StreamConfig, stream: ShardStream, rank: int, world_size: int) -> None:
-    """A capped non-resampled epoch must fit in every rank, or the short rank would end early and others hang."""
-    if cfg.resampled or cfg.batches_per_epoch is None or stream.counts is None:
+def check_equal_epochs(cfg: StreamConfig, stream: ShardStream, world_size: int) -> None:
+    """Ranks of a non-resampled stream must get equal batch counts, or the short rank ends early and others hang:
+    a cap (batches_per_epoch) must fit the shortest rank; without one, unequal counts are warned about."""
+    if cfg.resampled or world_size == 1 or stream.counts is None:
         return
-    shortest = min(
-        sum(worker_batch_counts(cfg, stream.urls, stream.counts, stream.epoch, other, world_size))
-        for other in range(world_size)
-    )
-    if cfg.batches_per_epoch > shortest:
+    per_rank = [
+        sum(worker_batch_counts(cfg, stream.urls, stream.counts, stream.epoch, rank, world_size))
+        for rank in range(world_size)
+    ]
+    shortest = min(per_rank)
+    if cfg.batches_per_epoch is not None and cfg.batches_per_epoch > shortest:
         raise ValueError(
             f"batches_per_epoch={cfg.batches_per_epoch} but the shortest rank has {shortest} batches per epoch: "
             f"lower it to {shortest} at most, or use resampled=True"
+        )
+    if cfg.batches_per_epoch is None and len(set(per_rank)) > 1:
+        warnings.warn(
+            f"ranks get {shortest} to {max(per_rank)} batches per epoch; distributed training needs equal counts: "
+            f"set batches_per_epoch={shortest} or resampled=True",
+            stacklevel=3,
         )

@@ -110,8 +110,13 @@ class ResizeCenterCrop:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         width, height = image.size
-        side = self.size * min(width, height) / self.resized_short_side  # the crop, in stored pixels
-        box = ((width - side) / 2, (height - side) / 2, side, side)
+        # torchvision's Resize + CenterCrop geometry (its rounding included), mapped back to stored pixels.
+        short, long = sorted((width, height))
+        resized_long = int(self.resized_short_side * long / short)
+        resized_width, resized_height = (resized_long, self.resized_short_side)[:: 1 if width >= height else -1]
+        scale_x, scale_y = width / resized_width, height / resized_height
+        left, top = round((resized_width - self.size) / 2), round((resized_height - self.size) / 2)
+        box = (left * scale_x, top * scale_y, self.size * scale_x, self.size * scale_y)
         return resize_square(decode_region(image, box, self.size), self.size)
 
 

@@ -15,7 +15,7 @@ from data_pipelines.sources.base import ENCODINGS, Source, SourceRequest
 from data_pipelines.sources.cifar import CIFAR10_SOURCE, CIFAR100_SOURCE
 from data_pipelines.sources.folder import IMAGE_FOLDER, UNLABELED_FOLDER
 from data_pipelines.sources.oxford import FLOWERS102, PETS
-from data_pipelines.sources.vtab import VTAB
+from data_pipelines.sources.vtab import VTAB, resolve_task
 from data_pipelines.writer import WriteOptions, write_listing
 
 SOURCES: dict[str, Source] = {
@@ -50,6 +50,7 @@ def write_shards(
     split = resolve_split(spec, split)
     if spec.needs_task != (task is not None):
         raise ValueError(f"--task is required by the vtab source and only by it (source {source!r}, task {task!r})")
+    task = None if task is None else resolve_task(task).name
     listing = spec.load(SourceRequest(Path(root), split, task))
     options = WriteOptions(
         name=name or default_name(spec, split, task),

@@ -1,8 +1,9 @@
 """Figures of what a pretrained ViT learned, for any checkpoint (Dosovitskiy et al., 2021, Fig. 7; MAE Fig. 2).
 
-    python pretrain/analyze.py ckpt=outputs/pretrain/<run>/checkpoints/step=000300.ckpt  # the five figures
+    python pretrain/analyze.py ckpt=outputs/pretrain/<run>      # its newest checkpoint: the five figures
     python pretrain/analyze.py ckpt=outputs/pretrain/<run>/backbone.safetensors logger=wandb  # four, to W&B too
-    python pretrain/analyze.py --help                                                     # every option
+    python pretrain/analyze.py "ckpt='outputs/pretrain/<run>/checkpoints/step=000100.ckpt'"  # quote '=' for Hydra
+    python pretrain/analyze.py --help                          # every option
 
 Writes ``run_dir/figures/``: patch-embedding filters, position-embedding similarity, mean attention distance by
 depth and head (averaged over ``num_images`` images), CLS attention and attention rollout overlaid on images, and
@@ -29,16 +30,22 @@ from data_pipelines.stream import StreamConfig, build_loader
 from pretrain import analysis
 from pretrain.backbone_io import load_backbone
 from pretrain.build import backbone_options, build_model
-from pretrain.checkpointing import read_checkpoint
+from pretrain.checkpointing import find_resume_checkpoint, read_checkpoint
 from pretrain.models.mae import MaskedAutoencoder
 from pretrain.models.vit import VisionTransformer
 from pretrain.run import ensure_demo_shards
-from pretrain.trainer import build_logger
+from pretrain.trainer import CHECKPOINT_SUBDIR, build_logger
 
 log = logging.getLogger("analyze")
 
 FIGURES_SUBDIR = "figures"
 RUN_CONFIG = Path(".hydra") / "config.yaml"
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A pretraining run directory stands for its newest complete checkpoint; any other path is used as given."""
+    newest = find_resume_checkpoint(path / CHECKPOINT_SUBDIR) if path.is_dir() else None
+    return newest or path
 
 
 def load_mae(path: Path, meta: Mapping[str, Any], objective: Mapping[str, Any] | None) -> MaskedAutoencoder | str:
@@ -47,8 +54,8 @@ def load_mae(path: Path, meta: Mapping[str, Any], objective: Mapping[str, Any] |
     The decoder's options are not in the checkpoint: they come from ``objective`` when given, else from the
     pretraining run's ``.hydra/config.yaml`` (beside ``checkpoints/``, or beside a SLURM ``hpc_ckpt_*``).
     """
-    if path.suffix != ".ckpt":
-        return f"{path.name} is not a Lightning .ckpt, so it holds no MAE decoder"
+    if path.suffix != ".ckpt" or not path.is_file():
+        return f"{path.name} is not a Lightning .ckpt file, so it holds no MAE decoder"
     if meta.get("objective") != "mae":
         return f"{path.name} comes from objective={meta.get('objective')!r} pretraining, which has no MAE decoder"
     if objective is None:
@@ -94,6 +101,18 @@ def image_batches(config: Mapping[str, Any], image_size: int, mean: list[float],
 
 
 @torch.no_grad()
+def average_attention_distance(backbone: VisionTransformer, batches: list[Tensor]) -> Tensor:
+    """Mean attention distance in pixels ``[depth, heads]``, averaged over every image of ``batches``."""
+    grid, patch, prefix = backbone.patch_embed.grid_size, backbone.patch_size, backbone.num_prefix_tokens
+    total, count = torch.zeros(()), 0
+    for images in batches:
+        attentions = backbone.forward_attention_maps(images)
+        total = total + len(images) * analysis.mean_attention_distance_by_layer(attentions, grid, patch, prefix).cpu()
+        count += len(images)
+    return total / count
+
+
+@torch.no_grad()
 def write_figures(
     backbone: VisionTransformer,
     mae: MaskedAutoencoder | None,
@@ -104,8 +123,7 @@ def write_figures(
     out_dir: Path,
 ) -> dict[str, Path]:
     """Every figure the inputs allow, keyed by name; reconstructions only when ``mae`` is given."""
-    grid, patch = backbone.patch_embed.grid_size, backbone.patch_size
-    prefix = backbone.num_prefix_tokens
+    grid, prefix = backbone.patch_embed.grid_size, backbone.num_prefix_tokens
     figures = {
         "patch_embedding_filters": analysis.plot_patch_embedding_filters(
             analysis.patch_embedding_components(backbone.patch_embed.proj.weight, config["num_components"]),
@@ -115,16 +133,12 @@ def write_figures(
             analysis.position_embedding_similarity(backbone.pos_embed[0, prefix:], grid),
             out_dir / "position_embedding_similarity.png",
         ),
+        "mean_attention_distance": analysis.plot_mean_attention_distance(
+            average_attention_distance(backbone, batches),
+            out_dir / "mean_attention_distance.png",
+            image_size=backbone.patch_embed.img_size,
+        ),
     }
-    distance_sum, image_count = 0.0, 0
-    for images in batches:
-        attentions = backbone.forward_attention_maps(images)
-        distance_sum = distance_sum + len(images) * analysis.mean_attention_distance_by_layer(attentions, grid, patch, prefix)
-        image_count += len(images)
-    log.info("mean attention distance averaged over %d images", image_count)
-    figures["mean_attention_distance"] = analysis.plot_mean_attention_distance(
-        distance_sum / image_count, out_dir / "mean_attention_distance.png", image_size=backbone.patch_embed.img_size
-    )
     shown = batches[0][: config["num_shown"]]
     attentions = backbone.forward_attention_maps(shown)
     rollout = analysis.attention_rollout(attentions, config["head_fusion"])
@@ -138,14 +152,16 @@ def write_figures(
         generator = torch.Generator().manual_seed(config["seed"])
         noise = torch.rand(len(shown), backbone.patch_embed.num_patches, generator=generator).to(shown.device)
         output = mae(shown, mask_ratio=config["mask_ratio"], noise=noise)
-        panels = analysis.reconstruction_panels(shown, output.mask, output.pred, patch, mean, std, mae.norm_pix_loss)
+        panels = analysis.reconstruction_panels(
+            shown, output.mask, output.pred, mae.patch_size, mean, std, mae.norm_pix_loss
+        )
         figures["reconstructions"] = analysis.plot_reconstructions(panels, out_dir / "reconstructions.png")
     return figures
 
 
 def analyze(config: dict[str, Any], run_dir: Path) -> dict[str, Path]:
     """Write the figures for ``config["ckpt"]`` to ``run_dir/figures`` (and W&B); returns them by name."""
-    path, device = Path(config["ckpt"]), torch.device(config["device"])
+    path, device = resolve_checkpoint(Path(config["ckpt"])), torch.device(config["device"])
     options = backbone_options(config["model"]) if config.get("model") else None
     backbone, meta = load_backbone(path, options)
     mae = load_mae(path, meta, config.get("objective"))
@@ -156,16 +172,16 @@ def analyze(config: dict[str, Any], run_dir: Path) -> dict[str, Path]:
         mae.to(device).eval()
     mean, std = list(meta.get("mean") or config["data"]["mean"]), list(meta.get("std") or config["data"]["std"])
     image_size = config["data"]["image_size"] or backbone.patch_embed.img_size
-    log.info("analysing %s (step %s, %s images, mean %s, std %s)", path, meta.get("step"), image_size, mean, std)
+    log.info("analysing %s (step %s) on %dpx images", path, meta.get("step"), image_size)
     batches = [images.to(device) for images in image_batches(config, image_size, mean, std)]
-    figures = write_figures(
-        backbone.to(device).eval(), mae, batches, config, mean, std, run_dir / FIGURES_SUBDIR
-    )
+    log.info("mean attention distance over %d images", sum(len(images) for images in batches))
+    figures = write_figures(backbone.to(device).eval(), mae, batches, config, mean, std, run_dir / FIGURES_SUBDIR)
     log.info("wrote %d figures to %s", len(figures), run_dir / FIGURES_SUBDIR)
     logger = build_logger(config["logger"], run_dir, config)
     if isinstance(logger, WandbLogger):
         caption = f"{path} (step {meta.get('step')})"
-        logger.experiment.log({f"analysis/{name}": wandb.Image(str(png), caption=caption) for name, png in figures.items()})
+        images = {f"analysis/{name}": wandb.Image(str(png), caption=caption) for name, png in figures.items()}
+        logger.experiment.log(images)
         logger.experiment.finish()
     return figures
 

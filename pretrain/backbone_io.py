@@ -53,15 +53,17 @@ def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _deepspeed_state(directory: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """Consolidate ZeRO shards to fp32; the metadata is the client state saved with the tag named in ``latest``."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    root = directory / "checkpoint" if (directory / "checkpoint").is_dir() and not (directory / "latest").exists() else directory
+    root = directory / "checkpoint" if not (directory / "latest").is_file() else directory
+    if not (root / "latest").is_file():
+        raise FileNotFoundError(f"{directory} is not a DeepSpeed checkpoint: no 'latest' file in it or in checkpoint/")
     state = get_fp32_state_dict_from_zero_checkpoint(str(root))
-    meta = None
-    model_states = sorted(directory.rglob("mp_rank_00_model_states.pt"))
-    if model_states:
-        client = torch.load(model_states[0], map_location="cpu", weights_only=False)
-        meta = client.get("vitfm")
+    tag_dir = root / (root / "latest").read_text().strip()
+    # ZeRO-2 writes mp_rank_00_model_states.pt, ZeRO-3 zero_pp_rank_0_mp_rank_00_model_states.pt
+    model_states = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
+    meta = torch.load(model_states[0], map_location="cpu", weights_only=False).get("vitfm") if model_states else None
     return state, meta
 
 

@@ -118,16 +118,15 @@ def build_trainer(
         mode="max",
         save_top_k=config["keep_checkpoints"],
     )
-    all_callbacks = [
-        checkpointing,
+    logger = build_logger(logger_config, run_dir, run_config)
+    monitors = [
         LearningRateMonitor(logging_interval="step"),
         ThroughputMonitor(batch_size_fn=batch_size_fn, length_fn=tokens_fn, window_size=config.get("throughput_window", 10)),
-        *callbacks,
     ]
+    all_callbacks = [checkpointing, *(monitors if logger is not None else []), *callbacks]
     plugins: list[Any] = [] if isinstance(strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         plugins.append(SLURMEnvironment(auto_requeue=config.get("slurm_auto_requeue", True)))
-    logger = build_logger(logger_config, run_dir, run_config)
     if config["accelerator"] == "cpu" and config["precision"] not in ("32-true", "32", "bf16-mixed", "bf16-true"):
         raise ValueError(f"precision {config['precision']!r} is not supported on CPU; use 32-true or bf16-mixed")
     if config["accelerator"] == "gpu" and not torch.cuda.is_available():

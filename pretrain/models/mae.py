@@ -6,7 +6,7 @@ Given the same weights and the same masking noise, loss and predictions equal HF
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -58,8 +58,9 @@ def pixel_targets(images: Tensor, patch_size: int, norm_pix_loss: bool, eps: flo
     return target
 
 
-@dataclass
-class MAEOutput:
+class MAEOutput(NamedTuple):
+    """A named tuple, not a dataclass: DeepSpeed ZeRO-3 finds output tensors (for its hooks) only in tuples."""
+
     loss: Tensor  # scalar: mean squared error over masked patches
     pred: Tensor  # [B, L, p*p*C] predicted pixels (normalized per patch when norm_pix_loss)
     mask: Tensor  # [B, L], 1 = masked

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from wandb_offline import read_offline_run
 
 from data_pipelines.demo import write_demo_shards
-from pretrain.analyze import load_mae
+from pretrain.analyze import load_mae, resolve_checkpoint
 from pretrain.build import build_model
 from pretrain.export import export_checkpoint
 from pretrain.models.vit import preset_options
@@ -59,7 +59,7 @@ def demo_shards(tmp_path_factory) -> Path:
 def run_analyze(ckpt: Path, shards: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     """The app as users run it (a fresh interpreter) on 8 images, failing with its output when it fails."""
     command = [
-        sys.executable, "pretrain/analyze.py", f"ckpt={ckpt}", f"data.shards={shards}", "data.make_demo=false",
+        sys.executable, "pretrain/analyze.py", f"ckpt='{ckpt}'", f"data.shards={shards}", "data.make_demo=false",
         "data.batch_size=4", "num_images=8", "num_shown=2", f"run_dir={run_dir}", *overrides,
     ]
     result = subprocess.run(command, cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
@@ -76,7 +76,7 @@ def written_figures(run_dir: Path) -> list[str]:
 @pytest.mark.slow
 def test_an_mae_checkpoint_gives_all_five_figures_and_logs_them_to_wandb(pretraining_run, demo_shards, tmp_path):
     run_dir = tmp_path / "analysis"
-    run_analyze(pretraining_run / "checkpoints" / "step=000003.ckpt", demo_shards, run_dir, "logger=wandb")
+    run_analyze(pretraining_run, demo_shards, run_dir, "logger=wandb")
 
     assert written_figures(run_dir) == ALL_FIGURES
     logged = read_offline_run(run_dir / "wandb")
@@ -95,7 +95,15 @@ def test_an_exported_backbone_gives_four_figures_and_the_log_says_why_not_the_fi
 
     assert written_figures(run_dir) == [name for name in ALL_FIGURES if name != "reconstructions.png"]
     log = (run_dir / "analyze.log").read_text()
-    assert "skipping the MAE reconstructions figure: backbone.safetensors is not a Lightning .ckpt" in log
+    assert "skipping the MAE reconstructions figure: backbone.safetensors is not a Lightning .ckpt file" in log
+
+
+def test_a_run_directory_stands_for_its_newest_checkpoint(pretraining_run, tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("step=000003.ckpt", "step=000010.ckpt"):
+        shutil.copy(pretraining_run / "checkpoints" / "step=000003.ckpt", tmp_path / "checkpoints" / name)
+
+    assert resolve_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step=000010.ckpt"
 
 
 def test_the_mae_is_rebuilt_with_the_runs_decoder_options_and_its_weights(pretraining_run):

@@ -19,14 +19,18 @@ import json
 import os
 from pathlib import Path
 
-# Read by DeepSpeed at import. The extension cache outlives the run: DeepSpeed JIT-compiles its shared-memory
-# communication op on first use (about a minute on two cores), later runs load it in a second.
+import torch
+import torch.distributed as dist
+
+# Read by DeepSpeed at import. The extension cache outlives the run (CI keeps ~/.cache/vitfm): DeepSpeed JIT-compiles
+# its shared-memory communication op on first use (about a minute on two cores), later runs load it in a second.
+# One folder per torch version, since a compiled op only fits the torch it was built against.
 os.environ["DS_ACCELERATOR"] = "cpu"
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "vitfm" / "torch_extensions"))
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "vitfm" / "torch_extensions" / f"torch-{torch.__version__}")
+)
 
 import deepspeed  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 
 from pretrain.models.mae import MaskedAutoencoder  # noqa: E402
 from pretrain.models.vit import VisionTransformer, preset_options  # noqa: E402

@@ -35,8 +35,8 @@ def test_short_mae_run_lowers_loss_logs_to_wandb_and_exports(demo_shards, tmp_pa
     losses = run.values("train/loss")
     assert len(losses) >= 10
     assert mean(losses[-3:]) < 0.8 * mean(losses[:3])
-    for key in ("throughput/device/samples_per_sec", "throughput/device/items_per_sec", "lr-AdamW", "train/grad_norm",
-                "data/corrupt_samples_skipped"):
+    for key in ("train/device/samples_per_sec", "train/device/items_per_sec", "train/device/flops_per_sec",
+                "lr-AdamW/pg1", "train/grad_norm", "data/corrupt_samples_skipped"):
         assert run.values(key), f"{key} was not logged"
     assert run.images, "no reconstruction panel was logged"
     assert run.config["model"]["preset"] == "vit_test_patch4"

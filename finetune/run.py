@@ -1,0 +1,198 @@
+"""Evaluate a pretrained backbone on a downstream task: linear probe, full fine-tune or k-NN.
+
+    python finetune/run.py ckpt=outputs/pretrain/<run>/backbone.safetensors      # demo shards, linear probe, CPU
+    python finetune/run.py task=cifar100 data_root=~/data ckpt=PATH mode=finetune  # from CIFAR's python pickles
+    python finetune/run.py -m task=vtab_dtd,vtab_eurosat mode=linear,knn data_root=~/vtab-1k ckpt=PATH
+    python finetune/report.py multirun/finetune/<date>                             # one table of a sweep
+    python finetune/run.py --help                                                  # tasks, modes, every option
+
+Writes ``run_dir/results.json`` (task, mode, checkpoint, config hash, top-1/top-5 in percent on the test split,
+images/s, ...), the same to the W&B run summary (``logger=wandb``), and training checkpoints under
+``run_dir/checkpoints`` (``resume=auto`` continues from them, e.g. after a SLURM requeue).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from data_pipelines.manifest import write_json_atomic
+from data_pipelines.transforms import TransformOptions
+from finetune.data import LoaderSpec, TaskDataModule
+from finetune.modules import Mode, RunContext, get_mode
+from finetune.tasks import Task, build_task
+from pretrain.backbone_io import load_backbone
+from pretrain.build import backbone_options, config_hash
+from pretrain.models.vit import VisionTransformer
+from pretrain.run import resolve_resume
+from pretrain.trainer import CHECKPOINT_SUBDIR, build_trainer
+
+log = logging.getLogger("finetune")
+
+RESULTS_FILE = "results.json"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Keys that name where and how a run is recorded, not what it computes: left out of its config hash.
+UNHASHED_KEYS = ("run_dir", "resume", "logger")
+
+
+def load_pretrained(config: Mapping[str, Any]) -> tuple[VisionTransformer, dict[str, Any]]:
+    """The backbone of ``ckpt`` (random for ``ckpt=null``) at ``image_size``, and the checkpoint's metadata."""
+    options = {key: config["mode"][key] for key in ("drop_path_rate",) if key in config["mode"]}
+    if config.get("model"):
+        options = {**backbone_options(config["model"]), **options}
+    if config["image_size"]:
+        options["img_size"] = config["image_size"]
+    if config["ckpt"] is None:
+        if not config.get("model"):
+            raise ValueError("ckpt=null (the randomly initialized baseline) needs an architecture: add model=vit_base")
+        return VisionTransformer(**options), {"options": options}
+    return load_backbone(Path(config["ckpt"]).expanduser(), options)
+
+
+def run_context(config: Mapping[str, Any], task: Task, mode: Mode, world_size: int, meta: dict[str, Any]) -> RunContext:
+    """Global batch and schedule in steps: ``mode.epochs`` over the task's training images."""
+    mode_config, trainer_config = config["mode"], config["trainer"]
+    accumulate = trainer_config.get("accumulate_grad_batches", 1)
+    per_step = mode_config["batch_size"] * world_size
+    steps_per_epoch = task.train.num_samples // per_step // accumulate
+    if mode.trains and steps_per_epoch == 0:
+        raise ValueError(
+            f"task {task.name} has {task.train.num_samples} training images, fewer than one global batch "
+            f"({per_step * accumulate}): lower mode.batch_size"
+        )
+    epochs = mode_config.get("epochs", 0)
+    return RunContext(
+        num_classes=task.num_classes,
+        total_steps=trainer_config["max_steps"] or epochs * steps_per_epoch,
+        warmup_steps=mode_config.get("warmup_epochs", 0) * steps_per_epoch,
+        global_batch=per_step * accumulate,
+        seed=config["seed"],
+        meta=meta,
+        max_bad_steps=trainer_config.get("max_bad_steps", 5),
+    )
+
+
+def task_data(
+    config: Mapping[str, Any], task: Task, mode: Mode, image_size: int, meta: Mapping[str, Any]
+) -> TaskDataModule:
+    """Loaders at the backbone's resolution, normalized as in pretraining (else with the configured mean/std)."""
+    mode_config = config["mode"]
+    common = dict(
+        batch_size=mode_config["batch_size"],
+        num_workers=config["num_workers"],
+        mean=tuple(meta.get("mean") or config["mean"]),
+        std=tuple(meta.get("std") or config["std"]),
+        seed=config["seed"],
+    )
+    eval_options = TransformOptions(image_size=image_size, eval_crop_fraction=config["task"]["eval_crop_fraction"])
+    test_spec = LoaderSpec("eval", eval_options, training=False, **common)
+    train_spec = None
+    if mode.trains:
+        options = TransformOptions(
+            image_size=image_size, crop_scale=tuple(mode_config["crop_scale"]), randaugment=mode_config["randaugment"]
+        )
+        train_spec = LoaderSpec(mode_config["train_transform"], options, training=True, **common)
+    tests = [task.train, task.test] if mode.tests_on_training_images else [task.test]
+    return TaskDataModule(task.train, tests, train_spec, test_spec)
+
+
+def cache_training_features(trainer: L.Trainer, module: L.LightningModule, data: TaskDataModule) -> None:
+    """One pass of the frozen backbone over the training images; the head then trains on these features."""
+    batches = trainer.predict(module, datamodule=data)
+    features = torch.cat([batch["features"] for batch in batches])
+    data.cache_training_features(features, torch.cat([batch["label"] for batch in batches]))
+    log.info("cached %d training features of dimension %d", *features.shape)
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def finetune(cfg: DictConfig) -> dict[str, Any]:
+    """Train (unless k-NN) and test per ``cfg``; returns what it writes to ``run_dir/results.json``."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    L.seed_everything(config["seed"], workers=True)
+    mode = get_mode(config["mode"]["name"])
+    task = build_task(config["task"])
+    backbone, meta = load_pretrained(config)
+    image_size = backbone.patch_embed.img_size
+    trainer = build_trainer(
+        {**config["trainer"], "max_steps": config["trainer"]["max_steps"] or -1},
+        config["logger"],
+        run_dir,
+        run_config=config,
+        batch_size_fn=lambda batch: batch["label"].shape[0],
+        callbacks=mode.callbacks(config["mode"]),
+    )
+    context = run_context(config, task, mode, trainer.world_size, meta)
+    module = mode.build(backbone, config["mode"], context)
+    data = task_data(config, task, mode, image_size, meta)
+    if mode.trains:
+        log.info("%s on %s: %d steps of %d images", config["mode"]["name"], task.name, context.total_steps, context.global_batch)
+        # The schedule depends on the world size, which the Trainer resolves: set its step limit afterwards.
+        trainer.fit_loop.epoch_loop.max_steps = context.total_steps
+        if config["mode"].get("cache_features"):
+            cache_training_features(trainer, module, data)
+        trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(str(config["resume"]), run_dir))
+        final = run_dir / CHECKPOINT_SUBDIR / f"step={trainer.global_step:06d}.ckpt"
+        if not final.exists():
+            trainer.save_checkpoint(final)
+    started = time.perf_counter()
+    trainer.test(module, datamodule=data)
+    images_tested = sum(split.num_samples for split in data.tests)
+    results = {
+        "task": task.name,
+        "mode": config["mode"]["name"],
+        "checkpoint": config["ckpt"],
+        "config_hash": config_hash({k: v for k, v in config.items() if k not in UNHASHED_KEYS}),
+        "metrics": {
+            name.removeprefix("test/"): round(float(value), 4)
+            for name, value in trainer.callback_metrics.items()
+            if name.startswith("test/")
+        },
+        "num_train": task.train.num_samples,
+        "num_test": task.test.num_samples,
+        "images_per_s": round(images_tested / (time.perf_counter() - started), 2),
+        "seed": config["seed"],
+        "git_commit": git_commit(),
+        "group": task.group,
+        "num_classes": task.num_classes,
+        "train_splits": config["task"]["train"],
+        "test_splits": config["task"]["test"],
+        "image_size": image_size,
+        "pretraining": {key: meta.get(key) for key in ("objective", "step", "config_hash")},
+    }
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / RESULTS_FILE, results)
+        log.info("%s %s: %s -> %s", task.name, config["mode"]["name"], results["metrics"], run_dir / RESULTS_FILE)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update(results)
+                logger.experiment.finish()  # a Hydra multirun starts the next job's W&B run in this process
+    return results
+
+
+@hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    finetune(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The per-objective transforms against torchvision's reference pipelines on real JPEG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from conftest import image_bytes
+from PIL import Image
+from torchvision import transforms as T
+
+from data_pipelines.seeding import seeded_torch_rng
+from data_pipelines.transforms import Normalize, TransformOptions, build_transform, decode_region
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    """A 300x400 JPEG with smooth structure, like a downscaled photo."""
+    y, x = np.mgrid[0:300, 0:400]
+    pixels = np.stack([np.sin(x / (9 + 4 * c)) * np.cos(y / (13 - 3 * c)) for c in range(3)], -1) * 100 + 128
+    return image_bytes(pixels.astype(np.uint8))
+
+
+def open_photo(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))
+
+
+def test_eval_transform_matches_torchvision_resize_and_center_crop(photo: bytes) -> None:
+    # 160 px from a 300 px short side needs the full-size decode, so only the resize kernels differ (PIL's bicubic
+    # uses a=-0.5, torch's a=-0.75) and the crop's rounding to whole stored pixels.
+    ours = build_transform("eval", TransformOptions(image_size=160))(open_photo(photo)).float()
+    resize = T.Resize(int(160 / 0.875), interpolation=T.InterpolationMode.BICUBIC)
+    reference = T.Compose([resize, T.CenterCrop(160), T.PILToTensor()])(open_photo(photo).convert("RGB")).float()
+    assert ours.shape == (3, 160, 160) and (ours - reference).abs().mean() < 1.5
+
+
+def test_reduced_jpeg_decode_matches_full_decode_after_resize(photo: bytes) -> None:
+    box = (0.0, 0.0, 400.0, 300.0)
+    reduced = decode_region(open_photo(photo), box, output_size=64)  # 300 // 64 >= 4: decoded at 1/4 scale
+    full = decode_region(open_photo(photo), box, output_size=300)
+    assert reduced.shape == (3, 75, 100) and full.shape == (3, 300, 400)
+    resize = T.Resize((64, 64), interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+    assert (resize(reduced).float() - resize(full).float()).abs().mean() < 2.0
+
+
+def test_mae_transform_is_a_function_of_its_seed(photo: bytes) -> None:
+    transform = build_transform("mae", TransformOptions(image_size=32))
+    outputs = []
+    for seed in (1, 1, 2):
+        with seeded_torch_rng(seed):
+            outputs.append(transform(open_photo(photo)))
+    assert outputs[0].dtype == torch.uint8 and outputs[0].shape == (3, 32, 32)
+    assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], outputs[2])
+
+
+def test_supervised_transform_adds_randaugment_to_the_mae_crop(photo: bytes) -> None:
+    results = {}
+    for name in ("mae", "supervised"):
+        with seeded_torch_rng(3):
+            transform = build_transform(name, TransformOptions(image_size=32, randaugment_magnitude=15))
+            results[name] = transform(open_photo(photo))
+    assert not torch.equal(results["mae"], results["supervised"])
+
+
+def test_normalize_matches_torchvision_normalize() -> None:
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = T.Normalize(mean, std)(images.float() / 255)
+    assert torch.allclose(Normalize(mean, std)(images), expected, atol=1e-5)
+
+
+def test_unknown_transform_lists_valid_ones() -> None:
+    with pytest.raises(KeyError, match="mae, supervised, eval"):
+        build_transform("simclr", TransformOptions())
