@@ -124,10 +124,8 @@ def git_commit() -> str | None:
         return None
 
 
-def finetune(cfg: DictConfig) -> dict[str, Any]:
-    """Train (unless k-NN) and test per ``cfg``; returns what it writes to ``run_dir/results.json``."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    config = OmegaConf.to_container(cfg, resolve=True)
+def finetune(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Train (unless k-NN) and test per the resolved ``config``; returns what it writes to ``run_dir/results.json``."""
     L.seed_everything(config["seed"], workers=True)
     mode = get_mode(config["mode"]["name"])
     task = build_task(config["task"])
@@ -191,7 +189,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    finetune(cfg)
+    finetune(OmegaConf.to_container(cfg, resolve=True), Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

@@ -164,6 +164,8 @@ def analyze(config: dict[str, Any], run_dir: Path) -> dict[str, Path]:
     path, device = resolve_checkpoint(Path(config["ckpt"])), torch.device(config["device"])
     options = backbone_options(config["model"]) if config.get("model") else None
     backbone, meta = load_backbone(path, options)
+    image_size, step = config["data"]["image_size"] or backbone.patch_embed.img_size, meta.get("step", "unknown")
+    log.info("analysing %s (step %s) on %dpx images", path, step, image_size)
     mae = load_mae(path, meta, config.get("objective"))
     if isinstance(mae, str):
         log.warning("skipping the MAE reconstructions figure: %s", mae)
@@ -171,15 +173,13 @@ def analyze(config: dict[str, Any], run_dir: Path) -> dict[str, Path]:
     else:
         mae.to(device).eval()
     mean, std = list(meta.get("mean") or config["data"]["mean"]), list(meta.get("std") or config["data"]["std"])
-    image_size = config["data"]["image_size"] or backbone.patch_embed.img_size
-    log.info("analysing %s (step %s) on %dpx images", path, meta.get("step"), image_size)
     batches = [images.to(device) for images in image_batches(config, image_size, mean, std)]
     log.info("mean attention distance over %d images", sum(len(images) for images in batches))
     figures = write_figures(backbone.to(device).eval(), mae, batches, config, mean, std, run_dir / FIGURES_SUBDIR)
     log.info("wrote %d figures to %s", len(figures), run_dir / FIGURES_SUBDIR)
     logger = build_logger(config["logger"], run_dir, config)
     if isinstance(logger, WandbLogger):
-        caption = f"{path} (step {meta.get('step')})"
+        caption = f"{path} (step {step})"
         images = {f"analysis/{name}": wandb.Image(str(png), caption=caption) for name, png in figures.items()}
         logger.experiment.log(images)
         logger.experiment.finish()

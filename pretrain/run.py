@@ -20,6 +20,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,6 +62,15 @@ def ensure_demo_shards(data: dict[str, Any]) -> None:
         time.sleep(1)
 
 
+def set_cpu_threads(trainer: dict[str, Any], data: dict[str, Any]) -> None:
+    """On CPU, leave one core per loader worker: oversubscribed OpenMP threads spin and can run 10x slower."""
+    if trainer["accelerator"] != "cpu":
+        return
+    threads = trainer.get("cpu_threads") or max(1, (os.cpu_count() or 1) - data["num_workers"])
+    torch.set_num_threads(threads)
+    log.info("using %d CPU thread(s) for compute next to %d loader worker(s)", threads, data["num_workers"])
+
+
 def resolve_resume(resume: str, run_dir: Path) -> str | None:
     """``auto``: the newest complete checkpoint of this run (incl. SLURM ``hpc_ckpt_*``); ``none``; or a path."""
     if resume == "none":
@@ -86,6 +96,7 @@ def pretrain(cfg: DictConfig) -> Path:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     L.seed_everything(config["seed"], workers=True)
+    set_cpu_threads(config["trainer"], config["data"])
     data, objective = config["data"], config["objective"]
     if data["make_demo"]:
         ensure_demo_shards(data)

@@ -1,0 +1,135 @@
+"""Tabulate the ``results.json`` of many runs (e.g. a Hydra multirun) as markdown and CSV.
+
+    python finetune/report.py multirun/finetune/2026-11-23_10-00-00   # prints markdown, writes report.md + report.csv
+    python finetune/report.py runs/finetune other/runs --metric top5 --out reports/vitb
+
+One row per (checkpoint, mode), one column per task (top-1 in percent unless ``--metric``; repeated runs such as
+seeds are averaged). VTAB-1k tasks are followed by their group means (natural, specialized, structured: the mean
+over the group's tasks) and the mean over all VTAB tasks, as Zhai et al. (2019) report them. A group mean over
+fewer tasks than the group has is shown with its count, e.g. ``71.3 (3/7)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from data_pipelines.sources.vtab import TASKS as VTAB_TASKS
+
+RESULTS_FILE = "results.json"
+GROUPS = tuple(dict.fromkeys(task.group for task in VTAB_TASKS.values()))  # natural, specialized, structured
+GROUP_SIZES = Counter(task.group for task in VTAB_TASKS.values())
+ALL_VTAB = "vtab"
+
+
+def collect(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Every ``results.json`` below the given folders (or the given files), sorted by path."""
+    paths = []
+    for root in map(Path, roots):
+        paths.extend([root] if root.is_file() else sorted(root.rglob(RESULTS_FILE)))
+    if not paths:
+        raise FileNotFoundError(f"no {RESULTS_FILE} below {', '.join(map(str, roots))}")
+    return [json.loads(path.read_text()) for path in paths]
+
+
+def summarize(results: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns (tasks, then VTAB group means) and one row per (checkpoint, mode) with the metric per column.
+
+    A row maps ``checkpoint``, ``mode``, each task to its mean value, each group to ``(mean, tasks averaged)``.
+    """
+    values: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[str, str] = {}
+    for result in results:
+        if metric in result["metrics"]:
+            values[(str(result["checkpoint"]), result["mode"])][result["task"]].append(result["metrics"][metric])
+        if result.get("group"):
+            groups[result["task"]] = result["group"]
+    tasks = sorted({task for row in values.values() for task in row}, key=lambda task: (task in groups, task))
+    vtab_tasks = [task for task in tasks if task in groups]
+    group_columns = [group for group in GROUPS if group in groups.values()] + ([ALL_VTAB] if vtab_tasks else [])
+    rows = []
+    for (checkpoint, mode), per_task in sorted(values.items()):
+        row: dict[str, Any] = {"checkpoint": checkpoint, "mode": mode}
+        row.update({task: statistics.fmean(scores) for task, scores in per_task.items()})
+        for group in group_columns:
+            members = [row[task] for task in vtab_tasks if task in row and group in (ALL_VTAB, groups[task])]
+            if members:
+                row[group] = (statistics.fmean(members), len(members))
+        rows.append(row)
+    return tasks + group_columns, rows
+
+
+def _group_size(group: str) -> int:
+    return len(VTAB_TASKS) if group == ALL_VTAB else GROUP_SIZES[group]
+
+
+def _cell(value: Any, column: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        mean, count = value
+        complete = count == _group_size(column)
+        return f"{mean:.1f}" if complete else f"{mean:.1f} ({count}/{_group_size(column)})"
+    return f"{value:.1f}"
+
+
+def to_markdown(columns: list[str], rows: list[dict[str, Any]], metric: str) -> str:
+    header = ["checkpoint", "mode", *columns]
+    lines = [
+        f"{metric} accuracy (%) on each task's test split",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---", "---"] + ["---:"] * len(columns)) + "|",
+    ]
+    for row in rows:
+        cells = [row["checkpoint"], row["mode"], *(_cell(row.get(column), column) for column in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """Numbers only; each group mean is followed by ``<group>_tasks``, how many tasks it averages."""
+    header = ["checkpoint", "mode"]
+    for column in columns:
+        header += [column, f"{column}_tasks"] if column in (*GROUPS, ALL_VTAB) else [column]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        cells: list[Any] = [row["checkpoint"], row["mode"]]
+        for column in columns:
+            value = row.get(column)
+            if column in (*GROUPS, ALL_VTAB):
+                cells += [round(value[0], 4), value[1]] if value else ["", 0]
+            else:
+                cells.append("" if value is None else round(value, 4))
+        writer.writerow(cells)
+    return buffer.getvalue()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="+", help="folders searched recursively for results.json (or the files)")
+    parser.add_argument("--metric", default="top1", help="metrics key to tabulate (default top1)")
+    parser.add_argument("--out", help="write OUT.md and OUT.csv (default: report.md/.csv in the first folder)")
+    args = parser.parse_args(argv)
+    columns, rows = summarize(collect(args.roots), args.metric)
+    markdown = to_markdown(columns, rows, args.metric)
+    first = Path(args.roots[0])
+    out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "report"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(markdown)
+    out.with_suffix(".csv").write_text(to_csv(columns, rows))
+    print(markdown)
+    print(f"written: {out.with_suffix('.md')}, {out.with_suffix('.csv')}")
+
+
+if __name__ == "__main__":
+    main()
