@@ -101,7 +101,7 @@ def pretrain(cfg: DictConfig) -> Path:
     if data["make_demo"]:
         ensure_demo_shards(data)
     manifest = read_manifest(data["shards"])
-    tokens = tokens_per_image(objective, {**config["model"]})
+    tokens = tokens_per_image(objective, config["model"])
     trainer = build_trainer(
         config["trainer"],
         config["logger"],
@@ -127,7 +127,7 @@ def pretrain(cfg: DictConfig) -> Path:
     datamodule = ShardDataModule(stream, accumulate)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(str(config["resume"]), run_dir))
     final = run_dir / CHECKPOINT_SUBDIR / f"step={trainer.global_step:06d}.ckpt"
-    if not final.exists():
+    if trainer.global_step % config["trainer"]["checkpoint_every_n_steps"]:  # same answer on every rank
         trainer.save_checkpoint(final)
     if config["export_backbone"] and trainer.is_global_zero:
         export_checkpoint(final, run_dir)
