@@ -46,7 +46,7 @@ import torch.distributed
 import webdataset as wds
 
 from data_pipelines.manifest import read_manifest
-from data_pipelines.resume import SkipPlan, plan_skip
+from data_pipelines.resume import plan_skip
 from data_pipelines.seeding import seeded_torch_rng, stable_seed
 from data_pipelines.shards import expand_shards, local_path
 from data_pipelines.transforms import (
@@ -59,6 +59,8 @@ from data_pipelines.transforms import (
     open_image,
     read_label,
 )
+
+__all__ = ["ShardLoader", "StreamConfig", "build_loader", "read_manifest"]
 
 logger = logging.getLogger(__name__)
 # Errors of reading a tar that mean damaged data; others (a missing shard, a failing `pipe:` command) are raised.
@@ -233,7 +235,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         """Make the next iteration yield `epoch`, starting after its first `skip_batches` batches."""
         self.epoch = epoch
         self.skip_batches = skip_batches
-        self.skip_plan = plan_skip(skip_batches, self.worker_batches())
+        self.skip_plan = plan_skip(skip_batches, self.worker_batches() if skip_batches else [None] * self.num_workers)
 
     def worker_batches(self) -> list[int | None]:
         """Batches each worker role yields this epoch: None for endless (resampled) streams, from the manifest

@@ -7,7 +7,8 @@
 Why it is fast (bench/loader.py measures it): the crop is drawn from the image header before decoding; a JPEG is
 decoded at the smallest DCT scale (1/2, 1/4, 1/8, PIL's draft mode) that still covers the crop at output
 resolution, so no output pixel is upsampled that would not have been; crop + resize is one antialiased bicubic
-resize on uint8 (torchvision.transforms.v2), and floats appear only for the whole batch.
+resize on uint8 (torchvision.transforms.v2), and floats appear only for the whole batch. A crop decoded at scale
+1/r has its edges on that scale's pixel grid, i.e. within r/2 stored pixels of the drawn box.
 """
 
 from __future__ import annotations

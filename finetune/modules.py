@@ -176,10 +176,14 @@ class LinearProbeModule(ClassifierTest, L.LightningModule):
 class FinetuneModule(ClassifierTest, SupervisedModule):
     """The supervised pretraining module on a backbone with a new head, with layer-wise lr decay."""
 
-    def __init__(self, backbone: VisionTransformer, num_classes: int, pool: str, **kwargs: Any) -> None:
+    def __init__(
+        self, backbone: VisionTransformer, num_classes: int, pool: str, meta: Mapping[str, Any], **kwargs: Any
+    ) -> None:
         backbone.reset_classifier(num_classes, global_pool=pool)
         nn.init.trunc_normal_(backbone.head.weight, std=2e-5)  # MAE: a near-zero head leaves the features intact
-        super().__init__(backbone, **kwargs)
+        # Checkpoints describe the fine-tuned backbone (pooling, resolution), so the weight loader rebuilds it.
+        options = {**meta.get("options", {}), "img_size": backbone.patch_embed.img_size, "global_pool": pool}
+        super().__init__(backbone, meta={**meta, "options": options}, **kwargs)
         self.accuracy = TopKAccuracy(num_classes)
 
     def forward(self, images: Tensor) -> Tensor:

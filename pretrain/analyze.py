@@ -55,7 +55,7 @@ def load_mae(path: Path, meta: Mapping[str, Any], objective: Mapping[str, Any] |
     pretraining run's ``.hydra/config.yaml`` (beside ``checkpoints/``, or beside a SLURM ``hpc_ckpt_*``).
     """
     if path.suffix != ".ckpt" or not path.is_file():
-        return f"{path.name} is not a Lightning .ckpt file, so it holds no MAE decoder"
+        return f"{path.name} is not a Lightning .ckpt file, the only input the MAE decoder is read from"
     if meta.get("objective") != "mae":
         return f"{path.name} comes from objective={meta.get('objective')!r} pretraining, which has no MAE decoder"
     if objective is None:

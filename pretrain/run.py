@@ -121,7 +121,7 @@ def pretrain(cfg: DictConfig) -> Path:
         batches_per_epoch,
     )
     num_classes = objective.get("num_classes") or manifest["num_classes"] or 0
-    meta = {"objective": objective["name"], "mean": data["mean"], "std": data["std"], "config_hash": config_hash(config)}
+    meta = {"objective": objective["name"], "objective_config": objective, "mean": data["mean"], "std": data["std"], "config_hash": config_hash(config)}
     module = build_module(config, num_classes, global_batch, meta)
     stream = stream_config(data, batches_per_epoch, config["seed"], transform=objective["name"])
     datamodule = ShardDataModule(stream, accumulate)

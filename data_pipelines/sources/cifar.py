@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pickle
-from pathlib import Path
 
 from torchvision.datasets import CIFAR10, CIFAR100
 

@@ -191,6 +191,18 @@ def test_directory_list_file_and_brace_pattern_select_the_same_shards(demo_dir: 
         list_file.unlink()
 
 
+def test_pipe_urls_stream_every_sample(demo_dir: Path) -> None:
+    pipe_loader = loader(f"pipe:cat {demo_dir}/train/demo-{{000000..000009}}.tar", transform="eval")
+    assert sum(len(batch["key"]) for batch in pipe_loader) == DEMO_TRAIN
+
+
+def test_manifest_option_gives_pipe_streams_their_length(demo_dir: Path) -> None:
+    shards = f"pipe:cat {demo_dir}/train/demo-{{000000..000009}}.tar"
+    with pytest.raises(TypeError, match="manifest"):
+        len(loader(shards))
+    assert len(loader(shards, manifest=str(demo_dir / "train" / "manifest.json"))) == 25
+
+
 def test_read_manifest_counts_only_the_selected_shards(demo_dir: Path) -> None:
     manifest = read_manifest(f"{demo_dir}/train/demo-{{000008..000009}}.tar")
     assert manifest["total"] == DEMO_SHARD_SIZE + DEMO_TRAIN % DEMO_SHARD_SIZE and manifest["num_classes"] == 10

@@ -1,0 +1,130 @@
+"""The finetune app end to end on the demo shards, from a briefly pretrained backbone (chance is 10 %)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from official_files import write_cifar10, write_cifar100, write_flowers102
+from wandb_offline import read_offline_run
+
+from finetune.run import RESULTS_FILE, finetune
+from pretrain.backbone_io import load_backbone
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONTRACT_FIELDS = {
+    "task", "mode", "checkpoint", "config_hash", "metrics", "num_train", "num_test", "images_per_s", "seed", "git_commit",
+}
+
+
+@pytest.fixture
+def run_app(finetune_config, demo_root: Path, pretrained: Path, tmp_path: Path):
+    """Run the app in this process on the demo shards with the exported backbone; returns results.json's content."""
+
+    def run(*overrides: str) -> dict[str, Any]:
+        backbone = pretrained / "backbone.safetensors"
+        config = finetune_config(f"data_root={demo_root}", f"ckpt={backbone}", "num_workers=0", *overrides)
+        returned = finetune(config, tmp_path)
+        assert json.loads((tmp_path / RESULTS_FILE).read_text()) == returned
+        return returned
+
+    return run
+
+
+def test_knn_on_the_demo_is_clearly_above_chance(run_app) -> None:
+    results = run_app("mode=knn")
+    assert results["metrics"]["top1"] > 30
+    assert CONTRACT_FIELDS <= results.keys()
+    assert (results["task"], results["mode"], results["num_train"], results["num_test"]) == ("demo", "knn", 640, 320)
+    assert results["images_per_s"] > 0 and results["pretraining"]["objective"] == "mae"
+
+
+def test_default_linear_probe_on_the_demo_is_clearly_above_chance(run_app, tmp_path: Path) -> None:
+    results = run_app()
+    assert results["mode"] == "linear" and results["metrics"]["top1"] > 30
+    assert list((tmp_path / "checkpoints").glob("step=*.ckpt"))
+
+
+def test_linear_probe_with_augmentation_leaves_the_backbone_untouched(run_app, pretrained: Path, tmp_path: Path) -> None:
+    run_app("mode.cache_features=false", "trainer.max_steps=3", "mode.batch_size=32")
+    checkpoint = torch.load(next((tmp_path / "checkpoints").glob("step=000003.ckpt")), weights_only=False)
+    trained = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    original, _ = load_backbone(pretrained / "backbone.safetensors")
+    assert all(torch.equal(trained[name], value) for name, value in original.state_dict().items() if name in trained)
+
+
+@pytest.mark.slow
+def test_finetune_on_the_demo_is_clearly_above_chance(run_app) -> None:
+    results = run_app(
+        "mode=finetune", "mode.epochs=3", "mode.warmup_epochs=1", "mode.batch_size=32", "mode.optim.base_lr=1e-2",
+        "mode.mixup_alpha=0", "mode.cutmix_alpha=0", "mode.randaugment=false",
+    )
+    assert results["metrics"]["top1"] > 30
+
+
+def test_lightning_checkpoint_and_exported_backbone_give_the_same_knn_accuracy(run_app, pretrained: Path) -> None:
+    from_export = run_app("mode=knn")["metrics"]
+    checkpoint = next((pretrained / "checkpoints").glob("step=*.ckpt"))
+    assert run_app("mode=knn", f"ckpt='{checkpoint}'")["metrics"] == from_export
+
+
+def test_random_init_baseline_needs_an_architecture(run_app) -> None:
+    with pytest.raises(ValueError, match="model=vit_base"):
+        run_app("ckpt=null", "mode=knn")
+    assert run_app("ckpt=null", "model=vit_test", "mode=knn")["checkpoint"] is None
+
+
+def test_finetune_at_a_higher_resolution_saves_a_loadable_model(run_app, tmp_path: Path) -> None:
+    results = run_app("mode=finetune", "image_size=48", "trainer.max_steps=2", "mode.batch_size=16")
+    assert results["image_size"] == 48 and all(value == value for value in results["metrics"].values())
+    model, meta = load_backbone(tmp_path / "checkpoints" / "step=000002.ckpt")
+    assert meta["options"]["img_size"] == 48 and model.pos_embed.shape[1] == 1 + 12 * 12
+    assert torch.isfinite(model(torch.randn(1, 3, 48, 48))).all()
+
+
+def test_results_go_to_the_wandb_summary(run_app, tmp_path: Path) -> None:
+    results = run_app("mode=knn", "logger=wandb", "logger.mode=offline")
+    summary = read_offline_run(tmp_path / "wandb").summary
+    assert summary["task"] == "demo" and summary["metrics"]["top1"] == pytest.approx(results["metrics"]["top1"])
+
+
+def run_cli(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *arguments], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False
+    )
+
+
+@pytest.mark.slow
+def test_cifar100_from_the_command_line_writes_results(tmp_path: Path, pretrained: Path) -> None:
+    data_root = write_cifar100(tmp_path / "data", num_classes=20)
+    completed = run_cli(
+        "finetune/run.py", "task=cifar100", f"data_root={data_root}", f"ckpt={pretrained / 'backbone.safetensors'}",
+        f"run_dir={tmp_path / 'run'}", "logger=csv", "num_workers=0", "mode.batch_size=64", "trainer.max_steps=3",
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / RESULTS_FILE).read_text())
+    assert (results["task"], results["num_train"], results["num_test"]) == ("cifar100", 200, 20)
+    assert set(results["metrics"]) == {"top1", "top5"}
+
+
+@pytest.mark.slow
+def test_multirun_over_tasks_and_modes_is_tabulated_by_the_report(tmp_path: Path, pretrained: Path) -> None:
+    pytest.importorskip("scipy")
+    data_root = write_flowers102(write_cifar10(tmp_path / "data"))
+    completed = run_cli(
+        "finetune/run.py", "-m", "task=cifar10,flowers102", "mode=linear,knn", f"data_root={data_root}",
+        f"ckpt={pretrained / 'backbone.safetensors'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", "logger=none",
+        "num_workers=0", "mode.batch_size=4", "trainer.max_steps=2",
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert len(list((tmp_path / "sweep").rglob(RESULTS_FILE))) == 4
+    report = run_cli("finetune/report.py", str(tmp_path / "sweep"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    table = (tmp_path / "sweep" / "report.md").read_text()
+    assert "| checkpoint | mode | cifar10 | flowers102 |" in table and table.count("backbone.safetensors") == 2
+    assert (tmp_path / "sweep" / "report.csv").read_text().startswith("checkpoint,mode,cifar10,flowers102\n")

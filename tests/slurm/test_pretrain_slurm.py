@@ -1,0 +1,192 @@
+"""The launch scripts run the real apps on the test cluster (issue 7, section 5): `sbatch slurm/pretrain.sh`
+trains with DDP over two CPU tasks (gloo) and exports one backbone; a job interrupted mid-run (the time-limit
+warning signal, or `scontrol requeue`) is requeued, resumes from its newest checkpoint and stops at
+trainer.max_steps; `sbatch slurm/finetune.sh` evaluates the exported backbone.
+
+Each job runs in a stand-in for the repository under tmp_path (the real `slurm/` scripts, links to `pretrain/`,
+`finetune/` and `conf/`; the package itself is imported from its editable install), so its `logs/` and
+`runs/<app>/<job id>/` land in tmp_path. Python start-up dominates: each launch takes 15-45 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from slurm_jobs import COMMAND_TIMEOUT_S, REPO_ROOT, SlurmJobs, slurm_command
+
+from pretrain.checkpointing import read_checkpoint
+
+pytestmark = pytest.mark.slurm
+
+# Two tasks of one CPU each on one node, DDP over gloo: the scripts' CPU-only form (docs/cluster.md).
+CPU_JOB = ("--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=10")
+CPU_ENV = {"VITFM_TRAINER": "ddp_cpu", "VITFM_PYTHON": sys.executable}
+BATCH_PER_DEVICE = 16
+JOB_TIMEOUT_S = 240
+# The warning signal (`#SBATCH --signal=USR1@N`) is acted on safely only by the app's own handler; Lightning's
+# SLURMEnvironment(auto_requeue=True) checkpoints inside the signal handler (a barrier wherever the signal
+# lands: it deadlocks against DDP's collectives), and in every forked DataLoader worker too.
+SAFE_REQUEUE_HANDLER = "class SlurmRequeue("
+
+
+def tiny_pretraining(shards: Path, *overrides: str) -> tuple[str, ...]:
+    return ("logger=csv", "trainer.progress_bar=false", "trainer.log_every_n_steps=1",
+            f"data.batch_size={BATCH_PER_DEVICE}", "data.num_workers=1", f"data.shards={shards}", *overrides)
+
+
+def make_repo(root: Path) -> Path:
+    """A stand-in for the repository to submit from: the launch scripts and links to the apps and configs."""
+    repo = root / "repo"
+    repo.mkdir()
+    for name in ("slurm", "pretrain", "finetune", "conf"):
+        (repo / name).symlink_to(REPO_ROOT / name)
+    (repo / "logs").mkdir()  # sbatch does not create the --output directory
+    return repo
+
+
+@pytest.fixture(scope="session")
+def demo_root(slurm_cluster_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo set in `<root>/demo/{train,test}`, the layout finetune's task=demo expects below data_root."""
+    root = tmp_path_factory.mktemp("data")
+    subprocess.run([sys.executable, "-m", "data_pipelines.demo", "--out", str(root / "demo"), "--num-train", "1024",
+                    "--num-test", "256", "--max-count", "128"], check=True, capture_output=True, timeout=300)
+    return root
+
+
+def trained_steps(run_dir: Path) -> list[int]:
+    """The optimizer steps whose loss this run logged. A resumed run's CSVLogger starts a new metrics.csv."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle) if row["train/loss"]]
+
+
+class PretrainJob:
+    def __init__(self, repo: Path, job_id: int, info: dict[str, str], output: str) -> None:
+        self.repo, self.job_id, self.info, self.output = repo, job_id, info, output
+        self.run_dir = repo / "runs" / "pretrain" / str(job_id)
+
+
+@pytest.fixture(scope="module")
+def pretrained(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PretrainJob]:
+    """One finished 6-step pretraining job on 2 CPU tasks, checkpoints every 3 steps: test (a), and test (c)'s input."""
+    repo = make_repo(tmp_path_factory.mktemp("pretrain"))
+    jobs = SlurmJobs(repo)
+    job_id = jobs.submit(repo / "slurm" / "pretrain.sh", *CPU_JOB, cwd=repo, env=CPU_ENV, script_args=tiny_pretraining(
+        demo_root / "demo" / "train", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3"))
+    info = jobs.wait_until_finished(job_id, timeout_s=JOB_TIMEOUT_S)
+    yield PretrainJob(repo, job_id, info, jobs.output(job_id))
+    jobs.cancel_unfinished()
+
+
+def test_pretrain_job_trains_with_ddp_on_two_cpu_tasks_and_exports_one_backbone(pretrained: PretrainJob) -> None:
+    output, run_dir = pretrained.output, pretrained.run_dir
+    assert pretrained.info["JobState"] == "COMPLETED", output[-5000:]
+    # Both ranks joined one process group: each logs the layout, Lightning lists both members.
+    assert output.count("1 node(s) x 2 device(s) = 2 processes; global batch 32 (16 per device") == 2, output
+    assert "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2" in output
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    assert "distributed_backend=gloo" in output and "Starting with 2 processes" in output
+    # One run directory, keyed by the job id, with one set of checkpoints (rank 0 writes) and one backbone.
+    assert list((pretrained.repo / "runs" / "pretrain").iterdir()) == [run_dir]
+    assert not (pretrained.repo / "outputs").exists()
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == ["step=000003.ckpt", "step=000006.ckpt"]
+    assert not list(run_dir.glob("hpc_ckpt_*"))
+    assert read_checkpoint(run_dir / "checkpoints" / "step=000006.ckpt")["global_step"] == 6
+    assert trained_steps(run_dir) == [1, 2, 3, 4, 5, 6]
+    assert [path.relative_to(pretrained.repo) for path in pretrained.repo.rglob("*.safetensors")] == [
+        run_dir.relative_to(pretrained.repo) / "backbone.safetensors"]
+    assert json.loads((run_dir / "backbone.json").read_text())
+    assert output.count("exported the backbone to") == 1
+
+
+def _wait_for_file(path: Path, jobs: SlurmJobs, job_id: int, timeout_s: float) -> None:
+    jobs.wait_for(job_id, lambda info: path.exists() or info["JobState"] not in ("PENDING", "RUNNING"),
+                  f"writing {path.name}", timeout_s)
+    assert path.exists(), f"job {job_id} ended before writing {path}:\n{jobs.output(job_id)[-5000:]}"
+
+
+def _start_requeued_job_now(jobs: SlurmJobs, job_id: int) -> None:
+    """A requeued job waits for its BeginTime before it may start again; skip that wait once it is pending."""
+    jobs.wait_for(job_id, lambda info: info["Restarts"] != "0" and info["JobState"] in ("PENDING", "RUNNING"),
+                  "requeued", timeout_s=60)
+    if jobs.info(job_id)["JobState"] == "PENDING":
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True,
+                       timeout=COMMAND_TIMEOUT_S)
+
+
+@pytest.mark.parametrize("interrupt", ["warning_signal", "scontrol_requeue"])
+def test_interrupted_pretrain_job_requeues_resumes_and_stops_at_max_steps(
+        slurm_jobs: SlurmJobs, tmp_path: Path, demo_root: Path, interrupt: str) -> None:
+    if interrupt == "warning_signal" and SAFE_REQUEUE_HANDLER not in (REPO_ROOT / "pretrain" / "trainer.py").read_text():
+        pytest.skip("the warning signal needs the app's own requeue handler (pretrain.trainer.SlurmRequeue, see "
+                    "docs/cluster.md): Lightning's auto-requeue checkpoints inside the signal handler and deadlocks "
+                    "DDP, and SLURM signals the forked DataLoader workers too")
+    max_steps, every = 40, 5
+    repo = make_repo(tmp_path)
+    job_id = slurm_jobs.submit(repo / "slurm" / "pretrain.sh", *CPU_JOB, cwd=repo, env=CPU_ENV, script_args=tiny_pretraining(
+        demo_root / "demo" / "train", f"trainer.max_steps={max_steps}", f"trainer.checkpoint_every_n_steps={every}",
+        "trainer.keep_checkpoints=-1"))
+    run_dir = repo / "runs" / "pretrain" / str(job_id)
+    # Interrupt once training is under way: after the first periodic checkpoint, long before max_steps.
+    _wait_for_file(run_dir / "checkpoints" / f"step={every:06d}.ckpt", slurm_jobs, job_id, timeout_s=JOB_TIMEOUT_S)
+    if interrupt == "warning_signal":
+        # What `#SBATCH --signal=USR1@N` does before the time limit: signal every process of the srun step.
+        slurm_command("scancel", "--signal=USR1", str(job_id))
+    else:
+        slurm_command("scontrol", "requeue", str(job_id))
+    _start_requeued_job_now(slurm_jobs, job_id)
+    info = slurm_jobs.wait_until_finished(job_id, timeout_s=JOB_TIMEOUT_S)
+
+    output = slurm_jobs.output(job_id)
+    assert info["JobState"] == "COMPLETED", output[-5000:]
+    assert info["Restarts"] == "1", output[-5000:]
+    assert f"job {job_id} restart 0 on " in output and f"job {job_id} restart 1 on " in output
+    # The rerun (same job id, same run directory) resumed from a checkpoint of the first run...
+    resumed = {Path(path) for path in re.findall(r"\[pretrain\]\[INFO\] - resuming from (\S+)", output)}
+    assert len(resumed) == 1, output[-5000:]
+    checkpoint = resumed.pop()
+    assert checkpoint.parent in (run_dir, run_dir / "checkpoints")
+    assert f"Restored all states from the checkpoint at {checkpoint}" in output
+    resumed_step = read_checkpoint(checkpoint)["global_step"]
+    if interrupt == "warning_signal":
+        # ...written at the signal, after the step every rank stopped at, by the ranks only (no DataLoader worker).
+        assert [path.name for path in run_dir.glob("hpc_ckpt_*.ckpt")] == [checkpoint.name]
+        assert every <= resumed_step < max_steps
+    else:
+        # ...the newest periodic one: `scontrol requeue` stops the job at once.
+        assert checkpoint.name == f"step={resumed_step:06d}.ckpt" and resumed_step % every == 0
+    # ...and trained each remaining step once: nothing before the checkpoint again, nothing past max_steps.
+    assert trained_steps(run_dir) == list(range(resumed_step + 1, max_steps + 1))
+    final = read_checkpoint(run_dir / "checkpoints" / f"step={max_steps:06d}.ckpt")
+    assert final["global_step"] == max_steps
+    assert not [path for path in (run_dir / "checkpoints").iterdir() if read_checkpoint(path)["global_step"] > max_steps]
+    assert (run_dir / "backbone.safetensors").is_file()
+    assert output.count("exported the backbone to") == 1
+
+
+@pytest.mark.skipif(not (REPO_ROOT / "finetune" / "run.py").exists(),
+                    reason="finetune/run.py is not written yet: slurm/finetune.sh has no app to run")
+def test_finetune_job_evaluates_the_exported_backbone(pretrained: PretrainJob, demo_root: Path) -> None:
+    assert pretrained.info["JobState"] == "COMPLETED", "the pretraining job this test starts from failed"
+    repo = pretrained.repo
+    jobs = SlurmJobs(repo)
+    backbone = pretrained.run_dir / "backbone.safetensors"
+    try:
+        job_id = jobs.submit(repo / "slurm" / "finetune.sh", *CPU_JOB, cwd=repo, env=CPU_ENV, script_args=(
+            "task=demo", f"ckpt={backbone}", f"data_root={demo_root}", "logger=csv", "trainer.progress_bar=false",
+            "trainer.max_steps=10", "mode.batch_size=32", "num_workers=1"))
+        info = jobs.wait_until_finished(job_id, timeout_s=JOB_TIMEOUT_S)
+    finally:
+        jobs.cancel_unfinished()
+
+    output = jobs.output(job_id)
+    assert info["JobState"] == "COMPLETED", output[-5000:]
+    assert info["StdOut"] == f"{repo}/logs/vitfm-finetune-{job_id}.out"
+    results = json.loads((repo / "runs" / "finetune" / str(job_id) / "results.json").read_text())
+    assert results["task"] == "demo" and results["metrics"], results
