@@ -146,7 +146,7 @@ def build_transform(name: str, options: TransformOptions) -> ImageTransform:
 
 
 class Normalize:
-    """uint8 [B, 3, S, S] -> float32 (x / 255 - mean) / std, in two in-place passes over the batch."""
+    """uint8 [B, 3, S, S] -> float32 (x / 255 - mean) / std, in two in-place passes, on the batch's device."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -154,4 +154,4 @@ class Normalize:
         self.shift = -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_tensor
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float().mul_(self.scale).add_(self.shift)
+        return images.float().mul_(self.scale.to(images.device)).add_(self.shift.to(images.device))

@@ -15,6 +15,7 @@ from PIL import Image
 from data_pipelines.manifest import read_manifest
 from data_pipelines.shards import expand_shards
 from data_pipelines.stream import ShardLoader, StreamConfig, build_loader
+from data_pipelines.transforms import Normalize
 from data_pipelines.write_shards import write_shards
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -111,6 +112,13 @@ def test_resampled_skip_yields_the_tail_of_the_uninterrupted_order(demo_dir: Pat
 def test_epoch_cap_longer_than_the_shortest_rank_is_rejected(demo_dir: Path) -> None:
     with pytest.raises(ValueError, match="shortest rank"):
         loader(demo_dir / "train", batches_per_epoch=100, rank=0, world_size=2)
+
+
+def test_unnormalized_batches_are_uint8_that_normalize_turns_into_the_float_batches(demo_dir: Path) -> None:
+    floats, uint8s = (list(loader(demo_dir / "train", num_workers=0, normalize=flag)) for flag in (True, False))
+    assert uint8s[0]["image"].dtype == torch.uint8
+    normalize = Normalize(MEAN, STD)
+    assert all(torch.allclose(normalize(u["image"]), f["image"]) for u, f in zip(uint8s, floats, strict=True))
 
 
 def test_loading_in_the_training_process_leaves_its_random_state_alone(demo_dir: Path) -> None:
