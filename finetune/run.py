@@ -35,7 +35,7 @@ from finetune.tasks import Task, build_task
 from pretrain.backbone_io import load_backbone
 from pretrain.build import backbone_options, config_hash
 from pretrain.models.vit import VisionTransformer
-from pretrain.run import resolve_resume
+from pretrain.run import resolve_resume, set_cpu_threads
 from pretrain.trainer import CHECKPOINT_SUBDIR, build_trainer
 
 log = logging.getLogger("finetune")
@@ -127,6 +127,7 @@ def git_commit() -> str | None:
 def finetune(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train (unless k-NN) and test per the resolved ``config``; returns what it writes to ``run_dir/results.json``."""
     L.seed_everything(config["seed"], workers=True)
+    set_cpu_threads(config["trainer"], {"num_workers": config["num_workers"]})
     mode = get_mode(config["mode"]["name"])
     task = build_task(config["task"])
     backbone, meta = load_pretrained(config)

@@ -9,7 +9,7 @@
 #
 # sbatch flags override the #SBATCH lines below (choose tasks with --ntasks-per-node, one per GPU);
 # arguments after the script go to pretrain/run.py as Hydra overrides. A job requeued after the USR1
-# warning (Lightning saves a checkpoint and runs `scontrol requeue`), a preemption or `scontrol requeue`
+# warning (the app saves a checkpoint and runs `scontrol requeue`), a preemption or `scontrol requeue`
 # keeps its job id, so it reopens runs/pretrain/<job id>, resumes from its last checkpoint and continues
 # W&B run slurm-<cluster>-<job id>. See docs/cluster.md.
 #SBATCH --job-name=vitfm-pretrain

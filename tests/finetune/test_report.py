@@ -1,0 +1,68 @@
+"""finetune/report.py: one row per (checkpoint, mode), tasks as columns, VTAB-1k group means."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from data_pipelines.sources.vtab import TASKS as VTAB_TASKS
+from finetune.report import main, summarize, to_csv, to_markdown
+
+
+def result(task: str, top1: float, mode: str = "linear", checkpoint: str = "a.safetensors", seed: int = 0) -> dict:
+    group = VTAB_TASKS[task.removeprefix("vtab_")].group if task.startswith("vtab_") else None
+    return {"task": task, "mode": mode, "checkpoint": checkpoint, "metrics": {"top1": top1}, "group": group, "seed": seed}
+
+
+def write_runs(root: Path, results: list[dict]) -> None:
+    for number, content in enumerate(results):
+        (root / str(number)).mkdir(parents=True)
+        (root / str(number) / "results.json").write_text(json.dumps(content))
+
+
+def test_vtab_group_means_average_the_group_and_all_tasks() -> None:
+    results = [result(f"vtab_{name}", 10.0 * index) for index, name in enumerate(VTAB_TASKS)]
+    columns, [row] = summarize(results, "top1")
+    assert columns[-4:] == ["natural", "specialized", "structured", "vtab"]
+    assert row["natural"] == (pytest.approx(30.0), 7)  # tasks 0..6
+    assert row["specialized"] == (pytest.approx(85.0), 4)  # tasks 7..10
+    assert row["structured"] == (pytest.approx(145.0), 8)  # tasks 11..18
+    assert row["vtab"] == (pytest.approx(90.0), 19)
+
+
+def test_repeated_runs_are_averaged_and_rows_split_by_checkpoint_and_mode() -> None:
+    results = [
+        result("cifar10", 80.0, seed=0), result("cifar10", 90.0, seed=1),
+        result("cifar10", 50.0, mode="knn"), result("cifar10", 20.0, checkpoint="b.ckpt"),
+    ]
+    columns, rows = summarize(results, "top1")
+    assert columns == ["cifar10"]
+    assert [(row["checkpoint"], row["mode"], row["cifar10"]) for row in rows] == [
+        ("a.safetensors", "knn", 50.0), ("a.safetensors", "linear", 85.0), ("b.ckpt", "linear", 20.0),
+    ]
+
+
+def test_incomplete_group_shows_how_many_tasks_it_averages() -> None:
+    columns, rows = summarize([result("cifar100", 70.0), result("vtab_dtd", 60.0), result("vtab_svhn", 80.0)], "top1")
+    assert columns == ["cifar100", "vtab_dtd", "vtab_svhn", "natural", "vtab"]
+    markdown = to_markdown(columns, rows, "top1")
+    assert "| a.safetensors | linear | 70.0 | 60.0 | 80.0 | 70.0 (2/7) | 70.0 (2/19) |" in markdown
+    assert to_csv(columns, rows).splitlines() == [
+        "checkpoint,mode,cifar100,vtab_dtd,vtab_svhn,natural,natural_tasks,vtab,vtab_tasks",
+        "a.safetensors,linear,70.0,60.0,80.0,70.0,2,70.0,2",
+    ]
+
+
+def test_command_line_writes_markdown_and_csv_beside_the_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_runs(tmp_path / "sweep", [result("cifar10", 91.25), result("flowers102", 75.0, mode="knn")])
+    main([str(tmp_path / "sweep")])
+    assert "| a.safetensors | knn |  | 75.0 |" in capsys.readouterr().out
+    assert (tmp_path / "sweep" / "report.md").is_file()
+    assert (tmp_path / "sweep" / "report.csv").read_text().splitlines()[1] == "a.safetensors,knn,,75.0"
+
+
+def test_no_results_is_an_error_naming_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"no results.json below {tmp_path}"):
+        main([str(tmp_path)])
