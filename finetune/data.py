@@ -169,7 +169,9 @@ class FeatureBatches(Dataset):
 class FeatureSplit:
     """This rank's share of a training split as frozen features computed once (``mode.cache_features``)."""
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor, num_samples: int, classes: list[str] | None) -> None:
+    def __init__(
+        self, features: torch.Tensor, labels: torch.Tensor, num_samples: int, classes: list[str] | None
+    ) -> None:
         self.features, self.labels = features, labels
         self.num_samples, self.classes = num_samples, classes
 

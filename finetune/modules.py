@@ -86,7 +86,8 @@ class LARS(torch.optim.Optimizer):
         self, params: Iterable[Tensor], lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
         trust_coefficient: float = 0.001,
     ) -> None:
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient))
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient)
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -168,7 +169,8 @@ class LinearProbeModule(ClassifierTest, L.LightningModule):
         return {"features": pooled_features(self.model, batch["image"]).float().cpu(), "label": batch["label"].cpu()}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = PROBE_OPTIMIZERS[self.optimizer_name](self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        build = PROBE_OPTIMIZERS[self.optimizer_name]
+        optimizer = build(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(self.warmup_steps, self.total_steps, 0.0))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -196,7 +198,9 @@ class FinetuneModule(ClassifierTest, SupervisedModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def knn_scores(queries: Tensor, bank: Tensor, bank_labels: Tensor, k: int, temperature: float, num_classes: int) -> Tensor:
+def knn_scores(
+    queries: Tensor, bank: Tensor, bank_labels: Tensor, k: int, temperature: float, num_classes: int
+) -> Tensor:
     """Weighted k-NN votes. ``queries: [Q, D]``, ``bank: [N, D]`` (both L2-normalized), ``bank_labels: [N]``
     -> ``[Q, num_classes]``: the k most similar bank entries vote for their label with ``exp(cos / temperature)``."""
     similarity, index = (queries @ bank.T).topk(min(k, bank.shape[0]), dim=1)

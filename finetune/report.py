@@ -27,6 +27,7 @@ RESULTS_FILE = "results.json"
 GROUPS = tuple(dict.fromkeys(task.group for task in VTAB_TASKS.values()))  # natural, specialized, structured
 GROUP_SIZES = Counter(task.group for task in VTAB_TASKS.values())
 ALL_VTAB = "vtab"
+VTAB_ORDER = {f"vtab_{name}": index for index, name in enumerate(VTAB_TASKS)}  # the paper's order, by group
 
 
 def collect(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -51,7 +52,9 @@ def summarize(results: Sequence[dict[str, Any]], metric: str) -> tuple[list[str]
             values[(str(result["checkpoint"]), result["mode"])][result["task"]].append(result["metrics"][metric])
         if result.get("group"):
             groups[result["task"]] = result["group"]
-    tasks = sorted({task for row in values.values() for task in row}, key=lambda task: (task in groups, task))
+    tasks = sorted(
+        {task for row in values.values() for task in row}, key=lambda task: (task in groups, VTAB_ORDER.get(task, 0), task)
+    )
     vtab_tasks = [task for task in tasks if task in groups]
     group_columns = [group for group in GROUPS if group in groups.values()] + ([ALL_VTAB] if vtab_tasks else [])
     rows = []

@@ -48,7 +48,7 @@ UNHASHED_KEYS = ("run_dir", "resume", "logger")
 
 def load_pretrained(config: Mapping[str, Any]) -> tuple[VisionTransformer, dict[str, Any]]:
     """The backbone of ``ckpt`` (random for ``ckpt=null``) at ``image_size``, and the checkpoint's metadata."""
-    options = {key: config["mode"][key] for key in ("drop_path_rate",) if key in config["mode"]}
+    options = {"drop_path_rate": config["mode"]["drop_path_rate"]} if "drop_path_rate" in config["mode"] else {}
     if config.get("model"):
         options = {**backbone_options(config["model"]), **options}
     if config["image_size"]:
@@ -124,14 +124,50 @@ def git_commit() -> str | None:
         return None
 
 
+def train(
+    trainer: L.Trainer, module: L.LightningModule, data: TaskDataModule, config: Mapping[str, Any], run_dir: Path
+) -> None:
+    """Fit for the run's schedule (resuming per ``resume``) and keep the final weights as a checkpoint."""
+    if config["mode"].get("cache_features"):
+        cache_training_features(trainer, module, data)
+    trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(str(config["resume"]), run_dir))
+    if trainer.global_step % config["trainer"]["checkpoint_every_n_steps"]:  # same answer on every rank
+        trainer.save_checkpoint(run_dir / CHECKPOINT_SUBDIR / f"step={trainer.global_step:06d}.ckpt")
+
+
+def evaluate(trainer: L.Trainer, module: L.LightningModule, data: TaskDataModule) -> tuple[dict[str, float], float]:
+    """Accuracies in percent (``top1``, ``top5``) and the images per second of the test pass (all devices)."""
+    started = time.perf_counter()
+    trainer.test(module, datamodule=data)
+    images = sum(split.num_samples for split in data.tests)
+    metrics = {
+        name.removeprefix("test/"): round(float(value), 4)
+        for name, value in trainer.callback_metrics.items()
+        if name.startswith("test/")
+    }
+    return metrics, round(images / (time.perf_counter() - started), 2)
+
+
+def record(results: dict[str, Any], trainer: L.Trainer, run_dir: Path) -> None:
+    """``run_dir/results.json`` and, with ``logger=wandb``, the W&B run summary (rank 0 only)."""
+    if not trainer.is_global_zero:
+        return
+    write_json_atomic(run_dir / RESULTS_FILE, results)
+    log.info("%s %s: %s -> %s", results["task"], results["mode"], results["metrics"], run_dir / RESULTS_FILE)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(results)
+            logger.experiment.finish()  # a Hydra multirun starts the next job's W&B run in this process
+
+
 def finetune(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     """Train (unless k-NN) and test per the resolved ``config``; returns what it writes to ``run_dir/results.json``."""
     L.seed_everything(config["seed"], workers=True)
     set_cpu_threads(config["trainer"], {"num_workers": config["num_workers"]})
-    mode = get_mode(config["mode"]["name"])
+    mode_name = config["mode"]["name"]
+    mode = get_mode(mode_name)
     task = build_task(config["task"])
     backbone, meta = load_pretrained(config)
-    image_size = backbone.patch_embed.img_size
     trainer = build_trainer(
         {**config["trainer"], "max_steps": config["trainer"]["max_steps"] or -1},
         config["logger"],
@@ -142,49 +178,32 @@ def finetune(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     )
     context = run_context(config, task, mode, trainer.world_size, meta)
     module = mode.build(backbone, config["mode"], context)
-    data = task_data(config, task, mode, image_size, meta)
+    data = task_data(config, task, mode, backbone.patch_embed.img_size, meta)
     if mode.trains:
-        log.info("%s on %s: %d steps of %d images", config["mode"]["name"], task.name, context.total_steps, context.global_batch)
+        log.info("%s on %s: %d steps of %d images", mode_name, task.name, context.total_steps, context.global_batch)
         # The schedule depends on the world size, which the Trainer resolves: set its step limit afterwards.
         trainer.fit_loop.epoch_loop.max_steps = context.total_steps
-        if config["mode"].get("cache_features"):
-            cache_training_features(trainer, module, data)
-        trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(str(config["resume"]), run_dir))
-        final = run_dir / CHECKPOINT_SUBDIR / f"step={trainer.global_step:06d}.ckpt"
-        if not final.exists():
-            trainer.save_checkpoint(final)
-    started = time.perf_counter()
-    trainer.test(module, datamodule=data)
-    images_tested = sum(split.num_samples for split in data.tests)
+        train(trainer, module, data, config, run_dir)
+    metrics, images_per_s = evaluate(trainer, module, data)
     results = {
         "task": task.name,
-        "mode": config["mode"]["name"],
+        "mode": mode_name,
         "checkpoint": config["ckpt"],
-        "config_hash": config_hash({k: v for k, v in config.items() if k not in UNHASHED_KEYS}),
-        "metrics": {
-            name.removeprefix("test/"): round(float(value), 4)
-            for name, value in trainer.callback_metrics.items()
-            if name.startswith("test/")
-        },
+        "config_hash": config_hash({key: value for key, value in config.items() if key not in UNHASHED_KEYS}),
+        "metrics": metrics,
         "num_train": task.train.num_samples,
         "num_test": task.test.num_samples,
-        "images_per_s": round(images_tested / (time.perf_counter() - started), 2),
+        "images_per_s": images_per_s,
         "seed": config["seed"],
         "git_commit": git_commit(),
         "group": task.group,
         "num_classes": task.num_classes,
         "train_splits": config["task"]["train"],
         "test_splits": config["task"]["test"],
-        "image_size": image_size,
+        "image_size": backbone.patch_embed.img_size,
         "pretraining": {key: meta.get(key) for key in ("objective", "step", "config_hash")},
     }
-    if trainer.is_global_zero:
-        write_json_atomic(run_dir / RESULTS_FILE, results)
-        log.info("%s %s: %s -> %s", task.name, config["mode"]["name"], results["metrics"], run_dir / RESULTS_FILE)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.experiment.summary.update(results)
-                logger.experiment.finish()  # a Hydra multirun starts the next job's W&B run in this process
+    record(results, trainer, run_dir)
     return results
 
 

@@ -108,5 +108,6 @@ def build_task(task: Mapping[str, Any]) -> Task:
                 f"task {task['name']}: {split_name} labels go up to {split.max_label()} but the task has "
                 f"{num_classes} classes (task.num_classes)"
             )
-    log.info("task %s: %d classes, %d train / %d test images", task["name"], num_classes, train.num_samples, test.num_samples)
+    log.info("task %s: %d classes, %d train / %d test images", task["name"], num_classes, train.num_samples,
+             test.num_samples)
     return Task(task["name"], num_classes, train, test, task.get("group"))

@@ -126,6 +126,9 @@ def pretrain(cfg: DictConfig) -> Path:
     stream = stream_config(data, batches_per_epoch, config["seed"], transform=objective["name"])
     datamodule = ShardDataModule(stream, accumulate)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(str(config["resume"]), run_dir))
+    if any(getattr(callback, "requeued", False) for callback in trainer.callbacks):
+        log.info("stopped at step %d: the requeued job resumes from its checkpoint", trainer.global_step)
+        return run_dir
     final = run_dir / CHECKPOINT_SUBDIR / f"step={trainer.global_step:06d}.ckpt"
     if trainer.global_step % config["trainer"]["checkpoint_every_n_steps"]:  # same answer on every rank
         trainer.save_checkpoint(final)

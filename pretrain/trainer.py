@@ -21,6 +21,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
 
 from pretrain.checkpointing import AtomicCheckpointIO
+from pretrain.slurm_requeue import SlurmRequeue
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,10 @@ def build_trainer(
     all_callbacks = [checkpointing, *(monitors if logger is not None else []), *callbacks]
     plugins: list[Any] = [] if isinstance(strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
-        plugins.append(SLURMEnvironment(auto_requeue=config.get("slurm_auto_requeue", True)))
+        # Lightning's own auto-requeue checkpoints inside its signal handler; SlurmRequeue does it between steps.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        if config.get("slurm_auto_requeue", True):
+            all_callbacks.append(SlurmRequeue(run_dir / CHECKPOINT_SUBDIR))
     if config["accelerator"] == "cpu" and config["precision"] not in ("32-true", "32", "bf16-mixed", "bf16-true"):
         raise ValueError(f"precision {config['precision']!r} is not supported on CPU; use 32-true or bf16-mixed")
     if config["accelerator"] == "gpu" and not torch.cuda.is_available():

@@ -79,7 +79,8 @@ def write_flowers102(root: Path) -> Path:
     for image_id, label in enumerate(labels, start=1):
         save(folder / "jpg" / f"image_{image_id:05d}.jpg", pixels(label, 36, image_id))
     savemat(folder / "imagelabels.mat", {"labels": np.array([labels])})
-    savemat(folder / "setid.mat", {"trnid": np.array([[1, 2, 3]]), "valid": np.array([[4, 5, 6]]), "tstid": np.array([range(7, 13)])})
+    split_ids = {"trnid": [[1, 2, 3]], "valid": [[4, 5, 6]], "tstid": [list(range(7, 13))]}
+    savemat(folder / "setid.mat", {key: np.array(ids) for key, ids in split_ids.items()})
     return root
 
 

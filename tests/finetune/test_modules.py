@@ -90,11 +90,12 @@ def test_unknown_mode_lists_the_known_ones() -> None:
 
 
 def test_higher_resolution_resamples_positions_and_stays_loadable(tmp_path) -> None:
-    save_backbone(tmp_path, create_vit("vit_test_patch4", pos_embed="learn"), {"options": preset_options("vit_test_patch4")})
+    options = preset_options("vit_test_patch4")
+    save_backbone(tmp_path, create_vit("vit_test_patch4", pos_embed="learn"), {"options": options})
     backbone, _ = load_backbone(tmp_path / "backbone.safetensors", {"img_size": 48})
     assert backbone.pos_embed.shape == (1, 1 + 12 * 12, 64)
     module = FinetuneModule(
-        backbone, 10, "avg", optim=OptimConfig(lr=1e-3), total_steps=1, global_batch=2, meta={"options": preset_options("vit_test_patch4")},
+        backbone, 10, "avg", optim=OptimConfig(lr=1e-3), total_steps=1, global_batch=2, meta={"options": options},
         label_smoothing=0.1, mixup_alpha=0.0, cutmix_alpha=0.0,
     )
     logits = module(torch.randn(2, 3, 48, 48))

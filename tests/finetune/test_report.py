@@ -13,7 +13,8 @@ from finetune.report import main, summarize, to_csv, to_markdown
 
 def result(task: str, top1: float, mode: str = "linear", checkpoint: str = "a.safetensors", seed: int = 0) -> dict:
     group = VTAB_TASKS[task.removeprefix("vtab_")].group if task.startswith("vtab_") else None
-    return {"task": task, "mode": mode, "checkpoint": checkpoint, "metrics": {"top1": top1}, "group": group, "seed": seed}
+    metrics = {"top1": top1}
+    return {"task": task, "mode": mode, "checkpoint": checkpoint, "metrics": metrics, "group": group, "seed": seed}
 
 
 def write_runs(root: Path, results: list[dict]) -> None:
