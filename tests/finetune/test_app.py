@@ -108,6 +108,19 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+def test_knn_on_two_ddp_processes_gives_the_single_process_accuracy(
+    run_app, demo_root: Path, pretrained: Path, tmp_path: Path
+) -> None:
+    single = run_app("mode=knn")["metrics"]
+    completed = run_cli(
+        "finetune/run.py", "mode=knn", "trainer=ddp_cpu", f"data_root={demo_root}", "num_workers=1", "logger=none",
+        f"ckpt={pretrained / 'backbone.safetensors'}", f"run_dir={tmp_path / 'ddp'}",
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / RESULTS_FILE).read_text())["metrics"] == single
+
+
+@pytest.mark.slow
 def test_cifar100_from_the_command_line_writes_results(tmp_path: Path, pretrained: Path) -> None:
     data_root = write_cifar100(tmp_path / "data", num_classes=20)
     completed = run_cli(

@@ -30,10 +30,6 @@ CPU_JOB = ("--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-
 CPU_ENV = {"VITFM_TRAINER": "ddp_cpu", "VITFM_PYTHON": sys.executable}
 BATCH_PER_DEVICE = 16
 JOB_TIMEOUT_S = 240
-# The warning signal (`#SBATCH --signal=USR1@N`) is acted on safely only by the app's own handler; Lightning's
-# SLURMEnvironment(auto_requeue=True) checkpoints inside the signal handler (a barrier wherever the signal
-# lands: it deadlocks against DDP's collectives), and in every forked DataLoader worker too.
-SAFE_REQUEUE_HANDLER = "class SlurmRequeue("
 
 
 def tiny_pretraining(shards: Path, *overrides: str) -> tuple[str, ...]:
@@ -130,10 +126,6 @@ def _start_requeued_job_now(jobs: SlurmJobs, job_id: int) -> None:
 @pytest.mark.parametrize("interrupt", ["warning_signal", "scontrol_requeue"])
 def test_interrupted_pretrain_job_requeues_resumes_and_stops_at_max_steps(
         slurm_jobs: SlurmJobs, tmp_path: Path, demo_root: Path, interrupt: str) -> None:
-    if interrupt == "warning_signal" and SAFE_REQUEUE_HANDLER not in (REPO_ROOT / "pretrain" / "trainer.py").read_text():
-        pytest.skip("the warning signal needs the app's own requeue handler (pretrain.trainer.SlurmRequeue, see "
-                    "docs/cluster.md): Lightning's auto-requeue checkpoints inside the signal handler and deadlocks "
-                    "DDP, and SLURM signals the forked DataLoader workers too")
     max_steps, every = 30, 5
     repo = make_repo(tmp_path)
     job_id = slurm_jobs.submit(repo / "slurm" / "pretrain.sh", *CPU_JOB, cwd=repo, env=CPU_ENV, script_args=tiny_pretraining(
