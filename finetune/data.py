@@ -124,7 +124,7 @@ class ShardSplit:
 
     def max_label(self) -> int:
         if self.classes is None:
-            raise ValueError(f"the shards {self.urls[0]}... have no class list in their manifest: set task.num_classes")
+            raise ValueError(f"the shards {self.urls[0]}... list no classes in their manifest: are they labeled?")
         return len(self.classes) - 1
 
     def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int) -> Any:

@@ -3,10 +3,12 @@
     python finetune/report.py multirun/finetune/2026-11-23_10-00-00   # prints markdown, writes report.md + report.csv
     python finetune/report.py runs/finetune other/runs --metric top5 --out reports/vitb
 
-One row per (checkpoint, mode), one column per task (top-1 in percent unless ``--metric``; repeated runs such as
-seeds are averaged). VTAB-1k tasks are followed by their group means (natural, specialized, structured: the mean
-over the group's tasks) and the mean over all VTAB tasks, as Zhai et al. (2019) report them. A group mean over
-fewer tasks than the group has is shown with its count, e.g. ``71.3 (3/7)``.
+One row per (checkpoint, mode, setting), one column per task (top-1 in percent unless ``--metric``; repeated runs
+such as seeds are averaged). The setting is what the command line changed besides the task, checkpoint, mode, seed
+and where things are kept, e.g. ``mode.optim.base_lr=0.001`` in a learning-rate sweep (empty: the defaults).
+VTAB-1k tasks are followed by their group means (natural, specialized, structured: the mean over the group's tasks)
+and the mean over all VTAB tasks, as Zhai et al. (2019) report them. A group mean over fewer tasks than the group
+has is shown with its count, e.g. ``71.3 (3/7)``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,14 @@ from typing import Any
 from data_pipelines.sources.vtab import TASKS as VTAB_TASKS
 
 RESULTS_FILE = "results.json"
+ROW_KEYS = ("checkpoint", "mode", "setting")
 GROUPS = tuple(dict.fromkeys(task.group for task in VTAB_TASKS.values()))  # natural, specialized, structured
 GROUP_SIZES = Counter(task.group for task in VTAB_TASKS.values())
 ALL_VTAB = "vtab"
+# Overrides that are not a setting: what identifies a cell (task, checkpoint, mode; seeds are averaged) ...
+IDENTITY = ("task", "ckpt", "mode", "seed")
+# ... and where things are kept or logged (any key below these).
+LOCATION = ("data_root", "run_dir", "resume", "num_workers", "logger", "hydra")
 VTAB_ORDER = {f"vtab_{name}": index for index, name in enumerate(VTAB_TASKS)}  # the paper's order, by group
 
 
@@ -40,26 +47,36 @@ def collect(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in paths]
 
 
-def summarize(results: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns (tasks, then VTAB group means) and one row per (checkpoint, mode) with the metric per column.
+def setting(result: dict[str, Any]) -> str:
+    """The run's command-line overrides that change what it computes for a task, e.g. ``mode.epochs=50``."""
+    keys = [(override, override.split("=", 1)[0].lstrip("+~")) for override in result.get("overrides", [])]
+    return " ".join(override for override, key in keys if key not in IDENTITY and key.split(".")[0] not in LOCATION)
 
-    A row maps ``checkpoint``, ``mode``, each task to its mean value, each group to ``(mean, tasks averaged)``.
+
+def summarize(results: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns (tasks, then VTAB group means) and one row per (checkpoint, mode, setting) with the metric per column.
+
+    A row maps ``checkpoint``, ``mode``, ``setting``, each task to its mean value, each group to
+    ``(mean, tasks averaged)``.
     """
-    values: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    values: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     groups: dict[str, str] = {}
     for result in results:
         if metric in result["metrics"]:
-            values[(str(result["checkpoint"]), result["mode"])][result["task"]].append(result["metrics"][metric])
+            row_key = (str(result["checkpoint"]), result["mode"], setting(result))
+            values[row_key][result["task"]].append(result["metrics"][metric])
         if result.get("group"):
             groups[result["task"]] = result["group"]
-    tasks = sorted(
-        {task for row in values.values() for task in row}, key=lambda task: (task in groups, VTAB_ORDER.get(task, 0), task)
-    )
+
+    def in_table_order(task: str) -> tuple[bool, int, str]:
+        return task in groups, VTAB_ORDER.get(task, 0), task
+
+    tasks = sorted({task for row in values.values() for task in row}, key=in_table_order)
     vtab_tasks = [task for task in tasks if task in groups]
     group_columns = [group for group in GROUPS if group in groups.values()] + ([ALL_VTAB] if vtab_tasks else [])
     rows = []
-    for (checkpoint, mode), per_task in sorted(values.items()):
-        row: dict[str, Any] = {"checkpoint": checkpoint, "mode": mode}
+    for (checkpoint, mode, changed), per_task in sorted(values.items()):
+        row: dict[str, Any] = {"checkpoint": checkpoint, "mode": mode, "setting": changed}
         row.update({task: statistics.fmean(scores) for task, scores in per_task.items()})
         for group in group_columns:
             members = [row[task] for task in vtab_tasks if task in row and group in (ALL_VTAB, groups[task])]
@@ -84,29 +101,29 @@ def _cell(value: Any, column: str) -> str:
 
 
 def to_markdown(columns: list[str], rows: list[dict[str, Any]], metric: str) -> str:
-    header = ["checkpoint", "mode", *columns]
+    header = [*ROW_KEYS, *columns]
     lines = [
         f"{metric} accuracy (%) on each task's test split",
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---", "---"] + ["---:"] * len(columns)) + "|",
+        "|" + "|".join(["---"] * len(ROW_KEYS) + ["---:"] * len(columns)) + "|",
     ]
     for row in rows:
-        cells = [row["checkpoint"], row["mode"], *(_cell(row.get(column), column) for column in columns)]
+        cells = [*(row[key] for key in ROW_KEYS), *(_cell(row.get(column), column) for column in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
     """Numbers only; each group mean is followed by ``<group>_tasks``, how many tasks it averages."""
-    header = ["checkpoint", "mode"]
+    header = list(ROW_KEYS)
     for column in columns:
         header += [column, f"{column}_tasks"] if column in (*GROUPS, ALL_VTAB) else [column]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
-        cells: list[Any] = [row["checkpoint"], row["mode"]]
+        cells: list[Any] = [row[key] for key in ROW_KEYS]
         for column in columns:
             value = row.get(column)
             if column in (*GROUPS, ALL_VTAB):

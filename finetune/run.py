@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +160,11 @@ def record(results: dict[str, Any], trainer: L.Trainer, run_dir: Path) -> None:
             logger.experiment.finish()  # a Hydra multirun starts the next job's W&B run in this process
 
 
-def finetune(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Train (unless k-NN) and test per the resolved ``config``; returns what it writes to ``run_dir/results.json``."""
+def finetune(config: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Train (unless k-NN) and test per the resolved ``config``; returns what it writes to ``run_dir/results.json``.
+
+    ``overrides`` (the command line's) are recorded so that ``finetune/report.py`` can tell settings apart.
+    """
     L.seed_everything(config["seed"], workers=True)
     set_cpu_threads(config["trainer"], {"num_workers": config["num_workers"]})
     mode_name = config["mode"]["name"]
@@ -202,6 +205,7 @@ def finetune(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
         "test_splits": config["task"]["test"],
         "image_size": backbone.patch_embed.img_size,
         "pretraining": {key: meta.get(key) for key in ("objective", "step", "config_hash")},
+        "overrides": list(overrides),
     }
     record(results, trainer, run_dir)
     return results
@@ -209,7 +213,8 @@ def finetune(config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    finetune(OmegaConf.to_container(cfg, resolve=True), Path(HydraConfig.get().runtime.output_dir))
+    run = HydraConfig.get()
+    finetune(OmegaConf.to_container(cfg, resolve=True), Path(run.runtime.output_dir), list(run.overrides.task))
 
 
 if __name__ == "__main__":

@@ -147,5 +147,6 @@ def test_multirun_over_tasks_and_modes_is_tabulated_by_the_report(tmp_path: Path
     report = run_cli("finetune/report.py", str(tmp_path / "sweep"))
     assert report.returncode == 0, report.stderr[-3000:]
     table = (tmp_path / "sweep" / "report.md").read_text()
-    assert "| checkpoint | mode | cifar10 | flowers102 |" in table and table.count("backbone.safetensors") == 2
-    assert (tmp_path / "sweep" / "report.csv").read_text().startswith("checkpoint,mode,cifar10,flowers102\n")
+    assert "| checkpoint | mode | setting | cifar10 | flowers102 |" in table
+    assert table.count("| mode.batch_size=4 trainer.max_steps=2 |") == 2  # one row per mode
+    assert (tmp_path / "sweep" / "report.csv").read_text().startswith("checkpoint,mode,setting,cifar10,flowers102\n")

@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 
 from data_pipelines.sources.vtab import TASKS as VTAB_TASKS
-from finetune.report import main, summarize, to_csv, to_markdown
+from finetune.report import main, setting, summarize, to_csv, to_markdown
 
 
-def result(task: str, top1: float, mode: str = "linear", checkpoint: str = "a.safetensors", seed: int = 0) -> dict:
+def result(
+    task: str, top1: float, mode: str = "linear", checkpoint: str = "a.safetensors", overrides: tuple[str, ...] = ()
+) -> dict:
     group = VTAB_TASKS[task.removeprefix("vtab_")].group if task.startswith("vtab_") else None
     metrics = {"top1": top1}
-    return {"task": task, "mode": mode, "checkpoint": checkpoint, "metrics": metrics, "group": group, "seed": seed}
+    return {"task": task, "mode": mode, "checkpoint": checkpoint, "metrics": metrics, "group": group,
+            "overrides": [f"task={task}", *overrides]}
 
 
 def write_runs(root: Path, results: list[dict]) -> None:
@@ -33,35 +36,45 @@ def test_vtab_group_means_average_the_group_and_all_tasks() -> None:
     assert row["vtab"] == (pytest.approx(90.0), 19)
 
 
-def test_repeated_runs_are_averaged_and_rows_split_by_checkpoint_and_mode() -> None:
+def test_repeated_runs_are_averaged_and_rows_split_by_checkpoint_mode_and_setting() -> None:
     results = [
-        result("cifar10", 80.0, seed=0), result("cifar10", 90.0, seed=1),
+        result("cifar10", 80.0, overrides=("seed=0",)), result("cifar10", 90.0, overrides=("seed=1",)),
         result("cifar10", 50.0, mode="knn"), result("cifar10", 20.0, checkpoint="b.ckpt"),
+        result("cifar10", 10.0, overrides=("mode.epochs=1",)),
     ]
     columns, rows = summarize(results, "top1")
     assert columns == ["cifar10"]
-    assert [(row["checkpoint"], row["mode"], row["cifar10"]) for row in rows] == [
-        ("a.safetensors", "knn", 50.0), ("a.safetensors", "linear", 85.0), ("b.ckpt", "linear", 20.0),
+    assert [(row["checkpoint"], row["mode"], row["setting"], row["cifar10"]) for row in rows] == [
+        ("a.safetensors", "knn", "", 50.0), ("a.safetensors", "linear", "", 85.0),
+        ("a.safetensors", "linear", "mode.epochs=1", 10.0), ("b.ckpt", "linear", "", 20.0),
     ]
+
+
+def test_setting_leaves_out_identity_and_locations_but_keeps_task_splits() -> None:
+    overrides = ("ckpt=a", "mode=linear", "seed=3", "data_root=/d", "logger=csv", "hydra.sweep.dir=/s",
+                 "task.train=[train800]", "mode.optim.base_lr=0.001", "trainer.devices=8")
+    assert setting(result("vtab_dtd", 1.0, overrides=overrides)) == (
+        "task.train=[train800] mode.optim.base_lr=0.001 trainer.devices=8"
+    )
 
 
 def test_incomplete_group_shows_how_many_tasks_it_averages() -> None:
     columns, rows = summarize([result("cifar100", 70.0), result("vtab_dtd", 60.0), result("vtab_svhn", 80.0)], "top1")
     assert columns == ["cifar100", "vtab_dtd", "vtab_svhn", "natural", "vtab"]
     markdown = to_markdown(columns, rows, "top1")
-    assert "| a.safetensors | linear | 70.0 | 60.0 | 80.0 | 70.0 (2/7) | 70.0 (2/19) |" in markdown
+    assert "| a.safetensors | linear |  | 70.0 | 60.0 | 80.0 | 70.0 (2/7) | 70.0 (2/19) |" in markdown
     assert to_csv(columns, rows).splitlines() == [
-        "checkpoint,mode,cifar100,vtab_dtd,vtab_svhn,natural,natural_tasks,vtab,vtab_tasks",
-        "a.safetensors,linear,70.0,60.0,80.0,70.0,2,70.0,2",
+        "checkpoint,mode,setting,cifar100,vtab_dtd,vtab_svhn,natural,natural_tasks,vtab,vtab_tasks",
+        "a.safetensors,linear,,70.0,60.0,80.0,70.0,2,70.0,2",
     ]
 
 
 def test_command_line_writes_markdown_and_csv_beside_the_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_runs(tmp_path / "sweep", [result("cifar10", 91.25), result("flowers102", 75.0, mode="knn")])
     main([str(tmp_path / "sweep")])
-    assert "| a.safetensors | knn |  | 75.0 |" in capsys.readouterr().out
+    assert "| a.safetensors | knn |  |  | 75.0 |" in capsys.readouterr().out
     assert (tmp_path / "sweep" / "report.md").is_file()
-    assert (tmp_path / "sweep" / "report.csv").read_text().splitlines()[1] == "a.safetensors,knn,,75.0"
+    assert (tmp_path / "sweep" / "report.csv").read_text().splitlines()[1] == "a.safetensors,knn,,,75.0"
 
 
 def test_no_results_is_an_error_naming_the_folder(tmp_path: Path) -> None:
