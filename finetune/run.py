@@ -35,8 +35,8 @@ from finetune.tasks import Task, build_task
 from pretrain.backbone_io import load_backbone
 from pretrain.build import backbone_options, config_hash
 from pretrain.models.vit import VisionTransformer
-from pretrain.run import resolve_resume, set_cpu_threads
-from pretrain.trainer import CHECKPOINT_SUBDIR, build_trainer
+from pretrain.runtime import close_loggers, resolve_resume, save_final_checkpoint, set_cpu_threads, was_requeued
+from pretrain.trainer import build_trainer
 
 log = logging.getLogger("finetune")
 
@@ -126,13 +126,18 @@ def git_commit() -> str | None:
 
 def train(
     trainer: L.Trainer, module: L.LightningModule, data: TaskDataModule, config: Mapping[str, Any], run_dir: Path
-) -> None:
-    """Fit for the run's schedule (resuming per ``resume``) and keep the final weights as a checkpoint."""
+) -> bool:
+    """Fit for the run's schedule (resuming per ``resume``) and keep the final weights as a checkpoint.
+
+    False when the SLURM warning signal stopped the fit: the requeued job resumes and evaluates.
+    """
     if config["mode"].get("cache_features"):
         cache_training_features(trainer, module, data)
     trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(str(config["resume"]), run_dir))
-    if trainer.global_step % config["trainer"]["checkpoint_every_n_steps"]:  # same answer on every rank
-        trainer.save_checkpoint(run_dir / CHECKPOINT_SUBDIR / f"step={trainer.global_step:06d}.ckpt")
+    if was_requeued(trainer):
+        return False
+    save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])
+    return True
 
 
 def evaluate(trainer: L.Trainer, module: L.LightningModule, data: TaskDataModule) -> tuple[dict[str, float], float]:
@@ -157,7 +162,6 @@ def record(results: dict[str, Any], trainer: L.Trainer, run_dir: Path) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(results)
-            logger.experiment.finish()  # a Hydra multirun starts the next job's W&B run in this process
 
 
 def finetune(config: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -186,7 +190,8 @@ def finetune(config: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] 
         log.info("%s on %s: %d steps of %d images", mode_name, task.name, context.total_steps, context.global_batch)
         # The schedule depends on the world size, which the Trainer resolves: set its step limit afterwards.
         trainer.fit_loop.epoch_loop.max_steps = context.total_steps
-        train(trainer, module, data, config, run_dir)
+        if not train(trainer, module, data, config, run_dir):
+            return {}
     metrics, images_per_s = evaluate(trainer, module, data)
     results = {
         "task": task.name,
@@ -208,6 +213,7 @@ def finetune(config: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] 
         "overrides": list(overrides),
     }
     record(results, trainer, run_dir)
+    close_loggers(trainer)
     return results
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from data_pipelines.sources.base import SourceRequest
 from data_pipelines.write_shards import SOURCES, get_source, resolve_split
 from finetune.data import ListingSplit, ShardSplit, TaskSplit
-from pretrain.run import ensure_demo_shards
+from pretrain.runtime import ensure_demo_shards
 
 log = logging.getLogger(__name__)
 

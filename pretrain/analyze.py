@@ -33,7 +33,7 @@ from pretrain.build import backbone_options, build_model
 from pretrain.checkpointing import find_resume_checkpoint, read_checkpoint
 from pretrain.models.mae import MaskedAutoencoder
 from pretrain.models.vit import VisionTransformer
-from pretrain.run import ensure_demo_shards
+from pretrain.runtime import ensure_demo_shards
 from pretrain.trainer import CHECKPOINT_SUBDIR, build_logger
 
 log = logging.getLogger("analyze")

@@ -13,83 +13,30 @@ started again on the same ``run_dir`` (``resume=auto``), and exports ``run_dir/b
 from __future__ import annotations
 
 import logging
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from data_pipelines.demo import write_demo_shards
 from data_pipelines.manifest import read_manifest
 from pretrain.build import build_module, config_hash, stream_config, tokens_per_image
 from pretrain.callbacks import ReconstructionLogger
-from pretrain.checkpointing import find_resume_checkpoint, read_checkpoint
 from pretrain.data import ShardDataModule
 from pretrain.export import export_checkpoint
-from pretrain.trainer import CHECKPOINT_SUBDIR, build_trainer
+from pretrain.runtime import (
+    close_loggers,
+    ensure_demo_shards,
+    resolve_resume,
+    save_final_checkpoint,
+    set_cpu_threads,
+    was_requeued,
+)
+from pretrain.trainer import build_trainer
 
 log = logging.getLogger("pretrain")
-
-DEMO_WAIT_SECONDS = 300
-
-
-def launch_rank() -> int:
-    """This process's global rank as its launcher (SLURM, torchrun, Lightning) announced it, before any init."""
-    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(name, "0") != "0":
-            return int(os.environ[name])
-    return 0
-
-
-def ensure_demo_shards(data: dict[str, Any]) -> None:
-    """Write the demo shards on first use (rank 0 only; other ranks wait for its manifest)."""
-    train_dir = Path(data["shards"])
-    if (train_dir / "manifest.json").is_file():
-        return
-    if launch_rank() == 0:
-        log.info("writing the demo shards to %s (first use)", train_dir.parent)
-        write_demo_shards(train_dir.parent, image_size=data["image_size"])
-        return
-    deadline = time.monotonic() + DEMO_WAIT_SECONDS
-    while not (train_dir / "manifest.json").is_file():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"rank 0 did not write the demo shards to {train_dir} within {DEMO_WAIT_SECONDS} s")
-        time.sleep(1)
-
-
-def set_cpu_threads(trainer: dict[str, Any], data: dict[str, Any]) -> None:
-    """On CPU, leave one core per loader worker: oversubscribed OpenMP threads spin and can run 10x slower."""
-    if trainer["accelerator"] != "cpu":
-        return
-    threads = trainer.get("cpu_threads") or max(1, (os.cpu_count() or 1) - data["num_workers"])
-    torch.set_num_threads(threads)
-    log.info("using %d CPU thread(s) for compute next to %d loader worker(s)", threads, data["num_workers"])
-
-
-def resolve_resume(resume: str, run_dir: Path) -> str | None:
-    """``auto``: the newest complete checkpoint of this run (incl. SLURM ``hpc_ckpt_*``); ``none``; or a path."""
-    if resume == "none":
-        return None
-    if resume == "auto":
-        newest = max(
-            (p for p in (find_resume_checkpoint(run_dir / CHECKPOINT_SUBDIR), find_resume_checkpoint(run_dir)) if p),
-            key=lambda path: read_checkpoint(path)["global_step"] if path.is_file() else -1,
-            default=None,
-        )
-        if newest is not None:
-            log.info("resuming from %s", newest)
-        return str(newest) if newest is not None else None
-    if not Path(resume).exists():
-        raise FileNotFoundError(f"resume={resume}: no such checkpoint (use resume=auto or resume=none)")
-    if Path(resume).is_file():
-        read_checkpoint(resume)  # fails early with a clear message when unreadable
-    return resume
-
 
 def pretrain(cfg: DictConfig) -> Path:
     """Train per ``cfg`` and return the run directory."""
@@ -126,15 +73,13 @@ def pretrain(cfg: DictConfig) -> Path:
     stream = stream_config(data, batches_per_epoch, config["seed"], transform=objective["name"])
     datamodule = ShardDataModule(stream, accumulate)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(str(config["resume"]), run_dir))
-    if any(getattr(callback, "requeued", False) for callback in trainer.callbacks):
-        log.info("stopped at step %d: the requeued job resumes from its checkpoint", trainer.global_step)
+    if was_requeued(trainer):
         return run_dir
-    final = run_dir / CHECKPOINT_SUBDIR / f"step={trainer.global_step:06d}.ckpt"
-    if trainer.global_step % config["trainer"]["checkpoint_every_n_steps"]:  # same answer on every rank
-        trainer.save_checkpoint(final)
+    final = save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])
     if config["export_backbone"] and trainer.is_global_zero:
         export_checkpoint(final, run_dir)
         log.info("exported the backbone to %s", run_dir / "backbone.safetensors")
+    close_loggers(trainer)
     return run_dir
 
 

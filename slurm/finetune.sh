@@ -4,7 +4,7 @@
 #
 #   mkdir -p logs                                            # sbatch does not create the --output directory
 #   sbatch slurm/finetune.sh task=cifar100 ckpt=runs/pretrain/123456/backbone.safetensors
-#   sbatch --nodes=4 --time=12:00:00 slurm/finetune.sh task=imagenet ckpt=...
+#   sbatch --nodes=4 --time=12:00:00 slurm/finetune.sh task=shards task.train='/data/in1k/train-{000000..001023}.tar' task.test='/data/in1k/val-{000000..000063}.tar' mode=finetune ckpt=...
 #   VITFM_TRAINER=deepspeed_zero2 sbatch slurm/finetune.sh task=... # DeepSpeed instead of DDP
 #
 # sbatch flags override the #SBATCH lines below (choose tasks with --ntasks-per-node, one per GPU);
