@@ -27,7 +27,7 @@ def offline_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_reader_returns_the_logged_scalars_config_summary_and_image(offline_wandb: Path) -> None:
     # A 70 kB config value makes the run record span three 32 kB blocks (FIRST, MIDDLE, LAST chunks).
     config = {"lr": 0.1, "model": {"depth": 2}, "notes": "x" * 70_000}
-    run = wandb.init(project="reader-test", config=config)
+    run = wandb.init(project="reader-test", config=config, dir=str(offline_wandb), mode="offline")
     for step, loss in enumerate([1.0, 0.5, 0.25]):
         run.log({"train/loss": loss, "epoch": step})
     run.log({"reconstructions": wandb.Image(np.full((8, 16, 3), 200, dtype=np.uint8), caption="grid")})

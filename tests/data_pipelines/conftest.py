@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from data_pipelines.demo import write_demo_shards
 
-DEMO_TRAIN = 190  # 10 shards of 20 and one of 10: uneven shares across 2 ranks x 2 workers
-DEMO_SHARD_SIZE = 20
+from image_files import DEMO_SHARD_SIZE, DEMO_TRAIN, random_pixels, write_image
 
 
 @pytest.fixture(scope="session")
@@ -20,22 +16,6 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     write_demo_shards(out, num_train=DEMO_TRAIN, num_test=40, image_size=16, max_count=DEMO_SHARD_SIZE, workers=1)
     return out
-
-
-def random_pixels(height: int, width: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def image_bytes(pixels: np.ndarray, image_format: str = "JPEG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=image_format)
-    return buffer.getvalue()
-
-
-def write_image(path: Path, pixels: np.ndarray, image_format: str = "JPEG") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(image_bytes(pixels, image_format))
-    return path
 
 
 @pytest.fixture

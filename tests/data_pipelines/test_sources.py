@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import random_pixels, write_image
+from image_files import random_pixels, write_image
 from PIL import Image
 
 from data_pipelines.sources import vtab

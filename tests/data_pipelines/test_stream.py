@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from conftest import DEMO_SHARD_SIZE, DEMO_TRAIN, image_bytes, random_pixels
+from image_files import DEMO_SHARD_SIZE, DEMO_TRAIN, image_bytes, random_pixels
 from PIL import Image
 
 from data_pipelines.manifest import read_manifest

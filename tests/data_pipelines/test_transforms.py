@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import image_bytes
+from image_files import image_bytes
 from PIL import Image
 from torchvision import transforms as T
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, app_overrides, run_app
+from app_runner import REPO_ROOT, app_overrides, run_app
 from wandb_offline import read_offline_run
 
 from pretrain.backbone_io import load_backbone
