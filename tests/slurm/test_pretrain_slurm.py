@@ -147,7 +147,7 @@ def test_interrupted_pretrain_job_requeues_resumes_and_stops_at_max_steps(
     assert info["Restarts"] == "1", output[-5000:]
     assert f"job {job_id} restart 0 on " in output and f"job {job_id} restart 1 on " in output
     # The rerun (same job id, same run directory) resumed from a checkpoint of the first run...
-    resumed = {Path(path) for path in re.findall(r"\[pretrain\]\[INFO\] - resuming from (\S+)", output)}
+    resumed = {Path(path) for path in re.findall(r"\[pretrain[.a-z_]*\]\[INFO\] - resuming from (\S+)", output)}
     assert len(resumed) == 1, output[-5000:]
     checkpoint = resumed.pop()
     assert f"Restored all states from the checkpoint at {checkpoint}" in output
