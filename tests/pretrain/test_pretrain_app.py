@@ -107,3 +107,12 @@ def test_unreadable_resume_checkpoint_fails_with_a_clear_message(demo_shards, tm
     )
     assert result.returncode != 0
     assert "cannot read checkpoint" in result.stderr + result.stdout
+
+
+def test_multirun_gives_each_job_its_own_run_directory(demo_shards, tmp_path):
+    overrides = [o for o in app_overrides(demo_shards, tmp_path / "unused", logger="none", **{"trainer.max_steps": 2})
+                 if not o.startswith("run_dir=")]
+    run_app(["-m", "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides])
+    for job in ("0", "1"):
+        assert (tmp_path / "sweep" / job / "backbone.safetensors").is_file()
+    assert "optim.lr=0.002" in (tmp_path / "sweep" / "1" / ".hydra" / "overrides.yaml").read_text()
