@@ -43,7 +43,6 @@ log = logging.getLogger("finetune")
 RESULTS_FILE = "results.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Keys that name where and how a run is recorded, not what it computes: left out of its config hash.
-UNHASHED_KEYS = ("run_dir", "resume", "logger")
 
 
 def load_pretrained(config: Mapping[str, Any]) -> tuple[VisionTransformer, dict[str, Any]]:
@@ -197,7 +196,7 @@ def finetune(config: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] 
         "task": task.name,
         "mode": mode_name,
         "checkpoint": config["ckpt"],
-        "config_hash": config_hash({key: value for key, value in config.items() if key not in UNHASHED_KEYS}),
+        "config_hash": config_hash(config),
         "metrics": metrics,
         "num_train": task.train.num_samples,
         "num_test": task.test.num_samples,

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from pretrain.checkpointing import read_checkpoint
+from pretrain.checkpointing import CHECKPOINT_META_KEY, read_checkpoint
 from pretrain.models.vit import VisionTransformer
 from pretrain.models.weights import adapt_to_model, backbone_from_hf, backbone_from_timm
 
@@ -63,7 +63,7 @@ def _deepspeed_state(directory: Path) -> tuple[dict[str, Tensor], dict[str, Any]
     tag_dir = root / (root / "latest").read_text().strip()
     # ZeRO-2 writes mp_rank_00_model_states.pt, ZeRO-3 zero_pp_rank_0_mp_rank_00_model_states.pt
     model_states = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
-    meta = torch.load(model_states[0], map_location="cpu", weights_only=False).get("vitfm") if model_states else None
+    meta = torch.load(model_states[0], map_location="cpu", weights_only=False).get(CHECKPOINT_META_KEY) if model_states else None
     return state, meta
 
 
@@ -83,7 +83,7 @@ def read_backbone_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dic
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
     elif path.suffix == ".ckpt":
         checkpoint = read_checkpoint(path)
-        state, meta = checkpoint["state_dict"], checkpoint.get("vitfm")
+        state, meta = checkpoint["state_dict"], checkpoint.get(CHECKPOINT_META_KEY)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         for key in ("model", "state_dict"):  # MAE-reference and generic training checkpoints nest the weights

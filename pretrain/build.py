@@ -24,9 +24,14 @@ MAE_OPTIONS = ("mask_ratio", "norm_pix_loss", "decoder_embed_dim", "decoder_dept
 MODULE_OPTIONS = {"mae": (), "supervised": ("label_smoothing", "mixup_alpha", "cutmix_alpha")}
 
 
+# Keys that name where and how a run is kept, not what it computes: two runs differing only here hash alike.
+UNHASHED_KEYS = ("run_dir", "resume", "logger")
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
-    """Short stable fingerprint of a resolved config, recorded in checkpoints, exports and results."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """Short stable fingerprint of what a resolved config computes, recorded in checkpoints, exports and results."""
+    kept = {key: value for key, value in config.items() if key not in UNHASHED_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def backbone_options(model: Mapping[str, Any], num_classes: int = 0) -> dict[str, Any]:
@@ -77,7 +82,7 @@ def flops_per_batch(objective: Mapping[str, Any], backbone: Mapping[str, Any], b
         model = build_model(objective, backbone)
         images = torch.empty(batch_size, backbone["in_chans"], backbone["img_size"], backbone["img_size"])
     if isinstance(model, MaskedAutoencoder):
-        return measure_flops(model, lambda: model(images).loss)
+        return measure_flops(model, lambda: model(images).loss, lambda loss: loss)
     return measure_flops(model, lambda: model(images), lambda logits: logits.sum())
 
 

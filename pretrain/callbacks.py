@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from torch import Tensor
 
 from pretrain.analysis.reconstruction import reconstruction_grid
 from pretrain.models.mae import MaskedAutoencoder
@@ -22,13 +24,15 @@ class ReconstructionLogger(Callback):
         self.num_images = num_images
 
     @torch.no_grad()
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: dict[str, Tensor], batch_idx: int
+    ) -> None:
         model = pl_module.model
-        if not isinstance(model, MaskedAutoencoder) or trainer.global_step % self.every_n_steps or not trainer.is_global_zero:
-            return
         loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-        if not loggers:
+        at_step_end = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if not isinstance(model, MaskedAutoencoder) or not loggers or not at_step_end or trainer.global_step % self.every_n_steps:
             return
+        # Every rank runs the forward (ZeRO-3 gathers parameters collectively); only rank 0's logger writes.
         images = batch["image"][: self.num_images]
         was_training = model.training
         model.eval()

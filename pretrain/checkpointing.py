@@ -20,6 +20,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 log = logging.getLogger(__name__)
 
 STEP_PATTERN = re.compile(r"step=(\d+)")
+# Key of our metadata in a Lightning checkpoint (and in DeepSpeed client state): architecture, objective, step.
+CHECKPOINT_META_KEY = "vitfm"
 
 
 class UnreadableCheckpointError(RuntimeError):

@@ -27,6 +27,11 @@ class ShardDataModule(L.LightningDataModule):
         super().__init__()
         if not stream.batches_per_epoch:
             raise ValueError("the pretraining stream needs batches_per_epoch (a fixed epoch length per rank)")
+        if stream.batches_per_epoch % accumulate_grad_batches:
+            raise ValueError(
+                f"data.batches_per_epoch={stream.batches_per_epoch} is not a multiple of "
+                f"trainer.accumulate_grad_batches={accumulate_grad_batches}: an epoch would end mid-accumulation"
+            )
         self.stream = stream
         self.accumulate_grad_batches = accumulate_grad_batches
 

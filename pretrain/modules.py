@@ -17,12 +17,11 @@ from lightning.pytorch.utilities import grad_norm
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from data_pipelines.seeding import stable_seed
+from pretrain.checkpointing import CHECKPOINT_META_KEY
 from pretrain.models.mae import MaskedAutoencoder
 from pretrain.models.vit import VisionTransformer
 from pretrain.optim import OptimConfig, build_optimizer
-
-CHECKPOINT_META_KEY = "vitfm"
-
 
 class NonFiniteLossError(RuntimeError):
     """Raised after too many consecutive steps whose loss was NaN or infinite."""
@@ -66,27 +65,29 @@ class PretrainModule(L.LightningModule):
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         # Randomness of a step depends only on (seed, step, rank): resuming reproduces masks and drop paths.
-        torch.manual_seed(self.seed * 1_000_003 + self.global_step * 1009 + self.global_rank)
+        torch.manual_seed(stable_seed(self.seed, self.global_step, self.global_rank))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
-        self._count_corrupt(batch)
         loss = self.compute_loss(batch)
-        if not self._finite_on_every_rank(loss):
+        bad_ranks, corrupt = self._sum_over_ranks(float(not torch.isfinite(loss)), batch, loss.device)
+        self.corrupt_samples += corrupt
+        self.log("data/corrupt_samples_skipped", float(self.corrupt_samples))
+        if bad_ranks:
             return self._skip_bad_step(loss)
         self.bad_steps_in_a_row = 0
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
-    def _count_corrupt(self, batch: dict[str, Tensor]) -> None:
-        skipped = batch.get("corrupt_skipped")
-        if skipped is not None:
-            self.corrupt_samples += int(skipped.sum())
-        self.log("data/corrupt_samples_skipped", float(self.corrupt_samples), reduce_fx="sum", sync_dist=True)
+    def _sum_over_ranks(self, bad: float, batch: dict[str, Tensor], device: torch.device) -> tuple[int, int]:
+        """(ranks whose loss is not finite, corrupt samples skipped for this step), summed in one all-reduce.
 
-    def _finite_on_every_rank(self, loss: Tensor) -> bool:
-        """All ranks must agree to skip, or DDP's gradient all-reduce would wait forever on the skipping rank."""
-        bad = torch.tensor(float(not torch.isfinite(loss)), device=loss.device)
-        return bool(self.trainer.strategy.reduce(bad, reduce_op="max") == 0)
+        All ranks must agree to skip a step, or DDP's gradient all-reduce would wait forever on the skipping one;
+        the corrupt count is then the same global total on every rank, so any rank's checkpoint holds it.
+        """
+        skipped = batch.get("corrupt_skipped")
+        counts = torch.tensor([bad, float(skipped.sum()) if skipped is not None else 0.0], device=device)
+        bad_ranks, corrupt = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        return int(bad_ranks), int(corrupt)
 
     def _skip_bad_step(self, loss: Tensor) -> None:
         self.bad_steps_total += 1
@@ -95,7 +96,7 @@ class PretrainModule(L.LightningModule):
         if self.bad_steps_in_a_row >= self.max_bad_steps:
             raise NonFiniteLossError(
                 f"{self.bad_steps_in_a_row} consecutive steps had a non-finite loss ({loss.item()}) up to step "
-                f"{self.global_step}; lower optim.base_lr, set optim.grad_clip, or check the input data"
+                f"{self.global_step}; lower optim.base_lr, set trainer.gradient_clip_val, or check the input data"
             )
         return None
 

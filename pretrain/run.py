@@ -68,6 +68,8 @@ def pretrain(cfg: DictConfig) -> Path:
         batches_per_epoch,
     )
     num_classes = objective.get("num_classes") or manifest["num_classes"] or 0
+    if objective["name"] == "supervised" and not num_classes:
+        raise ValueError("supervised pretraining needs labeled shards (a manifest with classes) or objective.num_classes")
     meta = {"objective": objective["name"], "objective_config": objective, "mean": data["mean"], "std": data["std"], "config_hash": config_hash(config)}
     module = build_module(config, num_classes, global_batch, meta)
     stream = stream_config(data, batches_per_epoch, config["seed"], transform=objective["name"])

@@ -37,7 +37,6 @@ def _deepspeed(config: Mapping[str, Any]) -> Strategy:
     return DeepSpeedStrategy(
         stage=config["zero_stage"],
         offload_optimizer=config.get("offload_optimizer", False),
-        logging_batch_size_per_gpu=config.get("batch_size_per_device", 1),
     )
 
 
@@ -122,7 +121,7 @@ def build_trainer(
     logger = build_logger(logger_config, run_dir, run_config)
     monitors = [
         LearningRateMonitor(logging_interval="step"),
-        ThroughputMonitor(batch_size_fn=batch_size_fn, length_fn=tokens_fn, window_size=config.get("throughput_window", 10)),
+        ThroughputMonitor(batch_size_fn=batch_size_fn, length_fn=tokens_fn, window_size=config["throughput_window"]),
     ]
     all_callbacks = [checkpointing, *(monitors if logger is not None else []), *callbacks]
     plugins: list[Any] = [] if isinstance(strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()]
@@ -155,5 +154,4 @@ def build_trainer(
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        deterministic=config.get("deterministic", False),
     )

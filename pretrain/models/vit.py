@@ -290,7 +290,6 @@ class VisionTransformer(nn.Module):
 # Architecture presets: (embed_dim, depth, num_heads). Patch size and image size are options of their own.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "test": dict(embed_dim=64, depth=4, num_heads=4),
-    "test_wide": dict(embed_dim=192, depth=4, num_heads=3),
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
     "small": dict(embed_dim=384, depth=12, num_heads=6),
     "base": dict(embed_dim=768, depth=12, num_heads=12),
@@ -307,7 +306,6 @@ def _preset_table() -> dict[str, dict[str, Any]]:
         for patch in (14, 16, 32)
     }
     table["vit_test_patch4"] = dict(ARCHITECTURES["test"], patch_size=4, img_size=32)
-    table["vit_test_wide_patch4"] = dict(ARCHITECTURES["test_wide"], patch_size=4, img_size=32)
     return table
 
 
