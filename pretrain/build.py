@@ -109,4 +109,6 @@ def stream_config(data: Mapping[str, Any], batches_per_epoch: int, seed: int, tr
         batches_per_epoch=batches_per_epoch,
         shuffle_buffer=data["shuffle_buffer"],
         crop_scale=tuple(data["crop_scale"]),
+        manifest=data["manifest"],
+        pin_memory=data["pin_memory"],
     )

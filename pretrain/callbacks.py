@@ -18,7 +18,7 @@ from pretrain.models.mae import MaskedAutoencoder
 class ReconstructionLogger(Callback):
     """Every ``every_n_steps`` logs original | masked | reconstruction | pasted for a few training images."""
 
-    def __init__(self, every_n_steps: int, mean: Sequence[float], std: Sequence[float], num_images: int = 8) -> None:
+    def __init__(self, every_n_steps: int, mean: Sequence[float], std: Sequence[float], num_images: int) -> None:
         self.every_n_steps = every_n_steps
         self.mean, self.std = list(mean), list(std)
         self.num_images = num_images

@@ -47,7 +47,7 @@ def pretrain(cfg: DictConfig) -> Path:
     data, objective = config["data"], config["objective"]
     if data["make_demo"]:
         ensure_demo_shards(data)
-    manifest = read_manifest(data["shards"])
+    manifest = shard_manifest(data)
     tokens = tokens_per_image(objective, config["model"])
     trainer = build_trainer(
         config["trainer"],
@@ -85,11 +85,23 @@ def pretrain(cfg: DictConfig) -> Path:
     return run_dir
 
 
+def shard_manifest(data: dict[str, Any]) -> dict[str, Any]:
+    """The shards' manifest; shards without one (``pipe:``/``http`` streams) need ``data.batches_per_epoch``."""
+    try:
+        return read_manifest(data["shards"], data["manifest"])
+    except FileNotFoundError:
+        if not data["batches_per_epoch"]:
+            raise
+        log.warning("no manifest for %s: epochs of data.batches_per_epoch=%d batches", data["shards"], data["batches_per_epoch"])
+        return {"total": None, "num_classes": None}
+
+
 def _image_callbacks(config: dict[str, Any]) -> list[L.Callback]:
     every = config["logger"].get("log_images_every_n_steps", 0)
     if config["objective"]["name"] != "mae" or not every:
         return []
-    return [ReconstructionLogger(every, config["data"]["mean"], config["data"]["std"])]
+    logger = config["logger"]
+    return [ReconstructionLogger(every, config["data"]["mean"], config["data"]["std"], logger["num_images"])]
 
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")

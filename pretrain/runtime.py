@@ -23,8 +23,8 @@ DEMO_WAIT_SECONDS = 300
 
 
 def launch_rank() -> int:
-    """This process's global rank as its launcher (SLURM, torchrun, Lightning) announced it, before any init."""
-    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+    """0 only for the first process of the first node, as the launcher (SLURM, torchrun, Lightning) announced it."""
+    for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK"):
         if os.environ.get(name, "0") != "0":
             return int(os.environ[name])
     return 0
