@@ -170,18 +170,18 @@ class FeatureSplit:
     """This rank's share of a training split as frozen features computed once (``mode.cache_features``)."""
 
     def __init__(
-        self, features: torch.Tensor, labels: torch.Tensor, num_samples: int, classes: list[str] | None
+        self, features: torch.Tensor, labels: torch.Tensor, num_samples: int, per_rank: int, classes: list[str] | None
     ) -> None:
         self.features, self.labels = features, labels
-        self.num_samples, self.classes = num_samples, classes
+        self.num_samples, self.per_rank, self.classes = num_samples, per_rank, classes
 
     def max_label(self) -> int:
         return int(self.labels.max())
 
     def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int) -> DataLoader:
-        # Every rank's share holds at least num_samples // world_size features: equal batch counts per rank.
+        # per_rank is the smallest share over the ranks (shards split unevenly): equal batch counts per rank.
         generator = torch.Generator().manual_seed(stable_seed(spec.seed, epoch, rank))
-        order = torch.randperm(len(self.labels), generator=generator)[: self.num_samples // world_size]
+        order = torch.randperm(len(self.labels), generator=generator)[: self.per_rank]
         batches = BatchSampler(order.tolist(), spec.batch_size, drop_last=True)
         return DataLoader(FeatureBatches(self.features, self.labels), sampler=batches, batch_size=None)
 
@@ -207,9 +207,9 @@ class TaskDataModule(L.LightningDataModule):
         trainer = self.trainer
         return self.train.loader(self.test_spec, trainer.global_rank, trainer.world_size, 0)
 
-    def cache_training_features(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Train on these features of this rank's share of the training images from now on."""
-        self.train = FeatureSplit(features, labels, self.train.num_samples, self.train.classes)
+    def cache_training_features(self, features: torch.Tensor, labels: torch.Tensor, per_rank: int) -> None:
+        """Train on these features of this rank's share of the training images from now on, ``per_rank`` a step."""
+        self.train = FeatureSplit(features, labels, self.train.num_samples, per_rank, self.train.classes)
 
     def test_dataloader(self) -> Any:
         trainer = self.trainer

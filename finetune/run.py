@@ -110,7 +110,8 @@ def cache_training_features(trainer: L.Trainer, module: L.LightningModule, data:
     """One pass of the frozen backbone over the training images; the head then trains on these features."""
     batches = trainer.predict(module, datamodule=data)
     features = torch.cat([batch["features"] for batch in batches])
-    data.cache_training_features(features, torch.cat([batch["label"] for batch in batches]))
+    per_rank = int(trainer.strategy.all_gather(torch.tensor(len(features))).min())
+    data.cache_training_features(features, torch.cat([batch["label"] for batch in batches]), per_rank)
     log.info("cached %d training features of dimension %d", *features.shape)
 
 
