@@ -52,7 +52,7 @@ def load_mae(path: Path, meta: Mapping[str, Any], objective: Mapping[str, Any] |
     """The whole MAE of a Lightning checkpoint, or the reason there is none to load.
 
     The decoder's options are not in the checkpoint: they come from ``objective`` when given, else from the
-    pretraining run's ``.hydra/config.yaml`` (beside ``checkpoints/``, or beside a SLURM ``hpc_ckpt_*``).
+    pretraining run's ``.hydra/config.yaml`` (beside ``checkpoints/``).
     """
     if path.suffix != ".ckpt" or not path.is_file():
         return f"{path.name} is not a Lightning .ckpt file, the only input the MAE decoder is read from"
