@@ -51,13 +51,14 @@ def resolve_checkpoint(path: Path) -> Path:
 def load_mae(path: Path, meta: Mapping[str, Any], objective: Mapping[str, Any] | None) -> MaskedAutoencoder | str:
     """The whole MAE of a Lightning checkpoint, or the reason there is none to load.
 
-    The decoder's options are not in the checkpoint: they come from ``objective`` when given, else from the
-    pretraining run's ``.hydra/config.yaml`` (beside ``checkpoints/``).
+    The decoder's options come from ``objective`` when given, else from the checkpoint's own metadata (runs of
+    this version record it), else from the pretraining run's ``.hydra/config.yaml`` (beside ``checkpoints/``).
     """
     if path.suffix != ".ckpt" or not path.is_file():
         return f"{path.name} is not a Lightning .ckpt file, the only input the MAE decoder is read from"
     if meta.get("objective") != "mae":
         return f"{path.name} comes from objective={meta.get('objective')!r} pretraining, which has no MAE decoder"
+    objective = objective or meta.get("objective_config")
     if objective is None:
         run_configs = [directory / RUN_CONFIG for directory in (path.parent, path.parent.parent)]
         found = next((config for config in run_configs if config.is_file()), None)
