@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from data_pipelines.manifest import write_json_atomic
 from pretrain.checkpointing import CHECKPOINT_META_KEY, read_checkpoint
 from pretrain.models.vit import VisionTransformer
 from pretrain.models.weights import adapt_to_model, backbone_from_hf, backbone_from_timm
@@ -36,10 +37,8 @@ def save_backbone(out_dir: str | os.PathLike, backbone: VisionTransformer, meta:
     state = {k: v.detach().float().contiguous().cpu() for k, v in backbone.state_dict().items() if not k.startswith("head.")}
     weights_tmp = out_dir / f".{BACKBONE_FILE}.tmp"
     save_file(state, str(weights_tmp))
-    meta_tmp = out_dir / f".{META_FILE}.tmp"
-    meta_tmp.write_text(json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True))
     os.replace(weights_tmp, out_dir / BACKBONE_FILE)
-    os.replace(meta_tmp, out_dir / META_FILE)
+    write_json_atomic(out_dir / META_FILE, {"format": FORMAT, **meta})
     return out_dir / BACKBONE_FILE
 
 

@@ -44,9 +44,11 @@ def test_our_state_dict_loads_into_timm():
 
 
 def test_backbone_from_timm_drops_only_the_head():
-    state = backbone_from_timm(timm_vit().state_dict())
-    ours = create_vit("vit_test_patch4")
-    ours.load_state_dict(state, strict=True)
+    timm_state = timm_vit().state_dict()
+    state = backbone_from_timm(timm_state)
+    assert set(timm_state) - set(state) == {"head.weight", "head.bias"}
+    assert all(torch.equal(state[key], timm_state[key]) for key in state)
+    create_vit("vit_test_patch4").load_state_dict(state, strict=True)
 
 
 def test_pos_embed_resampling_matches_timm():
