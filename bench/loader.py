@@ -21,6 +21,7 @@ statistics); the check and both values are printed.
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import statistics
 import tempfile
@@ -38,10 +39,11 @@ from torchvision import transforms as T
 
 from data_pipelines.demo import draw_image
 from data_pipelines.stream import StreamConfig, build_loader
-from data_pipelines.transforms import Normalize
+from data_pipelines.transforms import Normalize, TransformOptions
 from data_pipelines.write_shards import write_shards
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CROP_SCALE, CROP_RATIO = (0.2, 1.0), (3 / 4, 4 / 3)  # MAE's RandomResizedCrop, in both loaders
 NORMALIZE = Normalize(MEAN, STD)
 NUM_CLASSES = 8
 STATS_TOLERANCE = 0.05  # in normalized units; random crops of a few hundred images vary about this much
@@ -97,7 +99,7 @@ def write_small_folder(root: Path, count: int, seed: int = 0) -> None:
 def plain_loader(root: Path, size: int, batch_size: int, workers: int) -> DataLoader:
     transform = T.Compose(
         [
-            T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, interpolation=T.InterpolationMode.BICUBIC),
             T.RandomHorizontalFlip(),
             T.ToTensor(),
             T.Normalize(MEAN, STD),
@@ -110,7 +112,18 @@ def plain_loader(root: Path, size: int, batch_size: int, workers: int) -> DataLo
 def stream_loader(shards: Path, size: int, batch_size: int, workers: int, normalize: bool = True) -> Iterable:
     return build_loader(
         StreamConfig(
-            str(shards), batch_size, workers, "mae", image_size=size, mean=MEAN, std=STD, normalize=normalize
+            str(shards),
+            batch_size,
+            workers,
+            "mae",
+            augment=TransformOptions(size, CROP_SCALE, CROP_RATIO, eval_crop_fraction=None, randaugment=None),
+            mean=MEAN,
+            std=STD,
+            seed=0,
+            shuffle_buffer=1000,
+            manifest=None,
+            pin_memory=False,
+            normalize=normalize,
         )
     )
 
@@ -166,9 +179,11 @@ def run(args: argparse.Namespace, work: Path) -> list[str]:
         write_shards("imagefolder", folder, shards, max_count=max(1, count // 8), workers=args.workers[-1])
         for workers in args.workers:
             loaders = {
-                "plain": lambda: plain_loader(folder, size, args.batch_size, workers),
-                "stream": lambda: stream_loader(shards, size, args.batch_size, workers),
-                "stream uint8": lambda: stream_loader(shards, size, args.batch_size, workers, normalize=False),
+                "plain": functools.partial(plain_loader, folder, size, args.batch_size, workers),
+                "stream": functools.partial(stream_loader, shards, size, args.batch_size, workers),
+                "stream uint8": functools.partial(
+                    stream_loader, shards, size, args.batch_size, workers, normalize=False
+                ),
             }
             results = {name: Measurements() for name in loaders}
             for _ in range(args.rounds):
@@ -207,8 +222,11 @@ HEADER = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n")[-1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224], choices=[32, 224], help="output sizes")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="dataloader worker counts to try")
     parser.add_argument("--images-224", type=int, default=256, help="photo-like JPEGs for the 224 px runs")

@@ -57,7 +57,9 @@ class TimmBlockMAE(nn.Module):
         self.decoder_embed = nn.Linear(dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder_pos_embed = nn.Parameter(sincos_pos_embed_2d(decoder_dim, grid).unsqueeze(0), requires_grad=False)
-        self.decoder_blocks = nn.ModuleList(Block(decoder_dim, decoder_heads, 4.0, qkv_bias=True) for _ in range(decoder_depth))
+        self.decoder_blocks = nn.ModuleList(
+            Block(decoder_dim, decoder_heads, 4.0, qkv_bias=True) for _ in range(decoder_depth)
+        )
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_dim, patch_size**2 * 3)
 
@@ -101,7 +103,9 @@ def build_models(config: dict) -> dict[str, Callable[[], tuple[nn.Module, Callab
 
     def timm_blocks():
         encoder = create_vit(preset)
-        model = TimmBlockMAE(img, patch, encoder.embed_dim, len(encoder.blocks), encoder.blocks[0].attn.num_heads, config["decoder"])
+        model = TimmBlockMAE(
+            img, patch, encoder.embed_dim, len(encoder.blocks), encoder.blocks[0].attn.num_heads, config["decoder"]
+        )
         return model, model
 
     def hf():
@@ -130,7 +134,9 @@ def build_models(config: dict) -> dict[str, Callable[[], tuple[nn.Module, Callab
         labels: dict[int, Tensor] = {}
 
         def loss(images: Tensor) -> Tensor:
-            target = labels.setdefault(images.shape[0], torch.randint(0, 1000, (images.shape[0],), device=images.device))
+            target = labels.setdefault(
+                images.shape[0], torch.randint(0, 1000, (images.shape[0],), device=images.device)
+            )
             return F.cross_entropy(model(images), target)
 
         return model, loss
@@ -146,7 +152,9 @@ class Contender:
     rounds: list[float]
 
 
-def make_step(model: nn.Module, loss_fn: Callable, images: Tensor, precision: str, fused_adamw: bool) -> Callable[[], None]:
+def make_step(
+    model: nn.Module, loss_fn: Callable, images: Tensor, precision: str, fused_adamw: bool
+) -> Callable[[], None]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused_adamw or None)
     autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -215,33 +223,42 @@ def main() -> None:
             synchronize(device)
             contender.rounds.append(args.steps * batch / (time.perf_counter() - start))
 
-    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
-    print(f"preset={args.preset} img={config['img_size']} batch={batch} device={device} precision={args.precision} "
-          f"threads={torch.get_num_threads()} fused_adamw={args.fused_adamw}")
+    peak = args.peak_tflops or next(
+        (v for k, v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None
+    )
+    print(
+        f"preset={args.preset} img={config['img_size']} batch={batch} device={device} precision={args.precision} "
+        f"threads={torch.get_num_threads()} fused_adamw={args.fused_adamw}"
+    )
     print(f"{'model':<12} {'img/s':>9} {'GFLOP/img':>10} {'TFLOP/s':>8} {'MFU':>6}")
     rate = {}
     for contender in contenders:
         rate[contender.name] = statistics.median(contender.rounds)
         achieved = rate[contender.name] * contender.flops_per_image / 1e12
         mfu = f"{100 * achieved / peak:5.1f}%" if peak else "   n/a"
-        print(f"{contender.name:<12} {rate[contender.name]:9.1f} {contender.flops_per_image / 1e9:10.3f} {achieved:8.3f} {mfu}")
+        gflops = contender.flops_per_image / 1e9
+        print(f"{contender.name:<12} {rate[contender.name]:9.1f} {gflops:10.3f} {achieved:8.3f} {mfu}")
     flops = {c.name: c.flops_per_image for c in contenders}
     rounds = {c.name: c.rounds for c in contenders}
 
     def ratio(a: str, b: str) -> float:
         """Median over rounds of the in-round ratio: drifts of a shared machine cancel within a round."""
-        return statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))
+        return statistics.median(x / y for x, y in zip(rounds[a], rounds[b], strict=True))
 
     for peer in ("timm_blocks", "hf"):
         if "ours" in rate and peer in rate:
-            print(f"ours / {peer}: {ratio('ours', peer):.3f}x (per-round ratios "
-                  f"{min(x / y for x, y in zip(rounds['ours'], rounds[peer])):.2f}-"
-                  f"{max(x / y for x, y in zip(rounds['ours'], rounds[peer])):.2f})")
+            print(
+                f"ours / {peer}: {ratio('ours', peer):.3f}x (per-round ratios "
+                f"{min(x / y for x, y in zip(rounds['ours'], rounds[peer], strict=True)):.2f}-"
+                f"{max(x / y for x, y in zip(rounds['ours'], rounds[peer], strict=True)):.2f})"
+            )
     if "ours" in rate and "supervised" in rate:
         speedup = ratio("ours", "supervised")
         flop_ratio = flops["supervised"] / flops["ours"]
-        print(f"MAE speed-up over supervised full-token step: {speedup:.2f}x; FLOP ratio {flop_ratio:.2f}x; "
-              f"tracking {speedup / flop_ratio:.2f} (1.00 = time saved exactly as FLOPs saved)")
+        print(
+            f"MAE speed-up over supervised full-token step: {speedup:.2f}x; FLOP ratio {flop_ratio:.2f}x; "
+            f"tracking {speedup / flop_ratio:.2f} (1.00 = time saved exactly as FLOPs saved)"
+        )
 
 
 if __name__ == "__main__":

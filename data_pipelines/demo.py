@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,9 @@ from data_pipelines.writer import WriteOptions, write_listing
 DEFAULT_NUM_TRAIN = 4096
 DEFAULT_NUM_TEST = 1024
 SPLIT_CODES = {"train": 0, "test": 1}
+DEMO_WAIT_SECONDS = 300  # how long other ranks wait for rank 0 to write the demo shards
+
+log = logging.getLogger(__name__)
 
 Mask = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 
@@ -123,6 +128,30 @@ def write_demo_shards(
         listing = demo_listing(split, count, image_size, seed)
         manifests[split] = write_listing(listing, Path(out_dir) / split, options, provenance)
     return manifests
+
+
+def launch_rank() -> int:
+    """0 only for the first process of the first node, as the launcher (SLURM, torchrun, Lightning) announced it."""
+    for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK"):
+        if os.environ.get(name, "0") != "0":
+            return int(os.environ[name])
+    return 0
+
+
+def ensure_demo_shards(train_dir: str | Path, image_size: int) -> None:
+    """Write the demo set beside ``train_dir`` on first use: rank 0 writes, other ranks wait for its manifest."""
+    train_dir = Path(train_dir)
+    if (train_dir / "manifest.json").is_file():
+        return
+    if launch_rank() == 0:
+        log.info("writing the demo shards to %s (first use)", train_dir.parent)
+        write_demo_shards(train_dir.parent, image_size=image_size)
+        return
+    deadline = time.monotonic() + DEMO_WAIT_SECONDS
+    while not (train_dir / "manifest.json").is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank 0 did not write the demo shards to {train_dir} within {DEMO_WAIT_SECONDS} s")
+        time.sleep(1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -131,6 +131,8 @@ def _common_classes(manifests: dict[str, dict[str, Any]]) -> list[str] | None:
     class_lists = {location: manifest.get("classes") for location, manifest in manifests.items()}
     distinct = {json.dumps(classes) for classes in class_lists.values()}
     if len(distinct) > 1:
-        raise ValueError(f"the selected shards come with different class lists ({', '.join(class_lists)}): "
-                         "stream them separately or write them with one class list")
+        raise ValueError(
+            f"the selected shards come with different class lists ({', '.join(class_lists)}): "
+            "stream them separately or write them with one class list"
+        )
     return next(iter(class_lists.values()))

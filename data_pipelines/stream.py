@@ -1,6 +1,10 @@
 """Stream decoded, augmented, batched images from WebDataset shards: what a training or eval step reads.
 
-    loader = build_loader(StreamConfig(shards="data/demo/train", batch_size=64, transform="mae", image_size=32))
+    crops = TransformOptions(image_size=32, crop_scale=(0.2, 1), crop_ratio=(3 / 4, 4 / 3), eval_crop_fraction=1,
+                             randaugment=None)
+    loader = build_loader(StreamConfig("data/demo/train", batch_size=64, num_workers=2, transform="mae", augment=crops,
+                                       mean=(0.5,) * 3, std=(0.25,) * 3, seed=0, shuffle_buffer=1000, manifest=None,
+                                       pin_memory=False))
     for batch in loader:  # {"image": float [B,3,S,S], "label": long [B], "corrupt_skipped": long [], "key": [B]}
         ...
 
@@ -46,6 +50,7 @@ import torch.distributed
 import webdataset as wds
 
 from data_pipelines.manifest import read_manifest
+from data_pipelines.registry import check_name
 from data_pipelines.resume import plan_skip
 from data_pipelines.seeding import seeded_torch_rng, stable_seed
 from data_pipelines.shards import expand_shards, local_path
@@ -69,61 +74,46 @@ CORRUPT_TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, zlib.error)
 
 @dataclass
 class StreamConfig:
-    """Everything that decides which batches a rank yields. Tuples may be given as lists (Hydra)."""
+    """Everything that decides which batches a rank yields. Tuples may be given as lists (Hydra).
+
+    The first fields come from the apps' config (no defaults here); the rest place the stream in a run.
+    """
 
     shards: str | list[str]
     batch_size: int
-    num_workers: int = 2
-    transform: str = "mae"  # mae | supervised | eval
-    image_size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    seed: int = 0
+    num_workers: int
+    transform: str  # mae | supervised | eval (data_pipelines.transforms)
+    augment: TransformOptions
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    seed: int
+    shuffle_buffer: int  # samples; 0 reads shards in order (with shards still shuffled unless resampled)
+    manifest: str | None  # manifest.json location when it is not beside the shards (pipe: URLs); None: beside
+    pin_memory: bool
     epoch: int = 0
     resampled: bool = False
     batches_per_epoch: int | None = None  # per rank; required when resampled, a cap otherwise
     skip_batches: int = 0  # resume: batches of this epoch this rank already consumed
-    shuffle_buffer: int = 1000  # samples; 0 reads shards in order (with shards still shuffled unless resampled)
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    eval_crop_fraction: float = 0.875
-    randaugment: bool = True  # supervised transform only
-    randaugment_num_ops: int = 2
-    randaugment_magnitude: int = 9
     rank: int | None = None  # None: from torch.distributed when initialized, else 0 of 1
     world_size: int | None = None
-    manifest: str | None = None  # manifest.json location when it is not beside the shards (pipe: URLs)
-    pin_memory: bool = False
     # False: "image" stays uint8 and the consumer applies transforms.Normalize on its device, which saves the
     # loader's CPU a float pass and moves 4x fewer bytes (see bench/loader.py).
     normalize: bool = True
 
     def __post_init__(self) -> None:
-        self.mean, self.std, self.crop_scale = tuple(self.mean), tuple(self.std), tuple(self.crop_scale)
-        if self.transform not in TRANSFORMS:
-            raise ValueError(f"unknown transform {self.transform!r}; valid transforms: {', '.join(TRANSFORMS)}")
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        check_name(self.transform, TRANSFORMS, "transform")
         if self.batch_size < 1 or self.num_workers < 0 or self.skip_batches < 0:
             raise ValueError(
                 "need batch_size >= 1, num_workers >= 0, skip_batches >= 0; "
                 f"got {self.batch_size}, {self.num_workers}, {self.skip_batches}"
             )
-        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
         if self.resampled and self.batches_per_epoch is None:
             raise ValueError("resampled=True needs batches_per_epoch: an endless stream has no epoch end of its own")
         if self.batches_per_epoch is not None and self.skip_batches > self.batches_per_epoch:
             raise ValueError(f"skip_batches={self.skip_batches} exceeds batches_per_epoch={self.batches_per_epoch}")
         if (self.rank is None) != (self.world_size is None):
             raise ValueError("give both rank and world_size, or neither (to read them from torch.distributed)")
-
-    def transform_options(self) -> TransformOptions:
-        return TransformOptions(
-            image_size=self.image_size,
-            crop_scale=self.crop_scale,
-            eval_crop_fraction=self.eval_crop_fraction,
-            randaugment=self.randaugment,
-            randaugment_num_ops=self.randaugment_num_ops,
-            randaugment_magnitude=self.randaugment_magnitude,
-        )
 
 
 def resolve_rank(cfg: StreamConfig) -> tuple[int, int]:
@@ -274,7 +264,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         counter = CorruptCounter()
         seed = stable_seed(cfg.seed, self.epoch, self.rank, role)
         shuffle = wds.shuffle(cfg.shuffle_buffer, seed=stable_seed(seed, "samples")) if cfg.shuffle_buffer > 1 else None
-        transform = build_transform(cfg.transform, cfg.transform_options())
+        transform = build_transform(cfg.transform, cfg.augment)
         return wds.DataPipeline(
             self.shard_source(role, seed),
             wds.tarfile_to_samples(handler=counter.tar_error),

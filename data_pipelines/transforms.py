@@ -26,6 +26,8 @@ from torchvision import transforms as transforms_v1
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from data_pipelines.registry import lookup
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 # What a corrupt, truncated or incomplete sample raises while it is decoded; anything else is a bug.
 CORRUPT_SAMPLE_ERRORS = (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError)
@@ -37,13 +39,35 @@ Box = tuple[float, float, float, float]  # left, top, width, height in pixels of
 
 @dataclass(frozen=True)
 class TransformOptions:
-    image_size: int = 224
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    eval_crop_fraction: float = 0.875
-    randaugment: bool = True
-    randaugment_num_ops: int = 2
-    randaugment_magnitude: int = 9
+    """How a transform crops, resizes and augments; the apps fill it from their config (no defaults here).
+
+    A transform that does not use a field gets None for it: the eval transform takes no crop ranges, the
+    training transforms no eval crop.
+    """
+
+    image_size: int  # output side in pixels
+    crop_scale: tuple[float, float] | None  # training crops: area fraction range of RandomResizedCrop
+    crop_ratio: tuple[float, float] | None  # training crops: aspect-ratio range of RandomResizedCrop
+    eval_crop_fraction: float | None  # eval: the centre crop's share of the resized shorter side (1: whole image)
+    randaugment: tuple[int, int] | None  # supervised transform: RandAugment (num_ops, magnitude); None: off
+
+    def __post_init__(self) -> None:
+        if self.randaugment is not None and (isinstance(self.randaugment, bool) or len(self.randaugment) != 2):
+            raise ValueError(f"randaugment takes [num_ops, magnitude] or null (off), got {self.randaugment!r}")
+        for name in ("crop_scale", "crop_ratio", "randaugment"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if self.eval_crop_fraction is not None and not 0 < self.eval_crop_fraction <= 1:
+            raise ValueError(f"eval_crop_fraction must be in (0, 1], got {self.eval_crop_fraction}")
+
+    def required(self, name: str, transform: str) -> Any:
+        """The field ``name``, which the ``transform`` transform cannot do without."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"the {transform} transform needs {name}; it is None in {self}")
+        return value
 
 
 def open_image(sample: dict[str, Any]) -> Image.Image:
@@ -93,8 +117,8 @@ class RandomResizedCropFlip:
 
     def __init__(self, options: TransformOptions) -> None:
         self.size = options.image_size
-        self.scale = list(options.crop_scale)
-        self.ratio = list(options.crop_ratio)
+        self.scale = list(options.required("crop_scale", "training crop"))
+        self.ratio = list(options.required("crop_ratio", "training crop"))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         top, left, height, width = transforms_v1.RandomResizedCrop.get_params(image, self.scale, self.ratio)
@@ -107,7 +131,7 @@ class ResizeCenterCrop:
 
     def __init__(self, options: TransformOptions) -> None:
         self.size = options.image_size
-        self.resized_short_side = int(options.image_size / options.eval_crop_fraction)
+        self.resized_short_side = int(options.image_size / options.required("eval_crop_fraction", "eval"))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         width, height = image.size
@@ -124,11 +148,10 @@ class ResizeCenterCrop:
 def supervised_transform(options: TransformOptions) -> ImageTransform:
     """The MAE crop and flip followed by RandAugment on uint8, as DeiT-style supervised training uses."""
     crop_flip = RandomResizedCropFlip(options)
-    if not options.randaugment:
+    if options.randaugment is None:
         return crop_flip
-    randaugment = v2.RandAugment(
-        options.randaugment_num_ops, options.randaugment_magnitude, interpolation=v2.InterpolationMode.BILINEAR
-    )
+    num_ops, magnitude = options.randaugment
+    randaugment = v2.RandAugment(num_ops, magnitude, interpolation=v2.InterpolationMode.BILINEAR)
     return lambda image: randaugment(crop_flip(image))
 
 
@@ -140,9 +163,7 @@ TRANSFORMS: dict[str, Callable[[TransformOptions], ImageTransform]] = {
 
 
 def build_transform(name: str, options: TransformOptions) -> ImageTransform:
-    if name not in TRANSFORMS:
-        raise KeyError(f"unknown transform {name!r}; valid transforms: {', '.join(TRANSFORMS)}")
-    return TRANSFORMS[name](options)
+    return lookup(TRANSFORMS, name, "transform")(options)
 
 
 class Normalize:

@@ -8,26 +8,17 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from data_pipelines.sources import SOURCES, get_source, resolve_split
 from data_pipelines.sources.base import ENCODINGS, Source, SourceRequest
-from data_pipelines.sources.cifar import CIFAR10_SOURCE, CIFAR100_SOURCE
-from data_pipelines.sources.folder import IMAGE_FOLDER, UNLABELED_FOLDER
-from data_pipelines.sources.oxford import FLOWERS102, PETS
-from data_pipelines.sources.vtab import VTAB, resolve_task
+from data_pipelines.sources.vtab import resolve_task
 from data_pipelines.writer import WriteOptions, write_listing
 
-SOURCES: dict[str, Source] = {
-    source.name: source
-    for source in (IMAGE_FOLDER, UNLABELED_FOLDER, CIFAR10_SOURCE, CIFAR100_SOURCE, PETS, FLOWERS102, VTAB)
-}
-
-
-def get_source(name: str) -> Source:
-    if name not in SOURCES:
-        raise KeyError(f"unknown source {name!r}; valid sources: {', '.join(SOURCES)}")
-    return SOURCES[name]
+# The writer's defaults, shown by --help: WriteOptions is their one source.
+WRITE_DEFAULTS = {field.name: field.default for field in fields(WriteOptions) if field.default is not MISSING}
 
 
 def write_shards(
@@ -38,40 +29,21 @@ def write_shards(
     split: str | None = None,
     task: str | None = None,
     name: str | None = None,
-    max_count: int = 5000,
-    max_size: int = 500_000_000,
-    image_format: str = "png",
-    workers: int = 1,
-    seed: int = 0,
-    overwrite: bool = False,
+    **write_options: Any,
 ) -> dict[str, Any]:
-    """Write one split of `source` under `root` as shards in `out`; returns the manifest (also in out/manifest.json)."""
+    """Write one split of `source` under `root` as shards in `out`; returns the manifest (also in out/manifest.json).
+
+    ``write_options`` are :class:`WriteOptions` fields (``max_count``, ``image_format``, ``workers``, ...).
+    """
     spec = get_source(source)
     split = resolve_split(spec, split)
     if spec.needs_task != (task is not None):
         raise ValueError(f"--task is required by the vtab source and only by it (source {source!r}, task {task!r})")
     task = None if task is None else resolve_task(task).name
     listing = spec.load(SourceRequest(Path(root), split, task))
-    options = WriteOptions(
-        name=name or default_name(spec, split, task),
-        max_count=max_count,
-        max_size=max_size,
-        image_format=image_format,
-        workers=workers,
-        seed=seed,
-        overwrite=overwrite,
-    )
+    options = WriteOptions(name=name or default_name(spec, split, task), **write_options)
     provenance = {"source": source, "root": str(Path(root).resolve()), "split": split, "task": task}
     return write_listing(listing, Path(out), options, provenance)
-
-
-def resolve_split(source: Source, split: str | None) -> str | None:
-    """The split to read: the given one if the source has it, else the source's first (folders: none)."""
-    if source.splits is None or split in source.splits:
-        return split
-    if split is None:
-        return source.splits[0]
-    raise ValueError(f"source {source.name} has no split {split!r}; valid splits: {', '.join(source.splits)}")
 
 
 def default_name(source: Source, split: str | None, task: str | None) -> str:
@@ -106,13 +78,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", help="split to convert (folders: a sub-folder of --root; default: the root)")
     parser.add_argument("--task", help="VTAB-1k task name, for the vtab source only")
     parser.add_argument("--name", help="shard name prefix (default: SOURCE-SPLIT, or TASK-SPLIT for vtab)")
-    parser.add_argument("--max-count", type=int, default=5000, help="samples per shard at most (default 5000)")
-    parser.add_argument("--max-size", type=int, default=500_000_000, help="bytes per shard at most (default 5e8)")
-    parser.add_argument("--format", dest="image_format", choices=list(ENCODINGS), default="png",
-                        help="encoding for images that are not already JPEG/PNG/WebP files (default png)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="encoding processes (default: all cores)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the order samples are written in (default 0)")
+    parser.add_argument(
+        "--max-count",
+        type=int,
+        default=WRITE_DEFAULTS["max_count"],
+        help="samples per shard at most (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-size", type=int, default=WRITE_DEFAULTS["max_size"], help="bytes per shard at most (default %(default)s)"
+    )
+    parser.add_argument(
+        "--format",
+        dest="image_format",
+        choices=list(ENCODINGS),
+        default=WRITE_DEFAULTS["image_format"],
+        help="encoding for images that are not already JPEG/PNG/WebP files (default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: all cores)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=WRITE_DEFAULTS["seed"],
+        help="seed of the order samples are written in (default %(default)s)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete shards and manifest already in --out first")
     return parser
 

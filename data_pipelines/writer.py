@@ -32,6 +32,7 @@ from data_pipelines.manifest import (
     shard_stats_to_json,
     write_json_atomic,
 )
+from data_pipelines.registry import check_name
 from data_pipelines.sources.base import ENCODINGS, EncodedImage, Item, Listing
 
 PROGRESS_NAME = ".write_progress.json"
@@ -51,8 +52,7 @@ class WriteOptions:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if self.image_format not in ENCODINGS:
-            raise ValueError(f"unknown image format {self.image_format!r}; valid formats: {', '.join(ENCODINGS)}")
+        check_name(self.image_format, ENCODINGS, "image format")
         if self.max_count < 1 or self.max_size < 1:
             raise ValueError(f"max_count and max_size must be positive, got {self.max_count} and {self.max_size}")
 
@@ -88,9 +88,7 @@ class Progress:
         return cls(**{**saved, "shards": shard_stats_from_json(saved["shards"])})
 
 
-def write_listing(
-    listing: Listing, out_dir: Path, options: WriteOptions, provenance: dict[str, Any]
-) -> dict[str, Any]:
+def write_listing(listing: Listing, out_dir: Path, options: WriteOptions, provenance: dict[str, Any]) -> dict[str, Any]:
     """Write `listing` into shards under `out_dir` (resuming or refusing as the module says); return the manifest."""
     if not listing.items:
         raise ValueError(f"no images to write from {provenance}")

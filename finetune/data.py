@@ -40,6 +40,8 @@ class LoaderSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     seed: int
+    shuffle_buffer: int  # shard tasks: samples shuffled in memory while training
+    pin_memory: bool
     training: bool  # True: shuffled, equal batches per rank; False: every image once over all ranks
 
 
@@ -78,7 +80,7 @@ class NormalizingCollate:
         self.normalize = Normalize(mean, std)
 
     def __call__(self, samples: list[tuple[torch.Tensor, int]]) -> Batch:
-        images, labels = zip(*samples)
+        images, labels = zip(*samples, strict=True)
         return {"image": self.normalize(torch.stack(images)), "label": torch.tensor(labels, dtype=torch.long)}
 
 
@@ -110,6 +112,7 @@ class ListingSplit:
             num_workers=spec.num_workers,
             collate_fn=NormalizingCollate(spec.mean, spec.std),
             drop_last=spec.training,
+            pin_memory=spec.pin_memory,
         )
 
 
@@ -132,21 +135,26 @@ class ShardSplit:
             shards=self.urls,
             batch_size=spec.batch_size,
             transform=spec.transform,
-            image_size=spec.options.image_size,
+            augment=spec.options,
             mean=spec.mean,
             std=spec.std,
             seed=spec.seed,
+            manifest=None,
+            pin_memory=spec.pin_memory,
             epoch=epoch,
-            crop_scale=spec.options.crop_scale,
-            eval_crop_fraction=spec.options.eval_crop_fraction,
-            randaugment=spec.options.randaugment,
             rank=rank,
             world_size=world_size,
         )
         if spec.training:
             batches = self.num_samples // (spec.batch_size * world_size)
             return build_loader(
-                StreamConfig(**common, num_workers=spec.num_workers, resampled=True, batches_per_epoch=batches)
+                StreamConfig(
+                    **common,
+                    num_workers=spec.num_workers,
+                    shuffle_buffer=spec.shuffle_buffer,
+                    resampled=True,
+                    batches_per_epoch=batches,
+                )
             )
         # Each shard is read by one worker of one rank; never ask for more readers than there are shards.
         workers = min(spec.num_workers, len(self.urls) // world_size)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from data_pipelines.sources.vtab import TASKS as VTAB_TASKS
+from finetune.results import RESULTS_FILE
 
-RESULTS_FILE = "results.json"
 ROW_KEYS = ("checkpoint", "mode", "setting")
 GROUPS = tuple(dict.fromkeys(task.group for task in VTAB_TASKS.values()))  # natural, specialized, structured
 GROUP_SIZES = Counter(task.group for task in VTAB_TASKS.values())

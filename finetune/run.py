@@ -14,7 +14,6 @@ images/s, ...), the same to the W&B run summary (``logger=wandb``), and training
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,76 +29,88 @@ from omegaconf import DictConfig, OmegaConf
 from data_pipelines.manifest import write_json_atomic
 from data_pipelines.transforms import TransformOptions
 from finetune.data import LoaderSpec, TaskDataModule
-from finetune.modules import Mode, RunContext, get_mode
+from finetune.modes import Mode, get_mode
+from finetune.modes.common import DownstreamRun
+from finetune.results import RESULTS_FILE, git_commit
 from finetune.tasks import Task, build_task
-from pretrain.backbone_io import load_backbone
-from pretrain.build import backbone_options, config_hash
+from pretrain.engine.architecture import backbone_options
+from pretrain.engine.backbone_io import load_backbone
+from pretrain.engine.config import config_hash, optional_group, settings
+from pretrain.engine.lifecycle import (
+    close_loggers,
+    resolve_resume,
+    save_final_checkpoint,
+    set_cpu_threads,
+    was_requeued,
+)
+from pretrain.engine.metadata import BackboneMeta
+from pretrain.engine.plan import RunPlan, plan_run
+from pretrain.engine.trainer import build_trainer
 from pretrain.models.vit import VisionTransformer
-from pretrain.runtime import close_loggers, resolve_resume, save_final_checkpoint, set_cpu_threads, was_requeued
-from pretrain.trainer import build_trainer
 
 log = logging.getLogger("finetune")
 
-RESULTS_FILE = "results.json"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Keys that name where and how a run is recorded, not what it computes: left out of its config hash.
 
-
-def load_pretrained(config: Mapping[str, Any]) -> tuple[VisionTransformer, dict[str, Any]]:
+def load_pretrained(config: Mapping[str, Any]) -> tuple[VisionTransformer, BackboneMeta]:
     """The backbone of ``ckpt`` (random for ``ckpt=null``) at ``image_size``, and the checkpoint's metadata."""
     options = {"drop_path_rate": config["mode"]["drop_path_rate"]} if "drop_path_rate" in config["mode"] else {}
-    if config.get("model"):
-        options = {**backbone_options(config["model"]), **options}
+    model = optional_group(config, "model")
+    if model:
+        options = {**backbone_options(model), **options}
     if config["image_size"]:
         options["img_size"] = config["image_size"]
     if config["ckpt"] is None:
-        if not config.get("model"):
+        if not model:
             raise ValueError("ckpt=null (the randomly initialized baseline) needs an architecture: add model=vit_base")
-        return VisionTransformer(**options), {"options": options}
+        return VisionTransformer(**options), BackboneMeta.for_architecture(options)
     return load_backbone(Path(config["ckpt"]).expanduser(), options)
 
 
-def run_context(config: Mapping[str, Any], task: Task, mode: Mode, world_size: int, meta: dict[str, Any]) -> RunContext:
-    """Global batch and schedule in steps: ``mode.epochs`` over the task's training images."""
-    mode_config, trainer_config = config["mode"], config["trainer"]
-    accumulate = trainer_config.get("accumulate_grad_batches", 1)
-    per_step = mode_config["batch_size"] * world_size
-    steps_per_epoch = task.train.num_samples // per_step // accumulate
-    if mode.trains and steps_per_epoch == 0:
+def downstream_plan(config: Mapping[str, Any], task: Task, mode: Mode) -> RunPlan:
+    """``mode.epochs`` over the task's training images (``trainer.max_steps`` caps it); k-NN trains no steps."""
+    mode_config = config["mode"]
+    plan = plan_run(
+        config["trainer"],
+        mode_config["batch_size"],
+        samples_per_epoch=task.train.num_samples,
+        epochs=mode_config["epochs"] if mode.trains else 0,
+    )
+    if mode.trains and plan.steps_per_epoch == 0:
         raise ValueError(
             f"task {task.name} has {task.train.num_samples} training images, fewer than one global batch "
-            f"({per_step * accumulate}): lower mode.batch_size"
+            f"({plan.global_batch}): lower mode.batch_size"
         )
-    epochs = mode_config.get("epochs", 0)
-    return RunContext(
-        num_classes=task.num_classes,
-        total_steps=trainer_config["max_steps"] or epochs * steps_per_epoch,
-        warmup_steps=mode_config.get("warmup_epochs", 0) * steps_per_epoch,
-        global_batch=per_step * accumulate,
-        seed=config["seed"],
-        meta=meta,
-        max_bad_steps=trainer_config.get("max_bad_steps", 5),
-    )
+    return plan
 
 
-def task_data(
-    config: Mapping[str, Any], task: Task, mode: Mode, image_size: int, meta: Mapping[str, Any]
-) -> TaskDataModule:
+def task_data(config: Mapping[str, Any], task: Task, mode: Mode, image_size: int, meta: BackboneMeta) -> TaskDataModule:
     """Loaders at the backbone's resolution, normalized as in pretraining (else with the configured mean/std)."""
     mode_config = config["mode"]
     common = dict(
         batch_size=mode_config["batch_size"],
         num_workers=config["num_workers"],
-        mean=tuple(meta.get("mean") or config["mean"]),
-        std=tuple(meta.get("std") or config["std"]),
+        mean=tuple(meta.mean or config["mean"]),
+        std=tuple(meta.std or config["std"]),
         seed=config["seed"],
+        shuffle_buffer=config["shuffle_buffer"],
+        pin_memory=config["pin_memory"],
     )
-    eval_options = TransformOptions(image_size=image_size, eval_crop_fraction=config["task"]["eval_crop_fraction"])
+    eval_options = TransformOptions(
+        image_size=image_size,
+        crop_scale=None,
+        crop_ratio=None,
+        eval_crop_fraction=config["task"]["eval_crop_fraction"],
+        randaugment=None,
+    )
     test_spec = LoaderSpec("eval", eval_options, training=False, **common)
     train_spec = None
     if mode.trains:
         options = TransformOptions(
-            image_size=image_size, crop_scale=tuple(mode_config["crop_scale"]), randaugment=mode_config["randaugment"]
+            image_size=image_size,
+            crop_scale=mode_config["crop_scale"],
+            crop_ratio=mode_config["crop_ratio"],
+            eval_crop_fraction=None,
+            randaugment=mode_config["randaugment"],
         )
         train_spec = LoaderSpec(mode_config["train_transform"], options, training=True, **common)
     tests = [task.train, task.test] if mode.tests_on_training_images else [task.test]
@@ -115,15 +126,6 @@ def cache_training_features(trainer: L.Trainer, module: L.LightningModule, data:
     log.info("cached %d training features of dimension %d", *features.shape)
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def train(
     trainer: L.Trainer, module: L.LightningModule, data: TaskDataModule, config: Mapping[str, Any], run_dir: Path
 ) -> bool:
@@ -131,7 +133,7 @@ def train(
 
     False when the SLURM warning signal stopped the fit: the requeued job resumes and evaluates.
     """
-    if config["mode"].get("cache_features"):
+    if config["mode"]["name"] == "linear" and config["mode"]["cache_features"]:
         cache_training_features(trainer, module, data)
     trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(str(config["resume"]), run_dir))
     if was_requeued(trainer):
@@ -169,27 +171,28 @@ def finetune(config: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] 
 
     ``overrides`` (the command line's) are recorded so that ``finetune/report.py`` can tell settings apart.
     """
+    config = settings(config)
     L.seed_everything(config["seed"], workers=True)
-    set_cpu_threads(config["trainer"], {"num_workers": config["num_workers"]})
     mode_name = config["mode"]["name"]
     mode = get_mode(mode_name)
     task = build_task(config["task"])
+    plan = downstream_plan(config, task, mode)
+    set_cpu_threads(config["trainer"], plan.devices, config["num_workers"])
     backbone, meta = load_pretrained(config)
+    run = DownstreamRun(task.num_classes, plan, config["seed"], meta, config["trainer"]["max_bad_steps"])
+    module = mode.build(backbone, config["mode"], run)
+    data = task_data(config, task, mode, backbone.patch_embed.img_size, meta)
     trainer = build_trainer(
-        {**config["trainer"], "max_steps": config["trainer"]["max_steps"] or -1},
+        config["trainer"],
         config["logger"],
         run_dir,
         run_config=config,
+        plan=plan,
         batch_size_fn=lambda batch: batch["label"].shape[0],
         callbacks=mode.callbacks(config["mode"]),
     )
-    context = run_context(config, task, mode, trainer.world_size, meta)
-    module = mode.build(backbone, config["mode"], context)
-    data = task_data(config, task, mode, backbone.patch_embed.img_size, meta)
     if mode.trains:
-        log.info("%s on %s: %d steps of %d images", mode_name, task.name, context.total_steps, context.global_batch)
-        # The schedule depends on the world size, which the Trainer resolves: set its step limit afterwards.
-        trainer.fit_loop.epoch_loop.max_steps = context.total_steps
+        log.info("%s on %s: %s", mode_name, task.name, plan.describe())
         if not train(trainer, module, data, config, run_dir):
             return {}
     metrics, images_per_s = evaluate(trainer, module, data)
@@ -209,7 +212,7 @@ def finetune(config: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] 
         "train_splits": config["task"]["train"],
         "test_splits": config["task"]["test"],
         "image_size": backbone.patch_embed.img_size,
-        "pretraining": {key: meta.get(key) for key in ("objective", "step", "config_hash")},
+        "pretraining": {"objective": meta.objective, "step": meta.step, "config_hash": meta.config_hash},
         "overrides": list(overrides),
     }
     record(results, trainer, run_dir)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_pipelines.demo import ensure_demo_shards
+from data_pipelines.registry import lookup
+from data_pipelines.sources import SOURCES, get_source, resolve_split
 from data_pipelines.sources.base import SourceRequest
-from data_pipelines.write_shards import SOURCES, get_source, resolve_split
 from finetune.data import ListingSplit, ShardSplit, TaskSplit
-from pretrain.runtime import ensure_demo_shards
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def read_files(task: Mapping[str, Any], entries: list[str]) -> ListingSplit:
     root = Path(task["root"]).expanduser()
     listings = []
     for entry in entries:
-        request = SourceRequest(root, resolve_split(source, entry), task.get("dataset"))
+        request = SourceRequest(root, resolve_split(source, entry), task["dataset"] if source.needs_task else None)
         try:
             listings.append(source.load(request))
         except FileNotFoundError as error:
@@ -78,7 +79,7 @@ def read_demo(task: Mapping[str, Any], entries: list[str]) -> ShardSplit:
     """The demo shards, written below ``root`` on first use."""
     root = Path(task["root"]).expanduser()
     for entry in entries:
-        ensure_demo_shards({"shards": _shard_path(root, entry), "image_size": DEMO_IMAGE_SIZE})
+        ensure_demo_shards(_shard_path(root, entry), DEMO_IMAGE_SIZE)
     return read_shards(task, entries)
 
 
@@ -88,16 +89,14 @@ READERS: dict[str, Reader] = {"shards": read_shards, "demo": read_demo, **{name:
 
 def build_task(task: Mapping[str, Any]) -> Task:
     """Read the task's train and test splits and settle its number of classes."""
-    if task["source"] not in READERS:
-        raise ValueError(f"task {task['name']}: unknown source {task['source']!r}; known: {', '.join(sorted(READERS))}")
-    reader = READERS[task["source"]]
+    reader = lookup(READERS, task["source"], "task source")
     train, test = reader(task, list(task["train"])), reader(task, list(task["test"]))
     if train.classes and test.classes and train.classes != test.classes:
         raise ValueError(
             f"task {task['name']}: train and test name different classes ({len(train.classes)} vs "
             f"{len(test.classes)}): labels would not match; give both the same class folders"
         )
-    num_classes = task.get("num_classes") or (len(train.classes) if train.classes else None)
+    num_classes = task["num_classes"] or (len(train.classes) if train.classes else None)
     if num_classes is None:
         raise ValueError(f"task {task['name']}: the data names no classes; set task.num_classes")
     for split_name, split in (("train", train), ("test", test)):
@@ -108,6 +107,7 @@ def build_task(task: Mapping[str, Any]) -> Task:
                 f"task {task['name']}: {split_name} labels go up to {split.max_label()} but the task has "
                 f"{num_classes} classes (task.num_classes)"
             )
-    log.info("task %s: %d classes, %d train / %d test images", task["name"], num_classes, train.num_samples,
-             test.num_samples)
-    return Task(task["name"], num_classes, train, test, task.get("group"))
+    log.info(
+        "task %s: %d classes, %d train / %d test images", task["name"], num_classes, train.num_samples, test.num_samples
+    )
+    return Task(task["name"], num_classes, train, test, task["group"])

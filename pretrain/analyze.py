@@ -26,15 +26,19 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from data_pipelines.demo import ensure_demo_shards
 from data_pipelines.stream import StreamConfig, build_loader
+from data_pipelines.transforms import TransformOptions
 from pretrain import analysis
-from pretrain.backbone_io import load_backbone
-from pretrain.build import backbone_options, build_model
-from pretrain.checkpointing import find_resume_checkpoint, read_checkpoint
+from pretrain.engine.architecture import backbone_options
+from pretrain.engine.backbone_io import load_backbone
+from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR, find_resume_checkpoint, read_checkpoint
+from pretrain.engine.config import optional_group, settings
+from pretrain.engine.metadata import BackboneMeta
+from pretrain.engine.trainer import build_logger
 from pretrain.models.mae import MaskedAutoencoder
 from pretrain.models.vit import VisionTransformer
-from pretrain.runtime import ensure_demo_shards
-from pretrain.trainer import CHECKPOINT_SUBDIR, build_logger
+from pretrain.objectives.build import build_model
 
 log = logging.getLogger("analyze")
 
@@ -48,7 +52,7 @@ def resolve_checkpoint(path: Path) -> Path:
     return newest or path
 
 
-def load_mae(path: Path, meta: Mapping[str, Any], objective: Mapping[str, Any] | None) -> MaskedAutoencoder | str:
+def load_mae(path: Path, meta: BackboneMeta, objective: Mapping[str, Any] | None) -> MaskedAutoencoder | str:
     """The whole MAE of a Lightning checkpoint, or the reason there is none to load.
 
     The decoder's options come from ``objective`` when given, else from the checkpoint's own metadata (runs of
@@ -56,9 +60,9 @@ def load_mae(path: Path, meta: Mapping[str, Any], objective: Mapping[str, Any] |
     """
     if path.suffix != ".ckpt" or not path.is_file():
         return f"{path.name} is not a Lightning .ckpt file, the only input the MAE decoder is read from"
-    if meta.get("objective") != "mae":
-        return f"{path.name} comes from objective={meta.get('objective')!r} pretraining, which has no MAE decoder"
-    objective = objective or meta.get("objective_config")
+    if meta.objective != "mae":
+        return f"{path.name} comes from objective={meta.objective!r} pretraining, which has no MAE decoder"
+    objective = objective or meta.objective_config
     if objective is None:
         run_configs = [directory / RUN_CONFIG for directory in (path.parent, path.parent.parent)]
         found = next((config for config in run_configs if config.is_file()), None)
@@ -68,7 +72,7 @@ def load_mae(path: Path, meta: Mapping[str, Any], objective: Mapping[str, Any] |
                 "pass the objective it used, e.g. +objective=mae"
             )
         objective = OmegaConf.to_container(OmegaConf.load(found).objective, resolve=True)
-    mae = build_model(objective, meta["options"])
+    mae = build_model(objective, meta.options)
     state = read_checkpoint(path)["state_dict"]
     mae.load_state_dict({key.removeprefix("model."): value for key, value in state.items()})
     return mae
@@ -78,17 +82,25 @@ def image_batches(config: Mapping[str, Any], image_size: int, mean: list[float],
     """At least ``num_images`` normalized, centre-cropped images (fewer when the shards hold fewer), in batches."""
     data = config["data"]
     if data["make_demo"]:
-        ensure_demo_shards({**data, "image_size": image_size})
+        ensure_demo_shards(data["shards"], image_size)
     stream = StreamConfig(
         shards=data["shards"],
         batch_size=data["batch_size"],
         num_workers=data["num_workers"],
         transform="eval",
-        image_size=image_size,
+        augment=TransformOptions(
+            image_size=image_size,
+            crop_scale=None,
+            crop_ratio=None,
+            eval_crop_fraction=data["eval_crop_fraction"],
+            randaugment=None,
+        ),
         mean=mean,
         std=std,
         seed=config["seed"],
         shuffle_buffer=0,
+        manifest=data["manifest"],
+        pin_memory=False,
     )
     batches, count = [], 0
     for batch in build_loader(stream):
@@ -160,20 +172,26 @@ def write_figures(
     return figures
 
 
-def analyze(config: dict[str, Any], run_dir: Path) -> dict[str, Path]:
-    """Write the figures for ``config["ckpt"]`` to ``run_dir/figures`` (and W&B); returns them by name."""
+def analyze(config: Mapping[str, Any], run_dir: Path) -> dict[str, Path]:
+    """Write the figures for ``config["ckpt"]`` to ``run_dir/figures`` (and W&B); returns them by name.
+
+    ``model`` and ``objective`` are optional groups (``+model=...``): absent, the checkpoint's metadata says.
+    """
+    config = settings(config)
     path, device = resolve_checkpoint(Path(config["ckpt"])), torch.device(config["device"])
-    options = backbone_options(config["model"]) if config.get("model") else None
+    model = optional_group(config, "model")
+    options = backbone_options(model) if model else None
     backbone, meta = load_backbone(path, options)
-    image_size, step = config["data"]["image_size"] or backbone.patch_embed.img_size, meta.get("step", "unknown")
+    image_size = config["data"]["image_size"] or backbone.patch_embed.img_size
+    step = "unknown" if meta.step is None else meta.step
     log.info("analysing %s (step %s) on %dpx images", path, step, image_size)
-    mae = load_mae(path, meta, config.get("objective"))
+    mae = load_mae(path, meta, optional_group(config, "objective"))
     if isinstance(mae, str):
         log.warning("skipping the MAE reconstructions figure: %s", mae)
         mae = None
     else:
         mae.to(device).eval()
-    mean, std = list(meta.get("mean") or config["data"]["mean"]), list(meta.get("std") or config["data"]["std"])
+    mean, std = list(meta.mean or config["data"]["mean"]), list(meta.std or config["data"]["std"])
     batches = [images.to(device) for images in image_batches(config, image_size, mean, std)]
     log.info("mean attention distance over %d images", sum(len(images) for images in batches))
     figures = write_figures(backbone.to(device).eval(), mae, batches, config, mean, std, run_dir / FIGURES_SUBDIR)

@@ -13,6 +13,7 @@ started again on the same ``run_dir`` (``resume=auto``), and exports ``run_dir/b
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,59 +22,56 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from data_pipelines.demo import ensure_demo_shards
 from data_pipelines.manifest import read_manifest
-from pretrain.build import build_module, config_hash, stream_config, tokens_per_image
-from pretrain.callbacks import ReconstructionLogger
-from pretrain.data import ShardDataModule
-from pretrain.export import export_checkpoint
-from pretrain.runtime import (
+from pretrain.engine.config import settings
+from pretrain.engine.lifecycle import (
     close_loggers,
-    ensure_demo_shards,
     resolve_resume,
     save_final_checkpoint,
     set_cpu_threads,
     was_requeued,
 )
-from pretrain.trainer import build_trainer
+from pretrain.engine.plan import RunPlan, plan_run
+from pretrain.engine.shard_data import ShardDataModule
+from pretrain.engine.trainer import build_trainer
+from pretrain.export import export_checkpoint
+from pretrain.objectives.build import build_module, stream_config, tokens_per_image
+from pretrain.objectives.mae import ReconstructionLogger
 
 log = logging.getLogger("pretrain")
 
-def pretrain(cfg: DictConfig) -> Path:
-    """Train per ``cfg`` and return the run directory."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    config = OmegaConf.to_container(cfg, resolve=True)
+
+def pretrain(config: Mapping[str, Any], run_dir: Path) -> Path:
+    """Train per the resolved ``config`` in ``run_dir`` and return it."""
+    config = settings(config)
     L.seed_everything(config["seed"], workers=True)
-    set_cpu_threads(config["trainer"], config["data"])
     data, objective = config["data"], config["objective"]
     if data["make_demo"]:
-        ensure_demo_shards(data)
+        ensure_demo_shards(data["shards"], data["image_size"])
     manifest = shard_manifest(data)
+    plan = pretraining_plan(config, manifest)
+    log.info("%s", plan.describe())
+    set_cpu_threads(config["trainer"], plan.devices, data["num_workers"])
+    num_classes = objective["num_classes"] if objective["name"] == "supervised" else 0
+    num_classes = num_classes or manifest["num_classes"] or 0
+    if objective["name"] == "supervised" and not num_classes:
+        raise ValueError(
+            "supervised pretraining needs labeled shards (a manifest with classes) or objective.num_classes"
+        )
+    module = build_module(config, plan, num_classes)
+    datamodule = ShardDataModule(stream_config(config, plan), plan.accumulate)
     tokens = tokens_per_image(objective, config["model"])
     trainer = build_trainer(
         config["trainer"],
         config["logger"],
         run_dir,
         run_config=config,
+        plan=plan,
         batch_size_fn=lambda batch: batch["image"].shape[0],
         tokens_fn=lambda batch: batch["image"].shape[0] * tokens,
         callbacks=_image_callbacks(config),
     )
-    accumulate = config["trainer"]["accumulate_grad_batches"]
-    global_batch = data["batch_size"] * trainer.world_size * accumulate
-    batches_per_epoch = data["batches_per_epoch"] or max(1, manifest["total"] // (global_batch // accumulate))
-    log.info(
-        "%d node(s) x %d device(s) = %d processes; global batch %d (%d per device x %d accumulation); "
-        "%d batches per rank per epoch",
-        trainer.num_nodes, trainer.num_devices, trainer.world_size, global_batch, data["batch_size"], accumulate,
-        batches_per_epoch,
-    )
-    num_classes = objective.get("num_classes") or manifest["num_classes"] or 0
-    if objective["name"] == "supervised" and not num_classes:
-        raise ValueError("supervised pretraining needs labeled shards (a manifest with classes) or objective.num_classes")
-    meta = {"objective": objective["name"], "objective_config": objective, "mean": data["mean"], "std": data["std"], "config_hash": config_hash(config)}
-    module = build_module(config, num_classes, global_batch, meta)
-    stream = stream_config(data, batches_per_epoch, config["seed"], transform=objective["name"])
-    datamodule = ShardDataModule(stream, accumulate)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(str(config["resume"]), run_dir))
     if was_requeued(trainer):
         return run_dir
@@ -85,28 +83,48 @@ def pretrain(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def shard_manifest(data: dict[str, Any]) -> dict[str, Any]:
+def pretraining_plan(config: Mapping[str, Any], manifest: Mapping[str, Any]) -> RunPlan:
+    """``trainer.max_steps`` steps over epochs of ``data.batches_per_epoch`` per rank (null: the shards' images
+    divided by the per-step batch of all ranks)."""
+    data = config["data"]
+    plan = plan_run(
+        config["trainer"],
+        data["batch_size"],
+        samples_per_epoch=manifest["total"],
+        batches_per_epoch=data["batches_per_epoch"],
+    )
+    if plan.batches_per_epoch == 0:
+        raise ValueError(
+            f"the shards hold {manifest['total']} images, fewer than one batch per rank "
+            f"({data['batch_size']} x {plan.world_size} processes): lower data.batch_size"
+        )
+    return plan
+
+
+def shard_manifest(data: Mapping[str, Any]) -> dict[str, Any]:
     """The shards' manifest; shards without one (``pipe:``/``http`` streams) need ``data.batches_per_epoch``."""
     try:
         return read_manifest(data["shards"], data["manifest"])
     except FileNotFoundError:
         if not data["batches_per_epoch"]:
             raise
-        log.warning("no manifest for %s: epochs of data.batches_per_epoch=%d batches", data["shards"], data["batches_per_epoch"])
+        log.warning(
+            "no manifest for %s: epochs of data.batches_per_epoch=%d batches", data["shards"], data["batches_per_epoch"]
+        )
         return {"total": None, "num_classes": None}
 
 
-def _image_callbacks(config: dict[str, Any]) -> list[L.Callback]:
-    every = config["logger"].get("log_images_every_n_steps", 0)
-    if config["objective"]["name"] != "mae" or not every:
-        return []
+def _image_callbacks(config: Mapping[str, Any]) -> list[L.Callback]:
     logger = config["logger"]
-    return [ReconstructionLogger(every, config["data"]["mean"], config["data"]["std"], logger["num_images"])]
+    if config["objective"]["name"] != "mae" or not logger["log_images_every_n_steps"]:
+        return []
+    data = config["data"]
+    return [ReconstructionLogger(logger["log_images_every_n_steps"], data["mean"], data["std"], logger["num_images"])]
 
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    pretrain(cfg)
+    pretrain(OmegaConf.to_container(cfg, resolve=True), Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import wandb
-
 from wandb_offline import read_offline_run
 
 

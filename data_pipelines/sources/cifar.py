@@ -43,7 +43,7 @@ def cifar_loader(dataset_class: type[CIFAR10], source_name: str):
         expected = [folder / name for name, _ in file_list] + [folder / dataset_class.meta["filename"]]
         require_files(expected, source_name)
         dataset = dataset_class(str(request.root), train=request.split == "train", download=False)
-        samples = enumerate(zip(dataset.data, dataset.targets))
+        samples = enumerate(zip(dataset.data, dataset.targets, strict=True))
         items = [ArrayItem(make_key(index), int(label), pixels) for index, (pixels, label) in samples]
         return Listing(items, list(dataset.classes))
 

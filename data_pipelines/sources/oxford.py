@@ -23,7 +23,7 @@ def load_pets(request: SourceRequest) -> Listing:
     folder = request.root / "oxford-iiit-pet"
     require_files([folder / "images", folder / "annotations" / f"{request.split}.txt"], "pets")
     dataset = OxfordIIITPet(str(request.root), split=request.split, download=False)
-    return Listing(file_items(zip(dataset._images, dataset._labels)), list(dataset.classes))
+    return Listing(file_items(zip(dataset._images, dataset._labels, strict=True)), list(dataset.classes))
 
 
 def load_flowers102(request: SourceRequest) -> Listing:
@@ -33,7 +33,7 @@ def load_flowers102(request: SourceRequest) -> Listing:
         dataset = _Flowers102Files(str(request.root), split=request.split, download=False)
     except ModuleNotFoundError as error:
         raise ModuleNotFoundError("flowers102 reads its .mat label files with scipy: pip install scipy") from error
-    return Listing(file_items(zip(dataset._image_files, dataset._labels)), list(dataset.classes))
+    return Listing(file_items(zip(dataset._image_files, dataset._labels, strict=True)), list(dataset.classes))
 
 
 PETS = Source(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_pipelines.registry import check_name, lookup
 from data_pipelines.sources.base import Listing, Source, SourceRequest, file_items, require_files
 
 SPLITS = ("train800", "val200", "train800val200", "test")
@@ -54,9 +55,7 @@ _BY_ANY_NAME = {name: task for task in TASKS.values() for name in (task.name, *t
 def resolve_task(name: str) -> VtabTask:
     """Our task for `name`, which may be an alias; `-` and `_` are interchangeable, case is ignored."""
     normalized = name.strip().lower().replace("-", "_")
-    if normalized not in _BY_ANY_NAME:
-        raise KeyError(f"unknown VTAB task {name!r}; valid names: {', '.join(sorted(_BY_ANY_NAME))}")
-    return _BY_ANY_NAME[normalized]
+    return lookup(_BY_ANY_NAME, normalized, "VTAB task")
 
 
 def task_folder(root: str | Path, task: str) -> Path:
@@ -72,8 +71,7 @@ def task_folder(root: str | Path, task: str) -> Path:
 
 def read_split(root: str | Path, task: str, split: str) -> list[tuple[Path, int]]:
     """(image path, label) pairs of one split, in list-file order, with paths resolved against the task folder."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown VTAB split {split!r}; valid splits: {', '.join(SPLITS)}")
+    check_name(split, SPLITS, "VTAB split")
     folder = task_folder(root, task)
     list_file = folder / f"{split}.txt"
     require_files([list_file], f"VTAB task {resolve_task(task).name}")

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from data_pipelines.registry import lookup
+
 
 def patch_pixel_distances(grid_size: tuple[int, int], patch_size: int) -> Tensor:
     """Euclidean distance in pixels between the centres of every two patches: ``[gh*gw, gh*gw]``."""
@@ -46,9 +48,7 @@ def mean_attention_distance_by_layer(
     attentions: Sequence[Tensor], grid_size: tuple[int, int], patch_size: int, num_prefix_tokens: int = 1
 ) -> Tensor:
     """:func:`mean_attention_distance` of every block stacked: ``depth x [B, H, N, N] -> [depth, H]``."""
-    return torch.stack(
-        [mean_attention_distance(attn, grid_size, patch_size, num_prefix_tokens) for attn in attentions]
-    )
+    return torch.stack([mean_attention_distance(attn, grid_size, patch_size, num_prefix_tokens) for attn in attentions])
 
 
 def position_embedding_similarity(pos_embed: Tensor, grid_size: tuple[int, int]) -> Tensor:
@@ -78,11 +78,10 @@ def attention_rollout(attentions: Sequence[Tensor], head_fusion: str = "mean", a
     skip connection) with rows renormalized; the blocks are multiplied from the first to the last, so row
     ``q`` of the result says how much each input token flows into output token ``q``.
     """
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"unknown head_fusion {head_fusion!r}; known: {', '.join(HEAD_FUSIONS)}")
+    fuse = lookup(HEAD_FUSIONS, head_fusion, "head_fusion")
     rollout = None
     for attn in attentions:
-        fused = HEAD_FUSIONS[head_fusion](attn.double())
+        fused = fuse(attn.double())
         if add_residual:
             fused = 0.5 * fused + 0.5 * torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)
             fused = fused / fused.sum(dim=-1, keepdim=True)

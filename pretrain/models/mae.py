@@ -83,7 +83,9 @@ class MaskedAutoencoder(nn.Module):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         if encoder.global_pool != "token":
-            raise ValueError("the MAE encoder needs global_pool='token' (its final norm); pool differently when fine-tuning")
+            raise ValueError(
+                "the MAE encoder needs global_pool='token' (its final norm); pool differently when fine-tuning"
+            )
         self.encoder = encoder
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss

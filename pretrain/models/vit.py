@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from data_pipelines.registry import lookup
+
 PoolKind = Literal["token", "avg"]
 PosEmbedKind = Literal["learn", "sincos"]
 
@@ -199,10 +201,7 @@ class VisionTransformer(nn.Module):
         )
         drop_rates = [drop_path_rate * index / max(1, depth - 1) for index in range(depth)]
         self.blocks = nn.Sequential(
-            *(
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, layer_scale_init, rate, norm_eps)
-                for rate in drop_rates
-            )
+            *(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, layer_scale_init, rate, norm_eps) for rate in drop_rates)
         )
         use_fc_norm = global_pool == "avg"
         self.norm = _optional(nn.LayerNorm(embed_dim, eps=norm_eps), not use_fc_norm)
@@ -287,7 +286,8 @@ class VisionTransformer(nn.Module):
         return self.blocks[0].norm1.eps
 
 
-# Architecture presets: (embed_dim, depth, num_heads). Patch size and image size are options of their own.
+# Architecture presets: (embed_dim, depth, num_heads). A named preset adds its patch size (and the test preset its
+# 32 px image size); PRESET_KEYS are the options a preset owns, which a model config may not change.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "test": dict(embed_dim=64, depth=4, num_heads=4),
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
@@ -310,13 +310,12 @@ def _preset_table() -> dict[str, dict[str, Any]]:
 
 
 PRESETS: dict[str, dict[str, Any]] = _preset_table()
+PRESET_KEYS = ("embed_dim", "depth", "num_heads", "patch_size")
 
 
 def preset_options(name: str) -> dict[str, Any]:
     """The constructor options of a named preset; unknown names list the known ones."""
-    if name not in PRESETS:
-        raise KeyError(f"unknown ViT preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
-    return dict(PRESETS[name])
+    return dict(lookup(PRESETS, name, "ViT preset"))
 
 
 def create_vit(name: str, **overrides: Any) -> VisionTransformer:

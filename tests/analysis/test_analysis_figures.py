@@ -19,12 +19,8 @@ def rand(*shape: int) -> torch.Tensor:
 WRITERS: dict[str, Callable[[Path], Path]] = {
     "patch_filters": lambda path: figures.plot_patch_embedding_filters(rand(10, 3, 4, 4) - 0.5, path, columns=5),
     "grayscale_patch_filters": lambda path: figures.plot_patch_embedding_filters(rand(4, 1, 4, 4) - 0.5, path),
-    "position_similarity": lambda path: figures.plot_position_embedding_similarity(
-        rand(4, 4, 4, 4) * 2 - 1, path
-    ),
-    "attention_distance": lambda path: figures.plot_mean_attention_distance(
-        rand(4, 3) * 20, path, image_size=16
-    ),
+    "position_similarity": lambda path: figures.plot_position_embedding_similarity(rand(4, 4, 4, 4) * 2 - 1, path),
+    "attention_distance": lambda path: figures.plot_mean_attention_distance(rand(4, 3) * 20, path, image_size=16),
     "attention_maps": lambda path: figures.plot_attention_maps(
         rand(2, 3, 16, 16), rand(2, 3, 4, 4), rand(2, 4, 4), path
     ),

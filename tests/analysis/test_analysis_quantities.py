@@ -42,8 +42,9 @@ def test_each_head_reports_its_own_known_offset_in_pixels() -> None:
     cells = [(row, col) for row in range(grid[0]) for col in range(grid[1])]
     one_right_or_left = [patch_index(r, c + 1 if c + 1 < grid[1] else c - 1, grid) for r, c in cells]
     two_down_or_up = [patch_index(r + 2 if r + 2 < grid[0] else r - 2, c, grid) for r, c in cells]
-    one_diagonal = [patch_index(r + 1 if r + 1 < grid[0] else r - 1, c + 1 if c + 1 < grid[1] else c - 1, grid)
-                    for r, c in cells]
+    one_diagonal = [
+        patch_index(r + 1 if r + 1 < grid[0] else r - 1, c + 1 if c + 1 < grid[1] else c - 1, grid) for r, c in cells
+    ]
     attn = one_hot_attention([list(range(20)), one_right_or_left, two_down_or_up, one_diagonal], grid)
 
     distance = mean_attention_distance(attn, grid, patch_size)
@@ -137,7 +138,7 @@ def test_rollout_with_residual_keeps_rows_stochastic() -> None:
 
 
 def test_rollout_rejects_an_unknown_head_fusion_and_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="mean, max, min"):
+    with pytest.raises(ValueError, match="unknown head_fusion .*; choose one of: max, mean, min"):
         attention_rollout([torch.eye(3).expand(1, 1, 3, 3)], head_fusion="median")
 
 

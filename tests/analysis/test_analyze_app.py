@@ -13,17 +13,31 @@ from wandb_offline import read_offline_run
 
 from data_pipelines.demo import write_demo_shards
 from pretrain.analyze import load_mae, resolve_checkpoint
-from pretrain.build import build_model
+from pretrain.engine.metadata import BackboneMeta
 from pretrain.export import export_checkpoint
 from pretrain.models.vit import preset_options
+from pretrain.objectives.build import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = {**preset_options("vit_test_patch4"), "pos_embed": "sincos", "num_classes": 0}
 OBJECTIVE = {
-    "name": "mae", "mask_ratio": 0.75, "norm_pix_loss": True,
-    "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 4,
+    "name": "mae",
+    "mask_ratio": 0.75,
+    "norm_pix_loss": True,
+    "decoder_embed_dim": 32,
+    "decoder_depth": 1,
+    "decoder_num_heads": 4,
 }
-META = {"options": OPTIONS, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "objective": "mae", "step": 3}
+# Written as a version-1 checkpoint: no format key and no objective_config, so the decoder options come from the
+# run's .hydra/config.yaml.
+LEGACY_META = {
+    "options": OPTIONS,
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "objective": "mae",
+    "step": 3,
+}
+META = BackboneMeta.from_dict(LEGACY_META)
 ALL_FIGURES = [
     "attention_maps.png",
     "mean_attention_distance.png",
@@ -42,7 +56,7 @@ def pretraining_run(tmp_path_factory) -> Path:
     checkpoint = run_dir / "checkpoints" / "step=000003.ckpt"
     checkpoint.parent.mkdir()
     state = {f"model.{key}": value for key, value in mae.state_dict().items()}
-    torch.save({"state_dict": state, "global_step": 3, "vitfm": META}, checkpoint)
+    torch.save({"state_dict": state, "global_step": 3, "vitfm": LEGACY_META}, checkpoint)
     (run_dir / ".hydra").mkdir()
     OmegaConf.save({"model": OPTIONS, "objective": OBJECTIVE}, run_dir / ".hydra" / "config.yaml")
     export_checkpoint(checkpoint, run_dir)
@@ -59,8 +73,16 @@ def demo_shards(tmp_path_factory) -> Path:
 def run_analyze(ckpt: Path, shards: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     """The app as users run it (a fresh interpreter) on 8 images, failing with its output when it fails."""
     command = [
-        sys.executable, "pretrain/analyze.py", f"ckpt='{ckpt}'", f"data.shards={shards}", "data.make_demo=false",
-        "data.batch_size=4", "num_images=8", "num_shown=2", f"run_dir={run_dir}", *overrides,
+        sys.executable,
+        "pretrain/analyze.py",
+        f"ckpt='{ckpt}'",
+        f"data.shards={shards}",
+        "data.make_demo=false",
+        "data.batch_size=4",
+        "num_images=8",
+        "num_shown=2",
+        f"run_dir={run_dir}",
+        *overrides,
     ]
     result = subprocess.run(command, cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"analyze.py failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -126,6 +148,6 @@ def test_a_checkpoint_moved_out_of_its_run_needs_the_objective_given(pretraining
 
 
 def test_a_supervised_checkpoint_has_no_decoder_to_load(pretraining_run):
-    reason = load_mae(pretraining_run / "checkpoints" / "step=000003.ckpt", {**META, "objective": "supervised"}, None)
+    reason = load_mae(pretraining_run / "checkpoints" / "step=000003.ckpt", META.updated(objective="supervised"), None)
 
     assert reason == "step=000003.ckpt comes from objective='supervised' pretraining, which has no MAE decoder"

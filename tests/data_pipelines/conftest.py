@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from image_files import DEMO_SHARD_SIZE, DEMO_TRAIN, random_pixels, write_image
 
 from data_pipelines.demo import write_demo_shards
-
-from image_files import DEMO_SHARD_SIZE, DEMO_TRAIN, random_pixels, write_image
 
 
 @pytest.fixture(scope="session")

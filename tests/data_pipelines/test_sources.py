@@ -12,9 +12,9 @@ import webdataset as wds
 from image_files import random_pixels, write_image
 from PIL import Image
 
-from data_pipelines.sources import vtab
+from data_pipelines.sources import SOURCES, vtab
 from data_pipelines.sources.base import SourceRequest
-from data_pipelines.write_shards import SOURCES, main, write_shards
+from data_pipelines.write_shards import main, write_shards
 
 
 def cifar_rows(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

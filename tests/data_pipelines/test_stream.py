@@ -11,6 +11,7 @@ import torch
 import webdataset as wds
 from image_files import DEMO_SHARD_SIZE, DEMO_TRAIN, image_bytes, random_pixels
 from PIL import Image
+from yaml_defaults import transform_options
 
 from data_pipelines.manifest import read_manifest
 from data_pipelines.shards import expand_shards
@@ -21,8 +22,19 @@ from data_pipelines.write_shards import write_shards
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
-def loader(shards: str | Path, **overrides) -> ShardLoader:
-    settings = {"batch_size": 8, "num_workers": 2, "image_size": 16, "shuffle_buffer": 50, "mean": MEAN, "std": STD}
+def loader(shards: str | Path, eval_crop_fraction: float = 0.875, **overrides) -> ShardLoader:
+    settings = {
+        "batch_size": 8,
+        "num_workers": 2,
+        "transform": "mae",
+        "augment": transform_options(16, eval_crop_fraction=eval_crop_fraction),
+        "shuffle_buffer": 50,
+        "mean": MEAN,
+        "std": STD,
+        "seed": 0,
+        "manifest": None,
+        "pin_memory": False,
+    }
     return build_loader(StreamConfig(shards=str(shards), **{**settings, **overrides}))
 
 
@@ -32,7 +44,7 @@ def collect(batches) -> list[tuple[list[str], torch.Tensor, torch.Tensor]]:
 
 def assert_same_batches(got: list, expected: list) -> None:
     assert [keys for keys, _, _ in got] == [keys for keys, _, _ in expected]
-    assert all(torch.equal(a, b) and torch.equal(c, d) for (_, a, c), (_, b, d) in zip(got, expected))
+    assert all(torch.equal(a, b) and torch.equal(c, d) for (_, a, c), (_, b, d) in zip(got, expected, strict=True))
 
 
 def stored_samples(shard_dir: Path) -> dict[str, tuple[np.ndarray, int]]:

@@ -32,12 +32,22 @@ def pretrained(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """The run directory of a short MAE pretraining of the test ViT on the demo shards (exported backbone inside)."""
     run_dir = tmp_path_factory.mktemp("pretrain")
     overrides = [
-        f"trainer.max_steps={PRETRAIN_STEPS}", "trainer.progress_bar=false", "logger=none", f"run_dir={run_dir}",
-        f"data.shards={demo_root / 'demo' / 'train'}", "data.make_demo=false", "data.batch_size=32",
-        "data.num_workers=1", "optim.warmup_steps=5",
+        f"trainer.max_steps={PRETRAIN_STEPS}",
+        "trainer.progress_bar=false",
+        "logger=none",
+        f"run_dir={run_dir}",
+        f"data.shards={demo_root / 'demo' / 'train'}",
+        "data.make_demo=false",
+        "data.batch_size=32",
+        "data.num_workers=1",
+        "optim.warmup_steps=5",
     ]
     completed = subprocess.run(
-        [sys.executable, "pretrain/run.py", *overrides], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        [sys.executable, "pretrain/run.py", *overrides],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "WANDB_MODE": "offline"},
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -14,11 +14,19 @@ from official_files import write_cifar10, write_cifar100, write_flowers102
 from wandb_offline import read_offline_run
 
 from finetune.run import RESULTS_FILE, finetune
-from pretrain.backbone_io import load_backbone
+from pretrain.engine.backbone_io import load_backbone
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTRACT_FIELDS = {  # results.json, as the design fixes it
-    "task", "mode", "checkpoint", "config_hash", "metrics", "num_train", "num_test", "images_per_s", "seed",
+    "task",
+    "mode",
+    "checkpoint",
+    "config_hash",
+    "metrics",
+    "num_train",
+    "num_test",
+    "images_per_s",
+    "seed",
     "git_commit",
 }
 
@@ -62,8 +70,14 @@ def test_augmented_linear_probe_leaves_the_backbone_untouched(run_app, pretraine
 @pytest.mark.slow
 def test_finetune_on_the_demo_is_clearly_above_chance(run_app) -> None:
     results = run_app(
-        "mode=finetune", "mode.epochs=3", "mode.warmup_epochs=1", "mode.batch_size=32", "mode.optim.base_lr=1e-2",
-        "mode.mixup_alpha=0", "mode.cutmix_alpha=0", "mode.randaugment=false",
+        "mode=finetune",
+        "mode.epochs=3",
+        "mode.warmup_epochs=1",
+        "mode.batch_size=32",
+        "mode.optim.base_lr=1e-2",
+        "mode.mixup_alpha=0",
+        "mode.cutmix_alpha=0",
+        "mode.randaugment=null",
     )
     assert results["metrics"]["top1"] > 30
 
@@ -84,14 +98,20 @@ def test_finetune_at_a_higher_resolution_saves_a_loadable_model(run_app, tmp_pat
     results = run_app("mode=finetune", "image_size=48", "trainer.max_steps=2", "mode.batch_size=16")
     assert results["image_size"] == 48 and all(value == value for value in results["metrics"].values())
     model, meta = load_backbone(tmp_path / "checkpoints" / "step=000002.ckpt")
-    assert meta["options"]["img_size"] == 48 and model.pos_embed.shape[1] == 1 + 12 * 12
+    assert meta.options["img_size"] == 48 and model.pos_embed.shape[1] == 1 + 12 * 12
     assert torch.isfinite(model(torch.randn(1, 3, 48, 48))).all()
 
 
 def test_finetune_with_ema_tests_the_averaged_weights(run_app) -> None:
     plain = run_app("mode=finetune", "trainer.max_steps=2", "mode.batch_size=16", "mode.optim.lr=0.5")
-    averaged = run_app("mode=finetune", "trainer.max_steps=2", "mode.batch_size=16", "mode.optim.lr=0.5",
-                       "mode.ema_decay=0.5", "resume=none")
+    averaged = run_app(
+        "mode=finetune",
+        "trainer.max_steps=2",
+        "mode.batch_size=16",
+        "mode.optim.lr=0.5",
+        "mode.ema_decay=0.5",
+        "resume=none",
+    )
     assert averaged["metrics"] != plain["metrics"]
 
 
@@ -113,8 +133,14 @@ def test_knn_on_two_ddp_processes_gives_the_single_process_accuracy(
 ) -> None:
     single = run_app("mode=knn")["metrics"]
     completed = run_cli(
-        "finetune/run.py", "mode=knn", "trainer=ddp_cpu", f"data_root={demo_root}", "num_workers=1", "logger=none",
-        f"ckpt={pretrained / 'backbone.safetensors'}", f"run_dir={tmp_path / 'ddp'}",
+        "finetune/run.py",
+        "mode=knn",
+        "trainer=ddp_cpu",
+        f"data_root={demo_root}",
+        "num_workers=1",
+        "logger=none",
+        f"ckpt={pretrained / 'backbone.safetensors'}",
+        f"run_dir={tmp_path / 'ddp'}",
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert json.loads((tmp_path / "ddp" / RESULTS_FILE).read_text())["metrics"] == single
@@ -124,8 +150,15 @@ def test_knn_on_two_ddp_processes_gives_the_single_process_accuracy(
 def test_cifar100_from_the_command_line_writes_results(tmp_path: Path, pretrained: Path) -> None:
     data_root = write_cifar100(tmp_path / "data", num_classes=20)
     completed = run_cli(
-        "finetune/run.py", "task=cifar100", f"data_root={data_root}", f"ckpt={pretrained / 'backbone.safetensors'}",
-        f"run_dir={tmp_path / 'run'}", "logger=csv", "num_workers=0", "mode.batch_size=64", "trainer.max_steps=3",
+        "finetune/run.py",
+        "task=cifar100",
+        f"data_root={data_root}",
+        f"ckpt={pretrained / 'backbone.safetensors'}",
+        f"run_dir={tmp_path / 'run'}",
+        "logger=csv",
+        "num_workers=0",
+        "mode.batch_size=64",
+        "trainer.max_steps=3",
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((tmp_path / "run" / RESULTS_FILE).read_text())
@@ -138,9 +171,17 @@ def test_multirun_over_tasks_and_modes_is_tabulated_by_the_report(tmp_path: Path
     pytest.importorskip("scipy")
     data_root = write_flowers102(write_cifar10(tmp_path / "data"))
     completed = run_cli(
-        "finetune/run.py", "-m", "task=cifar10,flowers102", "mode=linear,knn", f"data_root={data_root}",
-        f"ckpt={pretrained / 'backbone.safetensors'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", "logger=none",
-        "num_workers=0", "mode.batch_size=4", "trainer.max_steps=2",
+        "finetune/run.py",
+        "-m",
+        "task=cifar10,flowers102",
+        "mode=linear,knn",
+        f"data_root={data_root}",
+        f"ckpt={pretrained / 'backbone.safetensors'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "logger=none",
+        "num_workers=0",
+        "mode.batch_size=4",
+        "trainer.max_steps=2",
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert len(list((tmp_path / "sweep").rglob(RESULTS_FILE))) == 4

@@ -1,30 +1,42 @@
-"""The pieces of the three modes on tiny tensors: layer-wise lr decay, LARS, k-NN votes, resolution change."""
+"""The pieces of the three modes on tiny tensors: layer-wise lr decay, the linear head, k-NN votes, resolution
+change."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from yaml_defaults import composed, optim_config
 
-from finetune.modules import LARS, FinetuneModule, LinearProbeModule, get_mode, knn_scores
-from pretrain.backbone_io import load_backbone, save_backbone
+from finetune.modes import get_mode
+from finetune.modes.common import DownstreamRun
+from finetune.modes.full import FinetuneModule, build_finetune
+from finetune.modes.knn import knn_scores
+from finetune.modes.linear import LinearProbeModule
+from pretrain.engine.backbone_io import load_backbone, save_backbone
+from pretrain.engine.classification import MixedLabelLoss
+from pretrain.engine.metadata import BackboneMeta
+from pretrain.engine.plan import RunPlan
 from pretrain.models.vit import create_vit, preset_options
-from pretrain.optim import OptimConfig
 
 DEPTH = 4  # vit_test_patch4
 
 
-def finetune_module(layer_decay: float | None = 0.75, **vit_options) -> FinetuneModule:
+PLAN = RunPlan(num_nodes=1, devices=1, batch_size=8, accumulate=1, batches_per_epoch=10, total_steps=10)
+META = BackboneMeta.for_architecture(preset_options("vit_test_patch4"))
+
+
+def finetune_module(backbone=None, layer_decay: float | None = 0.75) -> FinetuneModule:
     return FinetuneModule(
-        create_vit("vit_test_patch4", **vit_options),
+        create_vit("vit_test_patch4") if backbone is None else backbone,
         num_classes=10,
         pool="avg",
-        optim=OptimConfig(lr=1e-3, layer_decay=layer_decay),
-        total_steps=10,
-        global_batch=8,
-        meta={},
-        label_smoothing=0.1,
-        mixup_alpha=0.0,
-        cutmix_alpha=0.0,
+        loss=MixedLabelLoss(10, label_smoothing=0.1, mixup_alpha=0.0, cutmix_alpha=0.0),
+        meta=META,
+        optim=optim_config(lr=1e-3, layer_decay=layer_decay, warmup_steps=0),
+        plan=PLAN,
+        seed=0,
+        max_bad_steps=5,
+        flops_per_batch=None,
     )
 
 
@@ -41,8 +53,10 @@ def test_layer_decay_scales_each_block_by_the_decay_per_depth() -> None:
     for index, block in enumerate(model.blocks):  # block i is depth i + 1 of DEPTH + 1
         assert lr_of(optimizer, block.attn.qkv.weight) == pytest.approx(1e-3 * 0.75 ** (DEPTH - index))
     assert lr_of(optimizer, model.patch_embed.proj.weight) == pytest.approx(1e-3 * 0.75 ** (DEPTH + 1))
-    ratios = [lr_of(optimizer, model.blocks[i].mlp.fc1.weight) / lr_of(optimizer, model.blocks[i + 1].mlp.fc1.weight)
-              for i in range(DEPTH - 1)]
+    ratios = [
+        lr_of(optimizer, model.blocks[i].mlp.fc1.weight) / lr_of(optimizer, model.blocks[i + 1].mlp.fc1.weight)
+        for i in range(DEPTH - 1)
+    ]
     assert ratios == pytest.approx([0.75] * (DEPTH - 1))
 
 
@@ -69,14 +83,6 @@ def test_linear_probe_trains_only_the_batchnorm_linear_head() -> None:
     assert not module.train().model.training
 
 
-def test_lars_scales_a_matrix_update_to_the_trust_ratio_of_its_weights() -> None:
-    weight = torch.nn.Parameter(torch.full((2, 2), 3.0))  # ||w|| = 6
-    weight.grad = torch.full((2, 2), 100.0)
-    LARS([weight], lr=1.0, trust_coefficient=0.01, momentum=0.0).step()
-    # update = g * 0.01 * ||w|| / ||g|| -> norm 0.06, whatever the gradient's scale
-    assert torch.linalg.norm(weight.detach() - 3.0) == pytest.approx(0.06)
-
-
 def test_knn_votes_are_weighted_by_exponentiated_similarity() -> None:
     bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     scores = knn_scores(torch.tensor([[1.0, 0.0]]), bank, torch.tensor([0, 1, 1]), k=2, temperature=0.5, num_classes=3)
@@ -89,18 +95,23 @@ def test_unknown_mode_lists_the_known_ones() -> None:
         get_mode("probe")
 
 
+def test_finetune_mode_builds_from_its_yaml_with_warmup_in_epochs() -> None:
+    mode = composed("finetune", "ckpt=null", "mode=finetune")["mode"]
+    run = DownstreamRun(num_classes=10, plan=PLAN, seed=0, meta=META, max_bad_steps=5)
+    module = build_finetune(create_vit("vit_test_patch4"), mode, run)
+    assert module.optim_config.warmup_steps == mode["warmup_epochs"] * PLAN.steps_per_epoch
+    assert module.optim_config.layer_decay == mode["optim"]["layer_decay"]
+
+
 def test_higher_resolution_resamples_positions_and_stays_loadable(tmp_path) -> None:
-    options = preset_options("vit_test_patch4")
-    save_backbone(tmp_path, create_vit("vit_test_patch4", pos_embed="learn"), {"options": options})
+    options = {**preset_options("vit_test_patch4"), "pos_embed": "learn"}
+    save_backbone(tmp_path, create_vit("vit_test_patch4", pos_embed="learn"), BackboneMeta.for_architecture(options))
     backbone, _ = load_backbone(tmp_path / "backbone.safetensors", {"img_size": 48})
     assert backbone.pos_embed.shape == (1, 1 + 12 * 12, 64)
-    module = FinetuneModule(
-        backbone, 10, "avg", optim=OptimConfig(lr=1e-3), total_steps=1, global_batch=2, meta={"options": options},
-        label_smoothing=0.1, mixup_alpha=0.0, cutmix_alpha=0.0,
-    )
+    module = finetune_module(backbone)
     logits = module(torch.randn(2, 3, 48, 48))
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
-    assert module.meta["options"]["img_size"] == 48 and module.meta["options"]["global_pool"] == "avg"
+    assert module.meta.options["img_size"] == 48 and module.meta.options["global_pool"] == "avg"
     save_backbone(tmp_path / "fine", module.model, module.meta)
     reloaded, _ = load_backbone(tmp_path / "fine" / "backbone.safetensors")
     assert torch.isfinite(reloaded(torch.randn(1, 3, 48, 48))).all()

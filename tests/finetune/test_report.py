@@ -16,8 +16,14 @@ def result(
 ) -> dict:
     group = VTAB_TASKS[task.removeprefix("vtab_")].group if task.startswith("vtab_") else None
     metrics = {"top1": top1}
-    return {"task": task, "mode": mode, "checkpoint": checkpoint, "metrics": metrics, "group": group,
-            "overrides": [f"task={task}", *overrides]}
+    return {
+        "task": task,
+        "mode": mode,
+        "checkpoint": checkpoint,
+        "metrics": metrics,
+        "group": group,
+        "overrides": [f"task={task}", *overrides],
+    }
 
 
 def write_runs(root: Path, results: list[dict]) -> None:
@@ -38,21 +44,34 @@ def test_vtab_group_means_average_the_group_and_all_tasks() -> None:
 
 def test_repeated_runs_are_averaged_and_rows_split_by_checkpoint_mode_and_setting() -> None:
     results = [
-        result("cifar10", 80.0, overrides=("seed=0",)), result("cifar10", 90.0, overrides=("seed=1",)),
-        result("cifar10", 50.0, mode="knn"), result("cifar10", 20.0, checkpoint="b.ckpt"),
+        result("cifar10", 80.0, overrides=("seed=0",)),
+        result("cifar10", 90.0, overrides=("seed=1",)),
+        result("cifar10", 50.0, mode="knn"),
+        result("cifar10", 20.0, checkpoint="b.ckpt"),
         result("cifar10", 10.0, overrides=("mode.epochs=1",)),
     ]
     columns, rows = summarize(results, "top1")
     assert columns == ["cifar10"]
     assert [(row["checkpoint"], row["mode"], row["setting"], row["cifar10"]) for row in rows] == [
-        ("a.safetensors", "knn", "", 50.0), ("a.safetensors", "linear", "", 85.0),
-        ("a.safetensors", "linear", "mode.epochs=1", 10.0), ("b.ckpt", "linear", "", 20.0),
+        ("a.safetensors", "knn", "", 50.0),
+        ("a.safetensors", "linear", "", 85.0),
+        ("a.safetensors", "linear", "mode.epochs=1", 10.0),
+        ("b.ckpt", "linear", "", 20.0),
     ]
 
 
 def test_setting_leaves_out_identity_and_locations_but_keeps_task_splits() -> None:
-    overrides = ("ckpt=a", "mode=linear", "seed=3", "data_root=/d", "logger=csv", "hydra.sweep.dir=/s",
-                 "task.train=[train800]", "mode.optim.base_lr=0.001", "trainer.devices=8")
+    overrides = (
+        "ckpt=a",
+        "mode=linear",
+        "seed=3",
+        "data_root=/d",
+        "logger=csv",
+        "hydra.sweep.dir=/s",
+        "task.train=[train800]",
+        "mode.optim.base_lr=0.001",
+        "trainer.devices=8",
+    )
     assert setting(result("vtab_dtd", 1.0, overrides=overrides)) == (
         "task.train=[train800] mode.optim.base_lr=0.001 trainer.devices=8"
     )

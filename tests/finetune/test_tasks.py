@@ -15,16 +15,17 @@ from official_files import (
     write_vtab_task,
 )
 from omegaconf import OmegaConf
+from yaml_defaults import transform_options
 
 from data_pipelines.sources.vtab import TASKS as VTAB_TASKS
-from data_pipelines.transforms import TransformOptions
 from data_pipelines.write_shards import write_shards
 from finetune.data import LoaderSpec
 from finetune.tasks import Task, build_task
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-EVAL = LoaderSpec("eval", TransformOptions(image_size=32), 4, 0, (0.5,) * 3, (0.25,) * 3, seed=0, training=False)
-TRAIN = LoaderSpec("mae", TransformOptions(image_size=32), 2, 0, (0.5,) * 3, (0.25,) * 3, seed=0, training=True)
+COMMON = dict(num_workers=0, mean=(0.5,) * 3, std=(0.25,) * 3, seed=0, shuffle_buffer=100, pin_memory=False)
+EVAL = LoaderSpec("eval", transform_options(32), batch_size=4, training=False, **COMMON)
+TRAIN = LoaderSpec("mae", transform_options(32), batch_size=2, training=True, **COMMON)
 
 
 @pytest.fixture
@@ -83,7 +84,10 @@ def test_every_vtab_task_has_a_config_with_its_class_count_and_group() -> None:
     for name, spec in VTAB_TASKS.items():
         config = OmegaConf.load(CONF / "task" / f"vtab_{name}.yaml")
         assert (config.name, config.dataset, config.num_classes, config.group) == (
-            f"vtab_{name}", name, spec.num_classes, spec.group
+            f"vtab_{name}",
+            name,
+            spec.num_classes,
+            spec.group,
         )
 
 
@@ -140,7 +144,7 @@ def test_labels_beyond_the_class_count_are_rejected(tmp_path: Path, read_task) -
 
 
 def test_unknown_source_lists_the_known_ones(tmp_path: Path, read_task) -> None:
-    with pytest.raises(ValueError, match="unknown source 'nope'; known: .*cifar10.*demo.*shards"):
+    with pytest.raises(ValueError, match="unknown task source 'nope'; choose one of: .*cifar10.*demo.*shards"):
         read_task("task.source=nope", f"data_root={tmp_path}")
 
 

@@ -23,7 +23,9 @@ def app_overrides(demo_shards: Path, run_dir: Path, **extra) -> list[str]:
     return [f"{key}={value}" for key, value in settings.items()]
 
 
-def run_app(overrides: list[str], timeout: int = 300, script: str = "pretrain/run.py", **popen) -> subprocess.CompletedProcess:
+def run_app(
+    overrides: list[str], timeout: int = 300, script: str = "pretrain/run.py", **popen
+) -> subprocess.CompletedProcess:
     """Run an app as users do (a fresh interpreter), failing with its output when it fails."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(

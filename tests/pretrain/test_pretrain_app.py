@@ -12,7 +12,7 @@ import torch
 from app_runner import REPO_ROOT, app_overrides, run_app
 from wandb_offline import read_offline_run
 
-from pretrain.backbone_io import load_backbone
+from pretrain.engine.backbone_io import load_backbone
 
 pytestmark = pytest.mark.slow
 
@@ -27,22 +27,34 @@ def test_short_mae_run_lowers_loss_logs_to_wandb_and_exports(demo_shards, tmp_pa
         app_overrides(
             demo_shards,
             run_dir,
-            **{"trainer.max_steps": 60, "trainer.checkpoint_every_n_steps": 30, "optim.lr": 2e-3, "optim.warmup_steps": 5,
-               "logger": "wandb", "logger.log_images_every_n_steps": 30},
+            **{
+                "trainer.max_steps": 60,
+                "trainer.checkpoint_every_n_steps": 30,
+                "optim.lr": 2e-3,
+                "optim.warmup_steps": 5,
+                "logger": "wandb",
+                "logger.log_images_every_n_steps": 30,
+            },
         )
     )
     run = read_offline_run(run_dir / "wandb")
     losses = run.values("train/loss")
     assert len(losses) >= 10
     assert mean(losses[-3:]) < 0.8 * mean(losses[:3])
-    for key in ("train/device/samples_per_sec", "train/device/items_per_sec", "train/device/flops_per_sec",
-                "lr-AdamW/pg1", "train/grad_norm", "data/corrupt_samples_skipped"):
+    for key in (
+        "train/device/samples_per_sec",
+        "train/device/items_per_sec",
+        "train/device/flops_per_sec",
+        "lr-AdamW/pg1",
+        "train/grad_norm",
+        "data/corrupt_samples_skipped",
+    ):
         assert run.values(key), f"{key} was not logged"
     assert run.images, "no reconstruction panel was logged"
     assert run.config["model"]["preset"] == "vit_test_patch4"
     assert "api_key" not in str(run.config).lower()
     backbone, meta = load_backbone(run_dir / "backbone.safetensors")
-    assert meta["step"] == 60 and meta["objective"] == "mae"
+    assert meta.step == 60 and meta.objective == "mae"
     assert torch.isfinite(backbone(torch.randn(1, 3, 32, 32))).all()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step=000030.ckpt", "step=000060.ckpt"]
 
@@ -53,7 +65,7 @@ def test_supervised_objective_trains_with_csv_logger(demo_shards, tmp_path):
     metrics = (run_dir / "csv" / "metrics.csv").read_text()
     assert "train/loss" in metrics
     _, meta = load_backbone(run_dir / "backbone.safetensors")
-    assert meta["objective"] == "supervised"
+    assert meta.objective == "supervised"
 
 
 def final_state(run_dir: Path) -> dict:
@@ -62,15 +74,22 @@ def final_state(run_dir: Path) -> dict:
 
 
 def test_killed_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(demo_shards, tmp_path):
-    settings = {"trainer.max_steps": 16, "trainer.checkpoint_every_n_steps": 4, "trainer.keep_checkpoints": -1,
-                "logger": "none", "data.batches_per_epoch": 6}
+    settings = {
+        "trainer.max_steps": 16,
+        "trainer.checkpoint_every_n_steps": 4,
+        "trainer.keep_checkpoints": -1,
+        "logger": "none",
+        "data.batches_per_epoch": 6,
+    }
     straight = tmp_path / "straight"
     run_app(app_overrides(demo_shards, straight, **settings))
 
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(
         [sys.executable, "pretrain/run.py", *app_overrides(demo_shards, interrupted, **settings)],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     checkpoint = interrupted / "checkpoints" / "step=000008.ckpt"
     deadline = time.monotonic() + 240
@@ -103,15 +122,21 @@ def test_unreadable_resume_checkpoint_fails_with_a_clear_message(demo_shards, tm
     bad.write_text("garbage")
     result = subprocess.run(
         [sys.executable, "pretrain/run.py", *app_overrides(demo_shards, tmp_path / "run", resume=str(bad))],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     assert "cannot read checkpoint" in result.stderr + result.stdout
 
 
 def test_multirun_gives_each_job_its_own_run_directory(demo_shards, tmp_path):
-    overrides = [o for o in app_overrides(demo_shards, tmp_path / "unused", logger="none", **{"trainer.max_steps": 2})
-                 if not o.startswith("run_dir=")]
+    overrides = [
+        o
+        for o in app_overrides(demo_shards, tmp_path / "unused", logger="none", **{"trainer.max_steps": 2})
+        if not o.startswith("run_dir=")
+    ]
     run_app(["-m", "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides])
     for job in ("0", "1"):
         assert (tmp_path / "sweep" / job / "backbone.safetensors").is_file()

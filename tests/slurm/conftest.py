@@ -24,7 +24,7 @@ def _cluster_problem() -> str | None:
         nodes = slurm_command("sinfo", "-h", "-N", "-o", "%N %T").split()
     except (RuntimeError, subprocess.TimeoutExpired) as error:
         return f"sinfo failed, is slurmctld running? (tests/slurm/start_cluster.sh): {error}"
-    node_states = dict(zip(nodes[::2], nodes[1::2]))
+    node_states = dict(zip(nodes[::2], nodes[1::2], strict=True))
     if not {"idle", "mixed"} & set(node_states.values()):
         return f"no idle SLURM node; sinfo says: {node_states}"
     return None

@@ -14,8 +14,15 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Jobs in these states never run again (a requeued job passes through REQUEUED and PENDING instead).
 FINISHED_STATES = {
-    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED",
-    "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT",
+    "BOOT_FAIL",
+    "CANCELLED",
+    "COMPLETED",
+    "DEADLINE",
+    "FAILED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "TIMEOUT",
 }
 POLL_INTERVAL_S = 0.25
 COMMAND_TIMEOUT_S = 60
@@ -40,8 +47,14 @@ class SlurmJobs:
         self.workdir = workdir
         self.submitted: list[int] = []
 
-    def submit(self, script: Path, *sbatch_args: str, script_args: tuple[str, ...] = (),
-               cwd: Path | None = None, env: dict[str, str] | None = None) -> int:
+    def submit(
+        self,
+        script: Path,
+        *sbatch_args: str,
+        script_args: tuple[str, ...] = (),
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> int:
         """`sbatch --parsable` SCRIPT from `cwd` (default: the test's workdir); returns the job id.
 
         The job runs in `cwd`; its output goes where the script's #SBATCH --output says, else to
@@ -50,8 +63,12 @@ class SlurmJobs:
         cwd = cwd or self.workdir
         result = subprocess.run(
             ["sbatch", "--parsable", *sbatch_args, str(script), *script_args],
-            cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-            timeout=COMMAND_TIMEOUT_S)
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+        )
         assert result.returncode == 0, f"sbatch failed: {result.stderr.strip()}"
         job_id = int(result.stdout.strip().split(";")[0])
         self.submitted.append(job_id)
@@ -66,8 +83,9 @@ class SlurmJobs:
         path = Path(self.info(job_id)["StdOut"])
         return path.read_text() if path.exists() else ""
 
-    def wait_for(self, job_id: int, condition: Callable[[dict[str, str]], bool], description: str,
-                 timeout_s: float) -> dict[str, str]:
+    def wait_for(
+        self, job_id: int, condition: Callable[[dict[str, str]], bool], description: str, timeout_s: float
+    ) -> dict[str, str]:
         """Polls the job until `condition(info)` holds; on timeout cancels it and fails with its state and log."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -76,8 +94,10 @@ class SlurmJobs:
                 return info
             if time.monotonic() > deadline:
                 subprocess.run(["scancel", str(job_id)], timeout=COMMAND_TIMEOUT_S)
-                pytest.fail(f"job {job_id} not {description} after {timeout_s} s: JobState={info['JobState']} "
-                            f"Reason={info.get('Reason')}\n--- output:\n{self.output(job_id)[-3000:]}")
+                pytest.fail(
+                    f"job {job_id} not {description} after {timeout_s} s: JobState={info['JobState']} "
+                    f"Reason={info.get('Reason')}\n--- output:\n{self.output(job_id)[-3000:]}"
+                )
             time.sleep(POLL_INTERVAL_S)
 
     def wait_until_finished(self, job_id: int, timeout_s: float) -> dict[str, str]:

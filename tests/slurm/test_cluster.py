@@ -34,8 +34,9 @@ def test_two_srun_tasks_join_one_gloo_all_reduce(slurm_jobs: SlurmJobs, tmp_path
     (tmp_path / "all_reduce.py").write_text(ALL_REDUCE)
     script = tmp_path / "job.sh"
     # slurm/job_env.sh is what slurm/pretrain.sh uses to set MASTER_ADDR and MASTER_PORT for the srun step.
-    script.write_text(f"#!/bin/bash\nset -euo pipefail\nsource {REPO_ROOT}/slurm/job_env.sh\n"
-                      f"srun {sys.executable} all_reduce.py\n")
+    script.write_text(
+        f"#!/bin/bash\nset -euo pipefail\nsource {REPO_ROOT}/slurm/job_env.sh\nsrun {sys.executable} all_reduce.py\n"
+    )
 
     job_id = slurm_jobs.submit(script, "--ntasks=2", "--cpus-per-task=1", "--time=5")
     info = slurm_jobs.wait_until_finished(job_id, timeout_s=120)
@@ -44,14 +45,18 @@ def test_two_srun_tasks_join_one_gloo_all_reduce(slurm_jobs: SlurmJobs, tmp_path
     assert info["JobState"] == "COMPLETED", output
     assert "1 nodes x 2 devices = 2 processes" in output
     assert sorted(line for line in output.splitlines() if line.startswith("rank ")) == [
-        "rank 0 of 2: sum 3", "rank 1 of 2: sum 3"]
+        "rank 0 of 2: sum 3",
+        "rank 1 of 2: sum 3",
+    ]
 
 
 def test_requeued_job_reruns_with_restart_count_1_in_the_same_log(slurm_jobs: SlurmJobs, tmp_path: Path) -> None:
     script = tmp_path / "job.sh"
     # The first run waits to be requeued; ending on its own (exit 1) would mean the requeue never came.
-    script.write_text('#!/bin/bash\necho "run ${SLURM_RESTART_COUNT:-0}"\n'
-                      'if [[ ${SLURM_RESTART_COUNT:-0} == 0 ]]; then sleep 120; exit 1; fi\n')
+    script.write_text(
+        '#!/bin/bash\necho "run ${SLURM_RESTART_COUNT:-0}"\n'
+        "if [[ ${SLURM_RESTART_COUNT:-0} == 0 ]]; then sleep 120; exit 1; fi\n"
+    )
     job_id = slurm_jobs.submit(script, "--requeue", "--open-mode=append", "--ntasks=1", "--time=5")
     slurm_jobs.wait_for(job_id, lambda info: "run 0" in slurm_jobs.output(job_id), "running", timeout_s=60)
 
@@ -73,7 +78,8 @@ print("app", json.dumps({"rank": os.environ["SLURM_PROCID"], "cluster": os.envir
 
 @pytest.mark.parametrize("app", ["pretrain", "finetune"])
 def test_launch_script_passes_the_allocation_and_job_keyed_overrides_to_the_app(
-        slurm_jobs: SlurmJobs, tmp_path: Path, app: str) -> None:
+    slurm_jobs: SlurmJobs, tmp_path: Path, app: str
+) -> None:
     # A stand-in for the repository: the real launch scripts, a stub app that prints what it was given.
     shutil.copytree(REPO_ROOT / "slurm", tmp_path / "slurm")
     (tmp_path / app).mkdir()
@@ -81,9 +87,16 @@ def test_launch_script_passes_the_allocation_and_job_keyed_overrides_to_the_app(
     (tmp_path / "logs").mkdir()
 
     job_id = slurm_jobs.submit(
-        tmp_path / "slurm" / f"{app}.sh", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
-        "--gpus-per-node=0", "--time=5", script_args=("optim.lr=0.5", "data.path=/a b"), cwd=tmp_path,
-        env={"VITFM_TRAINER": "ddp", "VITFM_PYTHON": sys.executable})
+        tmp_path / "slurm" / f"{app}.sh",
+        "--nodes=1",
+        "--ntasks-per-node=2",
+        "--cpus-per-task=1",
+        "--gpus-per-node=0",
+        "--time=5",
+        script_args=("optim.lr=0.5", "data.path=/a b"),
+        cwd=tmp_path,
+        env={"VITFM_TRAINER": "ddp", "VITFM_PYTHON": sys.executable},
+    )
     info = slurm_jobs.wait_until_finished(job_id, timeout_s=60)
 
     output = slurm_jobs.output(job_id)
@@ -93,6 +106,13 @@ def test_launch_script_passes_the_allocation_and_job_keyed_overrides_to_the_app(
     launches = [json.loads(line.removeprefix("app ")) for line in output.splitlines() if line.startswith("app ")]
     assert sorted(launch["rank"] for launch in launches) == ["0", "1"]
     assert launches[0]["argv"] == [
-        "trainer=ddp", "trainer.num_nodes=1", "trainer.devices=2", f"run_dir=runs/{app}/{job_id}", "resume=auto",
-        f"++logger.run_id=slurm-{launches[0]['cluster']}-{job_id}", "optim.lr=0.5", "data.path=/a b"]
+        "trainer=ddp",
+        "trainer.num_nodes=1",
+        "trainer.devices=2",
+        f"run_dir=runs/{app}/{job_id}",
+        "resume=auto",
+        f"++logger.run_id=slurm-{launches[0]['cluster']}-{job_id}",
+        "optim.lr=0.5",
+        "data.path=/a b",
+    ]
     assert launches[0]["master"] == launches[1]["master"] == f"{socket.gethostname()}:{10000 + job_id % 20000}"

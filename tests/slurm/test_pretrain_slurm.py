@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from slurm_jobs import COMMAND_TIMEOUT_S, REPO_ROOT, SlurmJobs, slurm_command
 
-from pretrain.checkpointing import read_checkpoint
+from pretrain.engine.checkpoints import read_checkpoint
 
 pytestmark = pytest.mark.slurm
 
@@ -33,8 +33,15 @@ JOB_TIMEOUT_S = 240
 
 
 def tiny_pretraining(shards: Path, *overrides: str) -> tuple[str, ...]:
-    return ("logger=csv", "trainer.progress_bar=false", "trainer.log_every_n_steps=1",
-            f"data.batch_size={BATCH_PER_DEVICE}", "data.num_workers=1", f"data.shards={shards}", *overrides)
+    return (
+        "logger=csv",
+        "trainer.progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        f"data.batch_size={BATCH_PER_DEVICE}",
+        "data.num_workers=1",
+        f"data.shards={shards}",
+        *overrides,
+    )
 
 
 def make_repo(root: Path) -> Path:
@@ -51,8 +58,24 @@ def make_repo(root: Path) -> Path:
 def demo_root(slurm_cluster_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo set in `<root>/demo/{train,test}`, the layout finetune's task=demo expects below data_root."""
     root = tmp_path_factory.mktemp("data")
-    subprocess.run([sys.executable, "-m", "data_pipelines.demo", "--out", str(root / "demo"), "--num-train", "1024",
-                    "--num-test", "256", "--max-count", "128"], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_pipelines.demo",
+            "--out",
+            str(root / "demo"),
+            "--num-train",
+            "1024",
+            "--num-test",
+            "256",
+            "--max-count",
+            "128",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return root
 
 
@@ -80,8 +103,15 @@ def pretrained(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """One finished 6-step pretraining job on 2 CPU tasks, checkpoints every 3 steps: test (a), and test (c)'s input."""
     repo = make_repo(tmp_path_factory.mktemp("pretrain"))
     jobs = SlurmJobs(repo)
-    job_id = jobs.submit(repo / "slurm" / "pretrain.sh", *CPU_JOB, cwd=repo, env=CPU_ENV, script_args=tiny_pretraining(
-        demo_root / "demo" / "train", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3"))
+    job_id = jobs.submit(
+        repo / "slurm" / "pretrain.sh",
+        *CPU_JOB,
+        cwd=repo,
+        env=CPU_ENV,
+        script_args=tiny_pretraining(
+            demo_root / "demo" / "train", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3"
+        ),
+    )
     info = jobs.wait_until_finished(job_id, timeout_s=JOB_TIMEOUT_S)
     yield PretrainJob(repo, job_id, info, jobs.output(job_id))
     jobs.cancel_unfinished()
@@ -103,34 +133,54 @@ def test_pretrain_job_trains_with_ddp_on_two_cpu_tasks_and_exports_one_backbone(
     assert read_checkpoint(run_dir / "checkpoints" / "step=000006.ckpt")["global_step"] == 6
     assert steps_trained_by_last_run(run_dir) == 6
     assert [path.relative_to(pretrained.repo) for path in pretrained.repo.rglob("*.safetensors")] == [
-        run_dir.relative_to(pretrained.repo) / "backbone.safetensors"]
+        run_dir.relative_to(pretrained.repo) / "backbone.safetensors"
+    ]
     assert json.loads((run_dir / "backbone.json").read_text())
     assert output.count("exported the backbone to") == 1
 
 
 def _wait_for_file(path: Path, jobs: SlurmJobs, job_id: int, timeout_s: float) -> None:
-    jobs.wait_for(job_id, lambda info: path.exists() or info["JobState"] not in ("PENDING", "RUNNING"),
-                  f"writing {path.name}", timeout_s)
+    jobs.wait_for(
+        job_id,
+        lambda info: path.exists() or info["JobState"] not in ("PENDING", "RUNNING"),
+        f"writing {path.name}",
+        timeout_s,
+    )
     assert path.exists(), f"job {job_id} ended before writing {path}:\n{jobs.output(job_id)[-5000:]}"
 
 
 def _start_requeued_job_now(jobs: SlurmJobs, job_id: int) -> None:
     """A requeued job waits for its BeginTime before it may start again; skip that wait once it is pending."""
-    jobs.wait_for(job_id, lambda info: info["Restarts"] != "0" and info["JobState"] in ("PENDING", "RUNNING"),
-                  "requeued", timeout_s=60)
+    jobs.wait_for(
+        job_id,
+        lambda info: info["Restarts"] != "0" and info["JobState"] in ("PENDING", "RUNNING"),
+        "requeued",
+        timeout_s=60,
+    )
     if jobs.info(job_id)["JobState"] == "PENDING":
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True,
-                       timeout=COMMAND_TIMEOUT_S)
+        subprocess.run(
+            ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=COMMAND_TIMEOUT_S
+        )
 
 
 @pytest.mark.parametrize("interrupt", ["warning_signal", "scontrol_requeue"])
 def test_interrupted_pretrain_job_requeues_resumes_and_stops_at_max_steps(
-        slurm_jobs: SlurmJobs, tmp_path: Path, demo_root: Path, interrupt: str) -> None:
+    slurm_jobs: SlurmJobs, tmp_path: Path, demo_root: Path, interrupt: str
+) -> None:
     max_steps, every = 30, 5
     repo = make_repo(tmp_path)
-    job_id = slurm_jobs.submit(repo / "slurm" / "pretrain.sh", *CPU_JOB, cwd=repo, env=CPU_ENV, script_args=tiny_pretraining(
-        demo_root / "demo" / "train", f"trainer.max_steps={max_steps}", f"trainer.checkpoint_every_n_steps={every}",
-        "trainer.keep_checkpoints=-1"))
+    job_id = slurm_jobs.submit(
+        repo / "slurm" / "pretrain.sh",
+        *CPU_JOB,
+        cwd=repo,
+        env=CPU_ENV,
+        script_args=tiny_pretraining(
+            demo_root / "demo" / "train",
+            f"trainer.max_steps={max_steps}",
+            f"trainer.checkpoint_every_n_steps={every}",
+            "trainer.keep_checkpoints=-1",
+        ),
+    )
     run_dir = repo / "runs" / "pretrain" / str(job_id)
     # Interrupt once training is under way: after the first periodic checkpoint, long before max_steps.
     _wait_for_file(run_dir / "checkpoints" / f"step={every:06d}.ckpt", slurm_jobs, job_id, timeout_s=JOB_TIMEOUT_S)
@@ -165,22 +215,39 @@ def test_interrupted_pretrain_job_requeues_resumes_and_stops_at_max_steps(
     assert steps_trained_by_last_run(run_dir) == max_steps - resumed_step
     final = read_checkpoint(run_dir / "checkpoints" / f"step={max_steps:06d}.ckpt")
     assert final["global_step"] == max_steps
-    assert not [path for path in (run_dir / "checkpoints").iterdir() if read_checkpoint(path)["global_step"] > max_steps]
+    assert not [
+        path for path in (run_dir / "checkpoints").iterdir() if read_checkpoint(path)["global_step"] > max_steps
+    ]
     assert (run_dir / "backbone.safetensors").is_file()
     assert output.count("exported the backbone to") == 1
 
 
-@pytest.mark.skipif(not (REPO_ROOT / "finetune" / "run.py").exists(),
-                    reason="finetune/run.py is not written yet: slurm/finetune.sh has no app to run")
+@pytest.mark.skipif(
+    not (REPO_ROOT / "finetune" / "run.py").exists(),
+    reason="finetune/run.py is not written yet: slurm/finetune.sh has no app to run",
+)
 def test_finetune_job_evaluates_the_exported_backbone(pretrained: PretrainJob, demo_root: Path) -> None:
     assert pretrained.info["JobState"] == "COMPLETED", "the pretraining job this test starts from failed"
     repo = pretrained.repo
     jobs = SlurmJobs(repo)
     backbone = pretrained.run_dir / "backbone.safetensors"
     try:
-        job_id = jobs.submit(repo / "slurm" / "finetune.sh", *CPU_JOB, cwd=repo, env=CPU_ENV, script_args=(
-            "task=demo", f"ckpt={backbone}", f"data_root={demo_root}", "logger=csv", "trainer.progress_bar=false",
-            "trainer.max_steps=10", "mode.batch_size=32", "num_workers=1"))
+        job_id = jobs.submit(
+            repo / "slurm" / "finetune.sh",
+            *CPU_JOB,
+            cwd=repo,
+            env=CPU_ENV,
+            script_args=(
+                "task=demo",
+                f"ckpt={backbone}",
+                f"data_root={demo_root}",
+                "logger=csv",
+                "trainer.progress_bar=false",
+                "trainer.max_steps=10",
+                "mode.batch_size=32",
+                "num_workers=1",
+            ),
+        )
         info = jobs.wait_until_finished(job_id, timeout_s=JOB_TIMEOUT_S)
     finally:
         jobs.cancel_unfinished()

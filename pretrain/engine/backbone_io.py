@@ -3,12 +3,12 @@
 Accepted: an exported ``backbone.safetensors`` (+ ``backbone.json``), a Lightning ``.ckpt`` of our pretraining
 or fine-tuning, a DeepSpeed checkpoint directory, a timm or MAE-reference state dict (``.pth``/``.pt``/``.bin``/
 ``.safetensors``), or HF ``ViTModel``/``ViTMAE*`` weights. Keys are adapted in :mod:`pretrain.models.weights`;
-the position embedding is resampled when the requested image size differs (FixRes fine-tuning).
+the position embedding is resampled when the requested image size differs (FixRes fine-tuning). The metadata
+that travels with the weights is :class:`~pretrain.engine.metadata.BackboneMeta`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,27 +18,28 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from data_pipelines.manifest import write_json_atomic
-from pretrain.checkpointing import CHECKPOINT_META_KEY, read_checkpoint
+from pretrain.engine.checkpoints import read_checkpoint
+from pretrain.engine.metadata import BackboneMeta, meta_from_checkpoint, read_meta_file, write_meta_file
 from pretrain.models.vit import VisionTransformer
 from pretrain.models.weights import adapt_to_model, backbone_from_hf, backbone_from_timm
 
 BACKBONE_FILE = "backbone.safetensors"
 META_FILE = "backbone.json"
-FORMAT = "vitfm-backbone/1"
 # Wrappers that trainers put around our modules' parameter names, outermost first.
 _WRAPPER_PREFIXES = ("_forward_module.", "module.", "model.", "encoder.")
 
 
-def save_backbone(out_dir: str | os.PathLike, backbone: VisionTransformer, meta: Mapping[str, Any]) -> Path:
+def save_backbone(out_dir: str | os.PathLike, backbone: VisionTransformer, meta: BackboneMeta) -> Path:
     """Write ``backbone.safetensors`` (fp32, timm names, no head) and ``backbone.json``; both atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().contiguous().cpu() for k, v in backbone.state_dict().items() if not k.startswith("head.")}
+    state = {
+        k: v.detach().float().contiguous().cpu() for k, v in backbone.state_dict().items() if not k.startswith("head.")
+    }
     weights_tmp = out_dir / f".{BACKBONE_FILE}.tmp"
     save_file(state, str(weights_tmp))
     os.replace(weights_tmp, out_dir / BACKBONE_FILE)
-    write_json_atomic(out_dir / META_FILE, {"format": FORMAT, **meta})
+    write_meta_file(out_dir / META_FILE, meta)
     return out_dir / BACKBONE_FILE
 
 
@@ -51,7 +52,7 @@ def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _deepspeed_state(directory: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+def _deepspeed_state(directory: Path) -> tuple[dict[str, Tensor], BackboneMeta | None]:
     """Consolidate ZeRO shards to fp32; the metadata is the client state saved with the tag named in ``latest``."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -62,11 +63,12 @@ def _deepspeed_state(directory: Path) -> tuple[dict[str, Tensor], dict[str, Any]
     tag_dir = root / (root / "latest").read_text().strip()
     # ZeRO-2 writes mp_rank_00_model_states.pt, ZeRO-3 zero_pp_rank_0_mp_rank_00_model_states.pt
     model_states = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
-    meta = torch.load(model_states[0], map_location="cpu", weights_only=False).get(CHECKPOINT_META_KEY) if model_states else None
-    return state, meta
+    if not model_states:
+        return state, None
+    return state, meta_from_checkpoint(torch.load(model_states[0], map_location="cpu", weights_only=False))
 
 
-def read_backbone_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+def read_backbone_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], BackboneMeta | None]:
     """Backbone weights (our names, no head, no decoder) and their metadata when the source carries any."""
     path = Path(path)
     if not path.exists():
@@ -79,10 +81,10 @@ def read_backbone_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dic
     elif path.suffix == ".safetensors":
         state = load_file(str(path))
         meta_path = path.with_name(META_FILE) if path.name == BACKBONE_FILE else path.with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+        meta = read_meta_file(meta_path)
     elif path.suffix == ".ckpt":
         checkpoint = read_checkpoint(path)
-        state, meta = checkpoint["state_dict"], checkpoint.get(CHECKPOINT_META_KEY)
+        state, meta = checkpoint["state_dict"], meta_from_checkpoint(checkpoint)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         for key in ("model", "state_dict"):  # MAE-reference and generic training checkpoints nest the weights
@@ -97,16 +99,17 @@ def read_backbone_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dic
 
 def load_backbone(
     path: str | os.PathLike, options: Mapping[str, Any] | None = None, strict: bool = True
-) -> tuple[VisionTransformer, dict[str, Any]]:
+) -> tuple[VisionTransformer, BackboneMeta]:
     """Build and load a backbone. ``options`` (VisionTransformer arguments) override the checkpoint's own.
 
     Without metadata in the checkpoint (timm/HF files), ``options`` must describe the architecture.
     """
     state, meta = read_backbone_state(path)
-    meta = dict(meta or {})
-    merged = {**meta.get("options", {}), **(options or {})}
+    merged = {**(meta.options if meta is not None else {}), **(options or {})}
     if not merged:
-        raise ValueError(f"{path} carries no architecture description: pass the backbone options (preset, img_size, ...)")
+        raise ValueError(
+            f"{path} carries no architecture description: pass the backbone options (preset, img_size, ...)"
+        )
     model = VisionTransformer(**merged)
     model_state = model.state_dict()
     state = adapt_to_model(state, model_state)
@@ -114,5 +117,5 @@ def load_backbone(
     missing = [k for k in missing if not k.startswith(("head.", "fc_norm."))]
     if strict and (missing or unexpected):
         raise ValueError(f"weights in {path} do not fit the backbone: missing {missing}, unexpected {unexpected}")
-    meta["options"] = merged
+    meta = BackboneMeta.for_architecture(merged) if meta is None else meta.updated(options=merged)
     return model, meta

@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pretrain.backbone_io import load_backbone, read_backbone_state, save_backbone
+from pretrain.engine.backbone_io import load_backbone, read_backbone_state, save_backbone
+from pretrain.engine.metadata import BackboneMeta
 from pretrain.models.mae import MaskedAutoencoder
 from pretrain.models.vit import create_vit, preset_options
 
@@ -14,12 +15,13 @@ IMAGES = torch.randn(2, 3, 32, 32)
 
 def test_export_round_trip_rebuilds_the_same_backbone(tmp_path):
     model = create_vit("vit_test_patch4", pos_embed="sincos").eval()
-    save_backbone(tmp_path, model, {"options": OPTIONS, "mean": [0.5] * 3, "std": [0.2] * 3, "step": 3})
-    meta = json.loads((tmp_path / "backbone.json").read_text())
-    assert meta["format"] == "vitfm-backbone/1" and meta["step"] == 3
+    meta = BackboneMeta.for_architecture(OPTIONS).updated(mean=(0.5,) * 3, std=(0.2,) * 3, step=3)
+    save_backbone(tmp_path, model, meta)
+    written = json.loads((tmp_path / "backbone.json").read_text())
+    assert written["format"] == "vitfm-backbone/2" and written["step"] == 3
     loaded, loaded_meta = load_backbone(tmp_path / "backbone.safetensors")
     assert torch.equal(loaded.eval().forward_features(IMAGES), model.forward_features(IMAGES))
-    assert loaded_meta["mean"] == [0.5] * 3
+    assert loaded_meta == meta
 
 
 def test_lightning_style_mae_checkpoint_gives_the_encoder(tmp_path):

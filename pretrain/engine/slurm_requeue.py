@@ -12,6 +12,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from pretrain.engine.checkpoints import checkpoint_path
+
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +52,7 @@ class SlurmRequeue(Callback):
             return  # between two optimizer steps
         if not trainer.strategy.reduce_boolean_decision(self._requested, all=False):  # one collective per step
             return
-        trainer.save_checkpoint(self.checkpoint_dir / f"step={trainer.global_step:06d}.ckpt")
+        trainer.save_checkpoint(checkpoint_path(self.checkpoint_dir, trainer.global_step))
         self.requeued = True
         trainer.should_stop = True
         if trainer.is_global_zero:
@@ -59,7 +61,9 @@ class SlurmRequeue(Callback):
                 job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
             result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
             if result.returncode == 0:
-                log.info("signal %d: checkpointed step %d, requeued SLURM job %s", self.signum, trainer.global_step, job_id)
+                log.info(
+                    "signal %d: checkpointed step %d, requeued SLURM job %s", self.signum, trainer.global_step, job_id
+                )
             else:
                 log.warning("scontrol requeue %s failed: %s", job_id, result.stderr.strip())
 

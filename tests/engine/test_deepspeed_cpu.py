@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.backbone_io import load_backbone, read_backbone_state
+from pretrain.engine.backbone_io import load_backbone, read_backbone_state
 from pretrain.models.vit import VisionTransformer
 
 pytestmark = pytest.mark.slow
@@ -111,8 +111,8 @@ def test_backbone_reader_finds_the_metadata_saved_as_client_state(zero_run: Zero
     _, meta = read_backbone_state(zero_run.checkpoint_dir)
     files = sorted(path.name for path in zero_run.checkpoint_dir.rglob("*"))
     assert meta is not None, f"client state 'vitfm' not found among {files}"
-    assert meta["step"] == STEPS
-    assert meta["options"]["pos_embed"] == "sincos"
+    assert meta.step == STEPS
+    assert meta.options["pos_embed"] == "sincos"
 
 
 def test_load_backbone_rebuilds_the_encoder_strictly(zero_run: ZeroRun) -> None:

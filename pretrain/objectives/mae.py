@@ -1,4 +1,4 @@
-"""Callbacks specific to our objectives (generic ones come from Lightning in :mod:`pretrain.trainer`)."""
+"""Masked-autoencoder pretraining (He et al., 2022) as a Lightning module, and its reconstruction panels in W&B."""
 
 from __future__ import annotations
 
@@ -12,7 +12,22 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
 from pretrain.analysis.reconstruction import reconstruction_grid
+from pretrain.engine.module import TrainingModule
 from pretrain.models.mae import MaskedAutoencoder
+from pretrain.models.vit import VisionTransformer
+
+
+class MAEModule(TrainingModule):
+    """The loss is the pixel MSE on masked patches (normalized per patch with ``norm_pix_loss``)."""
+
+    model: MaskedAutoencoder
+
+    @property
+    def backbone(self) -> VisionTransformer:
+        return self.model.encoder
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.model(batch["image"]).loss
 
 
 class ReconstructionLogger(Callback):
@@ -30,7 +45,7 @@ class ReconstructionLogger(Callback):
         model = pl_module.model
         loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         at_step_end = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if not isinstance(model, MaskedAutoencoder) or not loggers or not at_step_end or trainer.global_step % self.every_n_steps:
+        if not loggers or not at_step_end or trainer.global_step % self.every_n_steps:
             return
         # Every rank runs the forward (ZeRO-3 gathers parameters collectively); only rank 0's logger writes.
         images = batch["image"][: self.num_images]

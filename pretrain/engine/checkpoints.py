@@ -19,9 +19,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_SUBDIR = "checkpoints"  # below a run directory
 STEP_PATTERN = re.compile(r"step=(\d+)")
-# Key of our metadata in a Lightning checkpoint (and in DeepSpeed client state): architecture, objective, step.
-CHECKPOINT_META_KEY = "vitfm"
 
 
 class UnreadableCheckpointError(RuntimeError):
@@ -40,6 +39,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+
+
+def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
+    """``checkpoint_dir/step=000300.ckpt``: the name of every checkpoint a run writes, periodic or on a signal."""
+    return checkpoint_dir / f"step={step:06d}.ckpt"
 
 
 def checkpoint_step(path: Path) -> int:

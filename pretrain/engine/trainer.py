@@ -1,7 +1,8 @@
 """The one trainer factory: every app (pretrain, finetune) gets its Lightning ``Trainer`` from here.
 
 It turns the ``trainer`` and ``logger`` config groups into a strategy (ddp / deepspeed), precision, logger,
-checkpointing, throughput and learning-rate monitoring, and SLURM requeue handling.
+checkpointing, throughput and learning-rate monitoring, and SLURM requeue handling. The run's length and layout
+come in as a :class:`~pretrain.engine.plan.RunPlan`, settled before the Trainer exists.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
 
-from pretrain.checkpointing import AtomicCheckpointIO
-from pretrain.slurm_requeue import SlurmRequeue
+from data_pipelines.registry import lookup
+from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR, AtomicCheckpointIO
+from pretrain.engine.config import plain
+from pretrain.engine.plan import RunPlan
+from pretrain.engine.slurm_requeue import SlurmRequeue
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_SUBDIR = "checkpoints"
 
 
 def _ddp(config: Mapping[str, Any]) -> Strategy:
@@ -36,7 +38,7 @@ def _ddp(config: Mapping[str, Any]) -> Strategy:
 def _deepspeed(config: Mapping[str, Any]) -> Strategy:
     return DeepSpeedStrategy(
         stage=config["zero_stage"],
-        offload_optimizer=config.get("offload_optimizer", False),
+        offload_optimizer=config["offload_optimizer"],
     )
 
 
@@ -58,26 +60,26 @@ def has_wandb_credentials() -> bool:
 
 
 def _wandb_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any]) -> Logger:
-    mode = config.get("mode", "auto")
+    mode = config["mode"]
     offline = mode == "offline" or (mode == "auto" and not has_wandb_credentials())
     if offline:
         log.info("W&B runs offline in %s; upload later with: wandb sync %s/wandb/offline-run-*", run_dir, run_dir)
     return WandbLogger(
         project=config["project"],
-        entity=config.get("entity"),
-        name=config.get("name"),
-        id=config.get("run_id"),
-        tags=list(config.get("tags") or []),
+        entity=config["entity"],
+        name=config["name"],
+        id=config["run_id"],
+        tags=list(config["tags"]),
         save_dir=str(run_dir),
         offline=offline,
-        resume="allow" if config.get("run_id") else None,
-        config=dict(run_config),
+        resume="allow" if config["run_id"] else None,
+        config=plain(run_config),
     )
 
 
 def _csv_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any]) -> Logger:
     logger = CSVLogger(str(run_dir), name="csv", version="")
-    logger.log_hyperparams(dict(run_config))
+    logger.log_hyperparams(plain(run_config))
     return logger
 
 
@@ -88,14 +90,8 @@ LOGGERS: dict[str, Callable[[Mapping[str, Any], Path, Mapping[str, Any]], Logger
 }
 
 
-def _lookup(registry: Mapping[str, Any], name: str, what: str) -> Any:
-    if name not in registry:
-        raise ValueError(f"unknown {what} {name!r}; choose one of: {', '.join(sorted(registry))}")
-    return registry[name]
-
-
 def build_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any]) -> Logger | None:
-    return _lookup(LOGGERS, config["kind"], "logger")(config, run_dir, run_config)
+    return lookup(LOGGERS, config["kind"], "logger")(config, run_dir, run_config)
 
 
 def build_trainer(
@@ -103,13 +99,17 @@ def build_trainer(
     logger_config: Mapping[str, Any],
     run_dir: str | os.PathLike,
     run_config: Mapping[str, Any],
+    plan: RunPlan,
     batch_size_fn: Callable[[Any], int],
     tokens_fn: Callable[[Any], int] | None = None,
     callbacks: Iterable[Callback] = (),
 ) -> L.Trainer:
-    """A Trainer for ``config`` (the ``trainer`` group) writing checkpoints under ``run_dir/checkpoints``."""
+    """A Trainer for ``config`` (the ``trainer`` group) and ``plan``, writing checkpoints under ``run_dir/checkpoints``.
+
+    Raises when Lightning would lay the run out differently from ``plan`` (the schedule was computed from it).
+    """
     run_dir = Path(run_dir)
-    strategy = _lookup(STRATEGIES, config["strategy"], "strategy")(config)
+    strategy = lookup(STRATEGIES, config["strategy"], "strategy")(config)
     checkpointing = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_SUBDIR,
         filename="{step:06d}",
@@ -128,30 +128,36 @@ def build_trainer(
     if SLURMEnvironment.detect():
         # Lightning's own auto-requeue checkpoints inside its signal handler; SlurmRequeue does it between steps.
         plugins.append(SLURMEnvironment(auto_requeue=False))
-        if config.get("slurm_auto_requeue", True):
+        if config["slurm_auto_requeue"]:
             all_callbacks.append(SlurmRequeue(run_dir / CHECKPOINT_SUBDIR))
     if config["accelerator"] == "cpu" and config["precision"] not in ("32-true", "32", "bf16-mixed", "bf16-true"):
         raise ValueError(f"precision {config['precision']!r} is not supported on CPU; use 32-true or bf16-mixed")
     if config["accelerator"] == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("trainer.accelerator=gpu but no CUDA device is visible; use trainer=cpu on this machine")
-    return L.Trainer(
+    trainer = L.Trainer(
         default_root_dir=str(run_dir),
         accelerator=config["accelerator"],
-        devices=config["devices"],
-        num_nodes=config["num_nodes"],
+        devices=plan.devices,
+        num_nodes=plan.num_nodes,
         strategy=strategy,
         precision=config["precision"],
-        max_steps=config["max_steps"],
+        max_steps=plan.total_steps,
         max_epochs=-1,
-        gradient_clip_val=config.get("gradient_clip_val"),
-        accumulate_grad_batches=config.get("accumulate_grad_batches", 1),
+        gradient_clip_val=config["gradient_clip_val"],
+        accumulate_grad_batches=plan.accumulate,
         log_every_n_steps=config["log_every_n_steps"],
         callbacks=all_callbacks,
         logger=logger if logger is not None else False,
         plugins=plugins,
-        enable_progress_bar=config.get("progress_bar", True),
+        enable_progress_bar=config["progress_bar"],
         reload_dataloaders_every_n_epochs=1,
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
     )
+    if trainer.world_size != plan.world_size:
+        raise RuntimeError(
+            f"Lightning runs {trainer.world_size} processes but the schedule was planned for {plan.world_size} "
+            "(trainer.num_nodes x trainer.devices): make them match the launch (srun/torchrun tasks)"
+        )
+    return trainer

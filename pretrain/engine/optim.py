@@ -1,4 +1,4 @@
-"""Optimizer recipe shared by pretraining and fine-tuning: AdamW parameter groups and a warmup-cosine schedule.
+"""Optimizers shared by every app: AdamW parameter groups, a warmup-cosine schedule, and LARS for linear probes.
 
 MAE recipe: ``lr = base_lr * global_batch / 256``; no weight decay on norms, biases, tokens and position
 embeddings; linear warmup then cosine decay to ``min_lr``. Fine-tuning adds layer-wise lr decay.
@@ -7,27 +7,29 @@ embeddings; linear warmup then cosine decay to ``min_lr``. Fine-tuning adds laye
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
-    base_lr: float = 1.5e-4
-    lr: float | None = None  # absolute lr; when set, base_lr scaling is not applied
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.05
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-    layer_decay: float | None = None  # e.g. 0.75 for fine-tuning; None = one lr for all layers
+    """The ``optim`` config group (``conf/optim/*.yaml``, or a fine-tuning mode's ``optim``); no defaults here."""
+
+    base_lr: float
+    lr: float | None  # absolute lr; when set, base_lr scaling is not applied
+    betas: tuple[float, float]
+    weight_decay: float
+    warmup_steps: int
+    min_lr: float
+    layer_decay: float | None  # e.g. 0.75 for fine-tuning; None = one lr for all layers
 
 
-def scaled_lr(config: OptimConfig, global_batch: int) -> float:
-    """The absolute learning rate: ``config.lr`` if given, else ``base_lr * global_batch / 256``."""
-    return config.lr if config.lr is not None else config.base_lr * global_batch / 256
+def scaled_lr(base_lr: float, global_batch: int, lr: float | None = None) -> float:
+    """The absolute learning rate: ``lr`` if given, else ``base_lr * global_batch / 256`` (Goyal et al., 2017)."""
+    return lr if lr is not None else base_lr * global_batch / 256
 
 
 def _skips_decay(name: str, param: nn.Parameter, no_decay_names: set[str]) -> bool:
@@ -81,10 +83,50 @@ def build_optimizer(
     model: nn.Module, config: OptimConfig, global_batch: int, total_steps: int, num_blocks: int | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over :func:`param_groups` with a per-step :func:`warmup_cosine` schedule (group ``lr_scale`` kept)."""
-    peak = scaled_lr(config, global_batch)
+    peak = scaled_lr(config.base_lr, global_batch, config.lr)
     groups = param_groups(model, config.weight_decay, config.layer_decay, num_blocks)
     for group in groups:
         group["lr"] = peak * group.get("lr_scale", 1.0)
     optimizer = torch.optim.AdamW(groups, lr=peak, betas=tuple(config.betas))
     schedule = warmup_cosine(config.warmup_steps, total_steps, config.min_lr / peak if peak else 0.0)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017), as MAE's linear probe uses it.
+
+    The update of every matrix is rescaled to ``trust_coefficient * ||w|| / ||g||`` of its gradient; biases and
+    norms (1-d parameters) take plain momentum SGD.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        lr: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        trust_coefficient: float = 0.001,
+    ) -> None:
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                update = param.grad
+                if param.ndim > 1:
+                    update = update.add(param, alpha=group["weight_decay"])
+                    param_norm, update_norm = torch.norm(param), torch.norm(update)
+                    trust = group["trust_coefficient"] * param_norm / update_norm
+                    update = update.mul(torch.where((param_norm > 0) & (update_norm > 0), trust, 1.0))
+                momentum = self.state[param].setdefault("momentum", torch.zeros_like(param))
+                momentum.mul_(group["momentum"]).add_(update)
+                param.add_(momentum, alpha=-group["lr"])
+        return loss

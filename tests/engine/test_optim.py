@@ -1,9 +1,10 @@
 import pytest
 import torch
+from yaml_defaults import optim_config
 
+from pretrain.engine.optim import LARS, build_optimizer, param_groups, scaled_lr, warmup_cosine
 from pretrain.models.mae import MaskedAutoencoder
 from pretrain.models.vit import create_vit
-from pretrain.optim import OptimConfig, build_optimizer, param_groups, scaled_lr, warmup_cosine
 
 
 def names_in(group, model):
@@ -28,8 +29,8 @@ def test_frozen_sincos_embeddings_are_not_optimized():
 
 
 def test_lr_scales_with_global_batch_unless_given():
-    assert scaled_lr(OptimConfig(base_lr=1.5e-4), 4096) == pytest.approx(2.4e-3)
-    assert scaled_lr(OptimConfig(base_lr=1.5e-4, lr=1e-3), 4096) == 1e-3
+    assert scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)
+    assert scaled_lr(1.5e-4, 4096, lr=1e-3) == 1e-3
 
 
 def test_warmup_then_cosine_to_min():
@@ -42,7 +43,9 @@ def test_warmup_then_cosine_to_min():
 
 def test_layer_decay_gives_geometric_lr_per_block():
     model = create_vit("vit_test_patch4", num_classes=3)
-    optimizer, _ = build_optimizer(model, OptimConfig(lr=1.0, layer_decay=0.5), global_batch=256, total_steps=10, num_blocks=4)
+    optimizer, _ = build_optimizer(
+        model, optim_config(lr=1.0, layer_decay=0.5, warmup_steps=0), global_batch=256, total_steps=10, num_blocks=4
+    )
     lr_of = {}
     for group in optimizer.param_groups:
         for name in names_in(group, model):
@@ -55,10 +58,18 @@ def test_layer_decay_gives_geometric_lr_per_block():
 
 def test_scheduler_steps_per_step_from_zero():
     model = torch.nn.Linear(2, 2)
-    optimizer, scheduler = build_optimizer(model, OptimConfig(lr=1.0, warmup_steps=4), 256, total_steps=8)
+    optimizer, scheduler = build_optimizer(model, optim_config(lr=1.0, warmup_steps=4), 256, total_steps=8)
     lrs = []
     for _ in range(4):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
     assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0])
+
+
+def test_lars_scales_a_matrix_update_to_the_trust_ratio_of_its_weights():
+    weight = torch.nn.Parameter(torch.full((2, 2), 3.0))  # ||w|| = 6
+    weight.grad = torch.full((2, 2), 100.0)
+    LARS([weight], lr=1.0, trust_coefficient=0.01, momentum=0.0).step()
+    # update = g * 0.01 * ||w|| / ||g|| -> norm 0.06, whatever the gradient's scale
+    assert torch.linalg.norm(weight.detach() - 3.0) == pytest.approx(0.06)

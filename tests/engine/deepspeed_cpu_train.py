@@ -32,9 +32,10 @@ os.environ.setdefault(
 
 import deepspeed  # noqa: E402
 
+from pretrain.engine.metadata import CHECKPOINT_META_KEY, BackboneMeta  # noqa: E402
+from pretrain.engine.optim import param_groups  # noqa: E402
 from pretrain.models.mae import MaskedAutoencoder  # noqa: E402
 from pretrain.models.vit import VisionTransformer, preset_options  # noqa: E402
-from pretrain.optim import param_groups  # noqa: E402
 
 PRESET = "vit_test_patch4"
 ENCODER_OPTIONS = {**preset_options(PRESET), "pos_embed": "sincos", "num_classes": 0}
@@ -117,8 +118,8 @@ def main() -> None:
         dist.all_reduce(total)
         losses.append(total.item() / world_size)
 
-    meta = {"options": ENCODER_OPTIONS, "preset": PRESET, "objective": "mae", "step": args.steps}
-    engine.save_checkpoint(str(args.output_dir / "checkpoint"), client_state={"vitfm": meta})
+    meta = BackboneMeta.for_architecture(ENCODER_OPTIONS).updated(objective="mae", step=args.steps)
+    engine.save_checkpoint(str(args.output_dir / "checkpoint"), client_state={CHECKPOINT_META_KEY: meta.to_dict()})
     gathered = gathered_parameters(engine)
     state_elements = [None] * world_size
     dist.all_gather_object(state_elements, optimizer_state_elements(engine))

@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from pretrain.checkpointing import AtomicCheckpointIO, UnreadableCheckpointError, find_resume_checkpoint, read_checkpoint
+from pretrain.engine.checkpoints import (
+    AtomicCheckpointIO,
+    UnreadableCheckpointError,
+    find_resume_checkpoint,
+    read_checkpoint,
+)
 
 
 def test_atomic_save_leaves_previous_file_intact_when_writing_fails(tmp_path, monkeypatch):

@@ -1,0 +1,81 @@
+"""The run's layout and length, resolved from the config and the launch environment before anything is built.
+
+Every app computes its :class:`RunPlan` first (world size, global batch, batches per epoch, total steps) and
+builds the Trainer, the data and the module from it; nothing reads the Trainer back to finish building.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How many processes train, on how large batches, for how many optimizer steps."""
+
+    num_nodes: int
+    devices: int  # processes per node
+    batch_size: int  # per device and micro-batch
+    accumulate: int  # micro-batches per optimizer step
+    batches_per_epoch: int  # micro-batches per rank and epoch
+    total_steps: int  # optimizer steps of the whole run
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * self.devices
+
+    @property
+    def global_batch(self) -> int:
+        """Images per optimizer step over all processes (what ``base_lr`` scales with)."""
+        return self.batch_size * self.world_size * self.accumulate
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batches_per_epoch // self.accumulate
+
+    def steps_for_epochs(self, epochs: float) -> int:
+        return round(epochs * self.steps_per_epoch)
+
+    def describe(self) -> str:
+        return (
+            f"{self.num_nodes} node(s) x {self.devices} device(s) = {self.world_size} processes; global batch "
+            f"{self.global_batch} ({self.batch_size} per device x {self.accumulate} accumulation); "
+            f"{self.batches_per_epoch} batches per rank per epoch; {self.total_steps} steps"
+        )
+
+
+def devices_per_node(trainer: Mapping[str, Any]) -> int:
+    """``trainer.devices`` as a count: ``auto``/-1 is every visible GPU (one process on CPU), as Lightning does."""
+    devices = trainer["devices"]
+    if devices in ("auto", -1):
+        return max(1, torch.cuda.device_count()) if trainer["accelerator"] == "gpu" else 1
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    raise ValueError(f"trainer.devices={devices!r}: give a positive number of devices per node, or auto")
+
+
+def plan_run(
+    trainer: Mapping[str, Any],
+    batch_size: int,
+    *,
+    samples_per_epoch: int | None = None,
+    batches_per_epoch: int | None = None,
+    epochs: float = 0,
+) -> RunPlan:
+    """The plan of a run reading ``samples_per_epoch`` images an epoch (or a fixed ``batches_per_epoch`` per rank).
+
+    Its length is ``trainer.max_steps``, or ``epochs`` epochs when that is null.
+    """
+    num_nodes, devices = int(trainer["num_nodes"]), devices_per_node(trainer)
+    if batches_per_epoch is None:
+        if samples_per_epoch is None:
+            raise ValueError("the epoch length is unknown: give the number of samples or of batches per epoch")
+        batches_per_epoch = samples_per_epoch // (batch_size * num_nodes * devices)
+    accumulate = int(trainer["accumulate_grad_batches"])
+    steps_per_epoch = batches_per_epoch // accumulate
+    total_steps = trainer["max_steps"] or round(epochs * steps_per_epoch)
+    return RunPlan(num_nodes, devices, batch_size, accumulate, batches_per_epoch, int(total_steps))

@@ -1,0 +1,121 @@
+"""From the pretraining app's config to the objective's network, Lightning module and training stream.
+
+Nothing here reads Hydra: the app resolves its config to :class:`~pretrain.engine.config.Settings` and passes
+them in, together with the :class:`~pretrain.engine.plan.RunPlan` it settled first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.throughput import measure_flops
+
+from data_pipelines.registry import lookup
+from data_pipelines.stream import StreamConfig
+from data_pipelines.transforms import TransformOptions
+from pretrain.engine.architecture import backbone_options
+from pretrain.engine.classification import MixedLabelLoss
+from pretrain.engine.config import config_hash, from_settings, plain
+from pretrain.engine.metadata import BackboneMeta
+from pretrain.engine.module import TrainingModule
+from pretrain.engine.optim import OptimConfig
+from pretrain.engine.plan import RunPlan
+from pretrain.models.mae import MaskedAutoencoder
+from pretrain.models.vit import VisionTransformer
+from pretrain.objectives.mae import MAEModule
+from pretrain.objectives.supervised import SupervisedModule
+
+OBJECTIVES: dict[str, type[TrainingModule]] = {"mae": MAEModule, "supervised": SupervisedModule}
+MAE_OPTIONS = ("mask_ratio", "norm_pix_loss", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
+
+
+def build_model(objective: Mapping[str, Any], backbone: Mapping[str, Any]) -> torch.nn.Module:
+    """The objective's network around a backbone built from ``backbone`` options."""
+    if objective["name"] == "mae":
+        encoder = VisionTransformer(**{**backbone, "num_classes": 0})
+        return MaskedAutoencoder(encoder, **{key: objective[key] for key in MAE_OPTIONS})
+    return VisionTransformer(**backbone)
+
+
+def pretraining_meta(config: Mapping[str, Any]) -> BackboneMeta:
+    """What every checkpoint and export of this run says about its backbone (the step is added when saved)."""
+    data, objective = config["data"], config["objective"]
+    return BackboneMeta(
+        options=backbone_options(config["model"]),
+        mean=tuple(data["mean"]),
+        std=tuple(data["std"]),
+        objective=objective["name"],
+        objective_config=plain(objective),
+        step=None,
+        config_hash=config_hash(config),
+        source_checkpoint=None,
+    )
+
+
+def build_module(config: Mapping[str, Any], plan: RunPlan, num_classes: int) -> TrainingModule:
+    """The Lightning module for ``config["objective"]["name"]``; unknown names list the known ones."""
+    objective = config["objective"]
+    module_class = lookup(OBJECTIVES, objective["name"], "objective")
+    backbone = backbone_options(config["model"], num_classes if objective["name"] == "supervised" else 0)
+    extra: dict[str, Any] = {}
+    if module_class is SupervisedModule:
+        extra["loss"] = MixedLabelLoss(
+            num_classes, objective["label_smoothing"], objective["mixup_alpha"], objective["cutmix_alpha"]
+        )
+    return module_class(
+        build_model(objective, backbone),
+        optim=from_settings(OptimConfig, config["optim"], "optim"),
+        plan=plan,
+        meta=pretraining_meta(config),
+        seed=config["seed"],
+        max_bad_steps=config["trainer"]["max_bad_steps"],
+        flops_per_batch=flops_per_batch(objective, backbone, plan.batch_size),
+        **extra,
+    )
+
+
+def flops_per_batch(objective: Mapping[str, Any], backbone: Mapping[str, Any], batch_size: int) -> int:
+    """Forward + backward FLOPs of one per-device batch, counted on the meta device (no memory, no compute)."""
+    with torch.device("meta"):
+        model = build_model(objective, backbone)
+        images = torch.empty(batch_size, backbone["in_chans"], backbone["img_size"], backbone["img_size"])
+    if isinstance(model, MaskedAutoencoder):
+        return measure_flops(model, lambda: model(images).loss, lambda loss: loss)
+    return measure_flops(model, lambda: model(images), lambda logits: logits.sum())
+
+
+def tokens_per_image(objective: Mapping[str, Any], model: Mapping[str, Any]) -> int:
+    """Tokens the encoder processes per image: visible patches plus CLS for MAE, all of them otherwise."""
+    backbone = backbone_options(model)
+    patches = (backbone["img_size"] // backbone["patch_size"]) ** 2
+    if objective["name"] == "mae":
+        return int(patches * (1 - objective["mask_ratio"])) + 1
+    return patches + 1
+
+
+def stream_config(config: Mapping[str, Any], plan: RunPlan) -> StreamConfig:
+    """The training stream of the ``data`` group: resampled shards, ``plan.batches_per_epoch`` per rank."""
+    data, objective = config["data"], config["objective"]
+    return StreamConfig(
+        shards=data["shards"],
+        batch_size=plan.batch_size,
+        num_workers=data["num_workers"],
+        transform=objective["name"],
+        augment=TransformOptions(
+            image_size=data["image_size"],
+            crop_scale=data["crop_scale"],
+            crop_ratio=data["crop_ratio"],
+            eval_crop_fraction=None,
+            randaugment=objective["randaugment"],
+        ),
+        mean=data["mean"],
+        std=data["std"],
+        seed=config["seed"],
+        shuffle_buffer=data["shuffle_buffer"],
+        manifest=data["manifest"],
+        pin_memory=data["pin_memory"],
+        resampled=True,
+        batches_per_epoch=plan.batches_per_epoch,
+    )

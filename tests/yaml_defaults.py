@@ -1,0 +1,49 @@
+"""The project's YAML defaults for tests that build engine and data objects directly (conf/ is their one source)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+from data_pipelines.transforms import TransformOptions
+from pretrain.engine.optim import OptimConfig
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@functools.cache
+def _composed(root: str, overrides: tuple[str, ...]) -> dict[str, Any]:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        config = compose(root, overrides=list(overrides), return_hydra_config=True)  # ${hydra:...} resolves
+        HydraConfig.instance().set_config(config)
+        with open_dict(config):
+            del config["hydra"]
+        return OmegaConf.to_container(config, resolve=True)
+
+
+def composed(root: str, *overrides: str) -> dict[str, Any]:
+    """The resolved config of app ``root`` (``pretrain``, ``finetune``, ``analyze``) for these overrides (a copy)."""
+    return OmegaConf.to_container(OmegaConf.create(_composed(root, tuple(overrides))))
+
+
+def optim_config(**overrides: Any) -> OptimConfig:
+    """``conf/optim/adamw.yaml`` with ``overrides``."""
+    return OptimConfig(**{**composed("pretrain")["optim"], **overrides})
+
+
+def transform_options(image_size: int, **overrides: Any) -> TransformOptions:
+    """The demo data group's crops and eval crop, the supervised objective's RandAugment, at ``image_size``."""
+    data = composed("pretrain")["data"]
+    values = {
+        "image_size": image_size,
+        "crop_scale": data["crop_scale"],
+        "crop_ratio": data["crop_ratio"],
+        "eval_crop_fraction": data["eval_crop_fraction"],
+        "randaugment": composed("pretrain", "objective=supervised")["objective"]["randaugment"],
+    }
+    return TransformOptions(**{**values, **overrides})
