@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 
@@ -19,13 +21,26 @@ def stable_seed(*parts: int | str) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def seed_all(seed: int) -> None:
+    """Seed torch's CPU generator, Python's `random` and NumPy's global generator (timm's augmentations draw from
+    the latter two) from one seed."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 @contextlib.contextmanager
-def seeded_torch_rng(seed: int) -> Iterator[None]:
-    """Run torchvision's random transforms from `seed`, leaving the caller's CPU generator as it was.
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Run random transforms (torchvision's and timm's) from `seed`, leaving the caller's generators as they were.
 
     Restoring matters when the loader runs in the training process (num_workers=0): the model's own randomness
     (MAE masking, dropout) must not depend on how many images were decoded.
     """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
-        yield
+        seed_all(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)

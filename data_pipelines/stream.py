@@ -49,10 +49,11 @@ import torch
 import torch.distributed
 import webdataset as wds
 
+from data_pipelines.holdout import HoldOut
 from data_pipelines.manifest import read_manifest
 from data_pipelines.registry import check_name
 from data_pipelines.resume import plan_skip
-from data_pipelines.seeding import seeded_torch_rng, stable_seed
+from data_pipelines.seeding import seeded_rng, stable_seed
 from data_pipelines.shards import expand_shards, local_path
 from data_pipelines.transforms import (
     CORRUPT_SAMPLE_ERRORS,
@@ -96,6 +97,7 @@ class StreamConfig:
     skip_batches: int = 0  # resume: batches of this epoch this rank already consumed
     rank: int | None = None  # None: from torch.distributed when initialized, else 0 of 1
     world_size: int | None = None
+    holdout: HoldOut | None = None  # read only one side of a seeded hold-out split (by sample key)
     # False: "image" stays uint8 and the consumer applies transforms.Normalize on its device, which saves the
     # loader's CPU a float pass and moves 4x fewer bytes (see bench/loader.py).
     normalize: bool = True
@@ -203,7 +205,7 @@ class BatchDecoder:
     def decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int, str] | None:
         try:
             label = read_label(sample)
-            with seeded_torch_rng(stable_seed(self.seed, sample["__position__"])):
+            with seeded_rng(stable_seed(self.seed, sample["__position__"])):
                 image = self.transform(open_image(sample))
         except CORRUPT_SAMPLE_ERRORS as error:
             logger.warning("skipping corrupt sample %s of %s: %s", sample.get("__key__"), sample.get("__url__"), error)
@@ -264,10 +266,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         counter = CorruptCounter()
         seed = stable_seed(cfg.seed, self.epoch, self.rank, role)
         shuffle = wds.shuffle(cfg.shuffle_buffer, seed=stable_seed(seed, "samples")) if cfg.shuffle_buffer > 1 else None
-        transform = build_transform(cfg.transform, cfg.augment)
+        transform = build_transform(cfg.transform, cfg.augment, cfg.mean)
         return wds.DataPipeline(
             self.shard_source(role, seed),
             wds.tarfile_to_samples(handler=counter.tar_error),
+            wds.select(cfg.holdout.keeps_sample) if cfg.holdout is not None else None,
             shuffle,
             number_samples,
             wds.batched(cfg.batch_size, collation_fn=None, partial=True),

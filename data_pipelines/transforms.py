@@ -1,7 +1,7 @@
 """Decode and augment one image per objective, as uint8 tensors; normalization runs once per batch.
 
 - mae:        RandomResizedCrop(crop_scale, bicubic) + horizontal flip (the MAE recipe)
-- supervised: mae + RandAugment (mixup/cutmix belong to the training module, which sees whole batches)
+- supervised: mae + timm's RandAugment (mixup/cutmix and erasing belong to the training module: whole batches)
 - eval:       resize the shorter side to image_size / eval_crop_fraction, then center crop image_size
 
 Why it is fast (bench/loader.py measures it): the crop is drawn from the image header before decoding; a JPEG is
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import auto_augment as timm_augment
 from torchvision import transforms as transforms_v1
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -29,6 +30,7 @@ from torchvision.transforms.v2 import functional as F
 from data_pipelines.registry import lookup
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+TIMM_TRANSLATE_FRACTION = 0.45  # timm's create_transform: RandAugment translates by up to 45 % of the side
 # What a corrupt, truncated or incomplete sample raises while it is decoded; anything else is a bug.
 CORRUPT_SAMPLE_ERRORS = (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError)
 DCT_REDUCTIONS = (8, 4, 2)
@@ -49,12 +51,15 @@ class TransformOptions:
     crop_scale: tuple[float, float] | None  # training crops: area fraction range of RandomResizedCrop
     crop_ratio: tuple[float, float] | None  # training crops: aspect-ratio range of RandomResizedCrop
     eval_crop_fraction: float | None  # eval: the centre crop's share of the resized shorter side (1: whole image)
-    randaugment: tuple[int, int] | None  # supervised transform: RandAugment (num_ops, magnitude); None: off
+    randaugment: str | None  # supervised transform: a timm RandAugment policy (rand-m9-mstd0.5-inc1); None: off
 
     def __post_init__(self) -> None:
-        if self.randaugment is not None and (isinstance(self.randaugment, bool) or len(self.randaugment) != 2):
-            raise ValueError(f"randaugment takes [num_ops, magnitude] or null (off), got {self.randaugment!r}")
-        for name in ("crop_scale", "crop_ratio", "randaugment"):
+        if self.randaugment is not None and not str(self.randaugment).startswith("rand"):
+            raise ValueError(
+                f"randaugment takes a timm RandAugment policy such as rand-m9-mstd0.5-inc1, or null "
+                f"(off); got {self.randaugment!r}"
+            )
+        for name in ("crop_scale", "crop_ratio"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
@@ -145,25 +150,44 @@ class ResizeCenterCrop:
         return resize_square(decode_region(image, box, self.size), self.size)
 
 
-def supervised_transform(options: TransformOptions) -> ImageTransform:
-    """The MAE crop and flip followed by RandAugment on uint8, as DeiT-style supervised training uses."""
-    crop_flip = RandomResizedCropFlip(options)
+class CropFlipRandAugment:
+    """The MAE crop and flip, then timm's RandAugment (DeiT, MAE fine-tuning: ``rand-m9-mstd0.5-inc1``).
+
+    timm's RandAugment works on PIL images with the hyper-parameters its ``create_transform`` gives it:
+    translations up to 45 % of the side and the dataset's mean colour as fill.
+    """
+
+    def __init__(self, options: TransformOptions, mean: Sequence[float]) -> None:
+        self.crop_flip = RandomResizedCropFlip(options)
+        hparams = {
+            "translate_const": int(options.image_size * TIMM_TRANSLATE_FRACTION),
+            "img_mean": tuple(min(255, round(255 * value)) for value in mean),
+        }
+        policy = options.required("randaugment", "supervised")
+        self.randaugment = timm_augment.rand_augment_transform(policy, hparams)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        augmented = self.randaugment(F.to_pil_image(self.crop_flip(image)))
+        return F.pil_to_tensor(augmented)
+
+
+def supervised_transform(options: TransformOptions, mean: Sequence[float]) -> ImageTransform:
+    """The MAE crop and flip, with timm's RandAugment when ``options.randaugment`` names a policy."""
     if options.randaugment is None:
-        return crop_flip
-    num_ops, magnitude = options.randaugment
-    randaugment = v2.RandAugment(num_ops, magnitude, interpolation=v2.InterpolationMode.BILINEAR)
-    return lambda image: randaugment(crop_flip(image))
+        return RandomResizedCropFlip(options)
+    return CropFlipRandAugment(options, mean)
 
 
-TRANSFORMS: dict[str, Callable[[TransformOptions], ImageTransform]] = {
-    "mae": RandomResizedCropFlip,
+TRANSFORMS: dict[str, Callable[[TransformOptions, Sequence[float]], ImageTransform]] = {
+    "mae": lambda options, mean: RandomResizedCropFlip(options),
     "supervised": supervised_transform,
-    "eval": ResizeCenterCrop,
+    "eval": lambda options, mean: ResizeCenterCrop(options),
 }
 
 
-def build_transform(name: str, options: TransformOptions) -> ImageTransform:
-    return lookup(TRANSFORMS, name, "transform")(options)
+def build_transform(name: str, options: TransformOptions, mean: Sequence[float]) -> ImageTransform:
+    """The per-image transform ``name``; ``mean`` (the normalization mean) is RandAugment's fill colour."""
+    return lookup(TRANSFORMS, name, "transform")(options, mean)
 
 
 class Normalize:

@@ -1,7 +1,9 @@
 """A task's training and test images as batches: from official files (map-style) or from shards (streams).
 
-Both kinds yield what the pretraining stream yields, ``{"image": float [B, 3, S, S] normalized, "label": long [B]}``,
-decoded and augmented by the same :mod:`data_pipelines.transforms`. Sharding over ranks follows one rule:
+Both kinds yield what the pretraining stream yields, ``{"image": float [B, 3, S, S] normalized, "label": long [B],
+"key": [B]}``, decoded and augmented by the same :mod:`data_pipelines.transforms`. A split can be narrowed to one
+side of a seeded hold-out (:class:`~data_pipelines.holdout.HoldOut`, by sample key) to choose hyper-parameters.
+Sharding over ranks follows one rule:
 
 - training: every rank gets the same number of batches per epoch (DDP steps in lockstep), shuffled per epoch;
 - testing: every image is read exactly once over all ranks (no padding, so metrics are exact).
@@ -10,7 +12,8 @@ decoded and augmented by the same :mod:`data_pipelines.transforms`. Sharding ove
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import tarfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,15 +21,18 @@ import lightning as L
 import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from webdataset.tariterators import base_plus_ext
 
+from data_pipelines.holdout import HoldOut
 from data_pipelines.manifest import read_manifest
 from data_pipelines.seeding import stable_seed
-from data_pipelines.shards import expand_shards
+from data_pipelines.shards import expand_shards, local_path
 from data_pipelines.sources.base import Item
 from data_pipelines.stream import StreamConfig, build_loader
 from data_pipelines.transforms import ImageTransform, Normalize, TransformOptions, build_transform
 
 Batch = dict[str, Any]
+SIZE_SAMPLE = 32  # images whose size a listing reads to know its resolution
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,14 @@ class TaskSplit(Protocol):
 
     def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int) -> Any: ...
 
+    def held_out(self, holdout: HoldOut) -> TaskSplit:
+        """The part of this split on ``holdout.side`` of the hold-out."""
+        ...
+
+    def image_side(self) -> float:
+        """The typical shorter side of the stored images, in pixels."""
+        ...
+
 
 class ItemDataset(Dataset):
     """Items of an official-format listing (files or decoded arrays) -> (uint8 [3, S, S], label)."""
@@ -66,22 +80,26 @@ class ItemDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         item = self.items[index]
         # The item's own bytes (a JPEG stays a JPEG, so the transforms' reduced-size decoding applies).
         image = Image.open(io.BytesIO(item.encode("png").data))
-        return self.transform(image), item.label
+        return self.transform(image), item.label, item.key
 
 
 class NormalizingCollate:
-    """A list of (uint8 image, label) -> the stream's batch dict, normalized once per batch."""
+    """A list of (uint8 image, label, key) -> the stream's batch dict, normalized once per batch."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.normalize = Normalize(mean, std)
 
-    def __call__(self, samples: list[tuple[torch.Tensor, int]]) -> Batch:
-        images, labels = zip(*samples, strict=True)
-        return {"image": self.normalize(torch.stack(images)), "label": torch.tensor(labels, dtype=torch.long)}
+    def __call__(self, samples: list[tuple[torch.Tensor, int, str]]) -> Batch:
+        images, labels, keys = zip(*samples, strict=True)
+        return {
+            "image": self.normalize(torch.stack(images)),
+            "label": torch.tensor(labels, dtype=torch.long),
+            "key": list(keys),
+        }
 
 
 class ListingSplit:
@@ -99,7 +117,7 @@ class ListingSplit:
         return max(labels)
 
     def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int) -> DataLoader:
-        dataset = ItemDataset(self.items, build_transform(spec.transform, spec.options))
+        dataset = ItemDataset(self.items, build_transform(spec.transform, spec.options, spec.mean))
         if spec.training:
             sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=spec.seed, drop_last=True)
             sampler.set_epoch(epoch)
@@ -115,15 +133,34 @@ class ListingSplit:
             pin_memory=spec.pin_memory,
         )
 
+    def held_out(self, holdout: HoldOut) -> ListingSplit:
+        return ListingSplit([item for item in self.items if holdout.keeps(item.key)], self.classes)
+
+    def image_side(self) -> float:
+        """The median shorter side of (at most) the first SIZE_SAMPLE images: a folder rarely mixes resolutions."""
+        sides = sorted(min(item.size()) for item in self.items[:SIZE_SAMPLE])
+        return float(sides[len(sides) // 2])
+
 
 class ShardSplit:
     """A split read from labeled shards written by ``data_pipelines`` (their manifest gives counts and classes)."""
 
-    def __init__(self, shards: Sequence[str]) -> None:
+    def __init__(self, shards: Sequence[str], holdout: HoldOut | None = None) -> None:
         self.urls = expand_shards(list(shards))
         manifest = read_manifest(self.urls)
-        self.num_samples = manifest["total"]
         self.classes = manifest["classes"]
+        self.holdout = holdout
+        self.num_samples = manifest["total"] if holdout is None else sum(map(holdout.keeps, shard_keys(self.urls)))
+
+    def held_out(self, holdout: HoldOut) -> ShardSplit:
+        if self.holdout is not None:
+            raise ValueError("a hold-out split cannot be split again")
+        return ShardSplit(self.urls, holdout)
+
+    def image_side(self) -> float:
+        """The smallest mean shorter side over the shards' manifests (the writer records image sizes)."""
+        manifests = read_manifest(self.urls)["manifests"].values()
+        return min(min(m["image_size"]["width"]["mean"], m["image_size"]["height"]["mean"]) for m in manifests)
 
     def max_label(self) -> int:
         if self.classes is None:
@@ -144,6 +181,7 @@ class ShardSplit:
             epoch=epoch,
             rank=rank,
             world_size=world_size,
+            holdout=self.holdout,
         )
         if spec.training:
             batches = self.num_samples // (spec.batch_size * world_size)
@@ -159,6 +197,18 @@ class ShardSplit:
         # Each shard is read by one worker of one rank; never ask for more readers than there are shards.
         workers = min(spec.num_workers, len(self.urls) // world_size)
         return build_loader(StreamConfig(**common, num_workers=workers, shuffle_buffer=0))
+
+
+def shard_keys(urls: Sequence[str]) -> list[str]:
+    """The sample keys of local shards, as webdataset groups tar members into samples; only headers are read."""
+    keys: dict[str, None] = {}
+    for url in urls:
+        path = local_path(url)
+        if path is None:
+            raise ValueError(f"a hold-out of remote shards ({url}) needs their keys: give the task a validation split")
+        with tarfile.open(path) as archive:
+            keys.update((base_plus_ext(member.name)[0], None) for member in archive if member.isfile())
+    return [key for key in keys if key is not None]
 
 
 class FeatureBatches(Dataset):
@@ -195,23 +245,21 @@ class FeatureSplit:
 
 
 class TaskDataModule(L.LightningDataModule):
-    """Training batches of the current epoch, and the test loaders a mode asks for (k-NN: train, then test)."""
+    """Training batches of the current epoch, the test loader, and the training images with the test transform
+    (what frozen features are computed of)."""
 
-    def __init__(
-        self, train: TaskSplit, tests: Sequence[TaskSplit], train_spec: LoaderSpec | None, test_spec: LoaderSpec
-    ) -> None:
+    def __init__(self, train: TaskSplit, test: TaskSplit, train_spec: LoaderSpec | None, test_spec: LoaderSpec) -> None:
         super().__init__()
-        self.train, self.tests = train, list(tests)
+        self.train, self.test = train, test
         self.train_spec, self.test_spec = train_spec, test_spec
 
     def train_dataloader(self) -> Any:
         if self.train_spec is None:
-            raise RuntimeError("this mode does not train")
+            raise RuntimeError("this data module reads its splits for evaluation only")
         trainer = self.trainer
         return self.train.loader(self.train_spec, trainer.global_rank, trainer.world_size, trainer.current_epoch)
 
     def predict_dataloader(self) -> Any:
-        """The training images with the test transform: what ``cache_features`` computes features of."""
         trainer = self.trainer
         return self.train.loader(self.test_spec, trainer.global_rank, trainer.world_size, 0)
 
@@ -221,5 +269,29 @@ class TaskDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> Any:
         trainer = self.trainer
-        loaders = [split.loader(self.test_spec, trainer.global_rank, trainer.world_size, 0) for split in self.tests]
-        return loaders[0] if len(loaders) == 1 else loaders
+        return self.test.loader(self.test_spec, trainer.global_rank, trainer.world_size, 0)
+
+
+def loader_specs(
+    config: Mapping[str, Any], eval_crop_fraction: float, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> tuple[LoaderSpec, LoaderSpec | None]:
+    """(eval spec, training spec or None) for the run's mode at ``image_size``, normalized with ``mean``/``std``.
+
+    The mode's ``train_transform`` (if it trains) crops with its ``crop_scale``/``crop_ratio`` and RandAugment.
+    """
+    mode = config["mode"]
+    common = dict(
+        batch_size=mode["batch_size"],
+        num_workers=config["num_workers"],
+        mean=tuple(mean),
+        std=tuple(std),
+        seed=config["seed"],
+        shuffle_buffer=config["shuffle_buffer"],
+        pin_memory=config["pin_memory"],
+    )
+    eval_options = TransformOptions(image_size, None, None, eval_crop_fraction, None)
+    eval_spec = LoaderSpec("eval", eval_options, training=False, **common)
+    if "train_transform" not in mode:
+        return eval_spec, None
+    options = TransformOptions(image_size, mode["crop_scale"], mode["crop_ratio"], None, mode["randaugment"])
+    return eval_spec, LoaderSpec(mode["train_transform"], options, training=True, **common)

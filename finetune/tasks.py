@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from data_pipelines.demo import ensure_demo_shards
+from data_pipelines.holdout import HoldOut
 from data_pipelines.registry import lookup
 from data_pipelines.sources import SOURCES, get_source, resolve_split
 from data_pipelines.sources.base import SourceRequest
@@ -23,15 +24,22 @@ from finetune.data import ListingSplit, ShardSplit, TaskSplit
 
 log = logging.getLogger(__name__)
 
-DEMO_IMAGE_SIZE = 32
+WHOLE_IMAGE, CENTRE_CROP = 1.0, 0.875  # eval crops of eval_crop_fraction=auto (0.875: the ImageNet convention)
 
 
 @dataclass
 class Task:
+    """What a downstream run reads: hyper-parameters are chosen by fitting ``selection_train`` and scoring ``val``;
+    the chosen setting is then fit on ``train`` and scored once on ``test``, which never chooses."""
+
     name: str
     num_classes: int
     train: TaskSplit
     test: TaskSplit
+    selection_train: TaskSplit
+    val: TaskSplit
+    validation: str  # how the validation split was made, for the log and results.json
+    eval_crop_fraction: float  # the eval transform's centre crop (1.0: the whole image)
     group: str | None  # VTAB-1k group (natural, specialized, structured), averaged by finetune/report.py
 
 
@@ -79,7 +87,7 @@ def read_demo(task: Mapping[str, Any], entries: list[str]) -> ShardSplit:
     """The demo shards, written below ``root`` on first use."""
     root = Path(task["root"]).expanduser()
     for entry in entries:
-        ensure_demo_shards(_shard_path(root, entry), DEMO_IMAGE_SIZE)
+        ensure_demo_shards(_shard_path(root, entry), task["image_size"])
     return read_shards(task, entries)
 
 
@@ -87,8 +95,36 @@ Reader = Callable[[Mapping[str, Any], list[str]], TaskSplit]
 READERS: dict[str, Reader] = {"shards": read_shards, "demo": read_demo, **{name: read_files for name in SOURCES}}
 
 
-def build_task(task: Mapping[str, Any]) -> Task:
-    """Read the task's train and test splits and settle its number of classes."""
+def validation_splits(
+    task: Mapping[str, Any], reader: Reader, train: TaskSplit, holdout: HoldOut
+) -> tuple[TaskSplit, TaskSplit, str]:
+    """(fit, score, description): the task's own validation split (VTAB's train800 -> val200), else ``holdout``
+    of the training split."""
+    validation = task["validation"]
+    if validation is not None:
+        fit, score = reader(task, list(validation["train"])), reader(task, list(validation["val"]))
+        return fit, score, f"the task's own split: fit on {validation['train']}, score on {validation['val']}"
+    fit, score = train.held_out(replace(holdout, side="train")), train.held_out(replace(holdout, side="val"))
+    return fit, score, holdout.describe()
+
+
+def eval_crop_fraction(task: Mapping[str, Any], train: TaskSplit, low_resolution_side: int) -> float:
+    """The task's eval crop; ``auto``: the whole image for low-resolution data (shorter side up to
+    ``low_resolution_side`` px: CIFAR-like images lose their border to a crop), else the 0.875 centre crop."""
+    fraction = task["eval_crop_fraction"]
+    if fraction != "auto":
+        return float(fraction)
+    side = train.image_side()
+    chosen = WHOLE_IMAGE if side <= low_resolution_side else CENTRE_CROP
+    log.info("task %s: %.0f px images, evaluated with eval_crop_fraction=%s", task["name"], side, chosen)
+    return chosen
+
+
+def build_task(task: Mapping[str, Any], holdout: HoldOut, low_resolution_side: int) -> Task:
+    """Read the task's splits (train, test, and the validation pair) and settle its number of classes.
+
+    ``holdout`` (its fraction and seed) makes the validation pair when the task names no validation split.
+    """
     reader = lookup(READERS, task["source"], "task source")
     train, test = reader(task, list(task["train"])), reader(task, list(task["test"]))
     if train.classes and test.classes and train.classes != test.classes:
@@ -99,15 +135,24 @@ def build_task(task: Mapping[str, Any]) -> Task:
     num_classes = task["num_classes"] or (len(train.classes) if train.classes else None)
     if num_classes is None:
         raise ValueError(f"task {task['name']}: the data names no classes; set task.num_classes")
-    for split_name, split in (("train", train), ("test", test)):
+    selection_train, val, validation = validation_splits(task, reader, train, holdout)
+    splits = {"train": train, "test": test, "validation train": selection_train, "validation": val}
+    for split_name, split in splits.items():
         if split.num_samples == 0:
-            raise ValueError(f"task {task['name']}: the {split_name} split {task[split_name]} holds no images")
+            raise ValueError(f"task {task['name']}: its {split_name} split holds no images")
         if split.max_label() >= num_classes:
             raise ValueError(
                 f"task {task['name']}: {split_name} labels go up to {split.max_label()} but the task has "
                 f"{num_classes} classes (task.num_classes)"
             )
     log.info(
-        "task %s: %d classes, %d train / %d test images", task["name"], num_classes, train.num_samples, test.num_samples
+        "task %s: %d classes, %d train / %d test images; hyper-parameters are chosen on %d validation images (%s)",
+        task["name"],
+        num_classes,
+        train.num_samples,
+        test.num_samples,
+        val.num_samples,
+        validation,
     )
-    return Task(task["name"], num_classes, train, test, task["group"])
+    crop = eval_crop_fraction(task, train, low_resolution_side)
+    return Task(task["name"], num_classes, train, test, selection_train, val, validation, crop, task["group"])

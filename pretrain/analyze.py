@@ -100,7 +100,7 @@ def image_batches(config: Mapping[str, Any], image_size: int, mean: list[float],
         seed=config["seed"],
         shuffle_buffer=0,
         manifest=data["manifest"],
-        pin_memory=False,
+        pin_memory=data["pin_memory"],
     )
     batches, count = [], 0
     for batch in build_loader(stream):

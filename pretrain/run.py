@@ -32,7 +32,7 @@ from pretrain.engine.lifecycle import (
     set_cpu_threads,
     was_requeued,
 )
-from pretrain.engine.plan import RunPlan, plan_run
+from pretrain.engine.plan import RunPlan, devices_per_node, plan_run
 from pretrain.engine.shard_data import ShardDataModule
 from pretrain.engine.trainer import build_trainer
 from pretrain.export import export_checkpoint
@@ -53,9 +53,9 @@ def pretrain(config: Mapping[str, Any], run_dir: Path) -> Path:
     plan = pretraining_plan(config, manifest)
     log.info("%s", plan.describe())
     set_cpu_threads(config["trainer"], plan.devices, data["num_workers"])
-    num_classes = objective["num_classes"] if objective["name"] == "supervised" else 0
-    num_classes = num_classes or manifest["num_classes"] or 0
-    if objective["name"] == "supervised" and not num_classes:
+    supervised = objective["name"] == "supervised"
+    num_classes = (objective["num_classes"] or manifest["num_classes"] or 0) if supervised else 0
+    if supervised and not num_classes:
         raise ValueError(
             "supervised pretraining needs labeled shards (a manifest with classes) or objective.num_classes"
         )
@@ -84,21 +84,14 @@ def pretrain(config: Mapping[str, Any], run_dir: Path) -> Path:
 
 
 def pretraining_plan(config: Mapping[str, Any], manifest: Mapping[str, Any]) -> RunPlan:
-    """``trainer.max_steps`` steps over epochs of ``data.batches_per_epoch`` per rank (null: the shards' images
-    divided by the per-step batch of all ranks)."""
-    data = config["data"]
-    plan = plan_run(
-        config["trainer"],
-        data["batch_size"],
-        samples_per_epoch=manifest["total"],
-        batches_per_epoch=data["batches_per_epoch"],
-    )
-    if plan.batches_per_epoch == 0:
-        raise ValueError(
-            f"the shards hold {manifest['total']} images, fewer than one batch per rank "
-            f"({data['batch_size']} x {plan.world_size} processes): lower data.batch_size"
-        )
-    return plan
+    """``epochs`` (``trainer.max_steps`` caps them) of ``data.batches_per_epoch`` per rank (null: the shards'
+    images divided by the per-step batch of all ranks)."""
+    data, trainer = config["data"], config["trainer"]
+    batches = data["batches_per_epoch"]
+    if batches is None:  # resampled shards: at least one batch per epoch, however few the images
+        processes = trainer["num_nodes"] * devices_per_node(trainer)
+        batches = max(1, manifest["total"] // (data["batch_size"] * processes))
+    return plan_run(trainer, data["batch_size"], batches_per_epoch=batches, epochs=config["epochs"])
 
 
 def shard_manifest(data: Mapping[str, Any]) -> dict[str, Any]:

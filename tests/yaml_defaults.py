@@ -21,9 +21,12 @@ def _composed(root: str, overrides: tuple[str, ...]) -> dict[str, Any]:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         config = compose(root, overrides=list(overrides), return_hydra_config=True)  # ${hydra:...} resolves
         HydraConfig.instance().set_config(config)
-        with open_dict(config):
-            del config["hydra"]
-        return OmegaConf.to_container(config, resolve=True)
+        try:
+            with open_dict(config):
+                del config["hydra"]
+            return OmegaConf.to_container(config, resolve=True)
+        finally:
+            HydraConfig.instance().cfg = None  # leave no global Hydra state to other tests
 
 
 def composed(root: str, *overrides: str) -> dict[str, Any]:
@@ -32,8 +35,8 @@ def composed(root: str, *overrides: str) -> dict[str, Any]:
 
 
 def optim_config(**overrides: Any) -> OptimConfig:
-    """``conf/optim/adamw.yaml`` with ``overrides``."""
-    return OptimConfig(**{**composed("pretrain")["optim"], **overrides})
+    """``conf/optim/adamw.yaml`` without warmup (the apps compute ``warmup_steps``), with ``overrides``."""
+    return OptimConfig(**{**composed("pretrain")["optim"], "warmup_steps": 0, **overrides})
 
 
 def transform_options(image_size: int, **overrides: Any) -> TransformOptions:

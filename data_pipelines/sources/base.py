@@ -35,6 +35,10 @@ class Item(Protocol):
 
     def encode(self, image_format: str) -> EncodedImage: ...
 
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels, without decoding the image."""
+        ...
+
 
 @dataclass(frozen=True)
 class FileItem:
@@ -43,6 +47,10 @@ class FileItem:
     key: str
     label: int | None
     path: str
+
+    def size(self) -> tuple[int, int]:
+        with Image.open(self.path) as image:
+            return image.size
 
     def encode(self, image_format: str) -> EncodedImage:
         data = Path(self.path).read_bytes()
@@ -59,6 +67,9 @@ class ArrayItem:
     key: str
     label: int | None
     pixels: np.ndarray
+
+    def size(self) -> tuple[int, int]:
+        return self.pixels.shape[1], self.pixels.shape[0]
 
     def encode(self, image_format: str) -> EncodedImage:
         return encode_pil(Image.fromarray(self.pixels), image_format)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipelines.registry import check_name, lookup
+from data_pipelines.registry import UnknownNameError, check_name
 from data_pipelines.sources.base import Listing, Source, SourceRequest, file_items, require_files
 
 SPLITS = ("train800", "val200", "train800val200", "test")
@@ -55,7 +55,9 @@ _BY_ANY_NAME = {name: task for task in TASKS.values() for name in (task.name, *t
 def resolve_task(name: str) -> VtabTask:
     """Our task for `name`, which may be an alias; `-` and `_` are interchangeable, case is ignored."""
     normalized = name.strip().lower().replace("-", "_")
-    return lookup(_BY_ANY_NAME, normalized, "VTAB task")
+    if normalized not in _BY_ANY_NAME:
+        raise UnknownNameError("VTAB task", name, _BY_ANY_NAME)
+    return _BY_ANY_NAME[normalized]
 
 
 def task_folder(root: str | Path, task: str) -> Path:

@@ -1,5 +1,6 @@
-"""Full fine-tuning: the whole backbone plus a new head on the engine's training module, with layer-wise lr decay,
-mixup/cutmix and label smoothing (non-finite guarding and per-step seeding come with the engine)."""
+"""Full fine-tuning: the whole backbone (position embedding included) plus a new head, on the engine's training
+module, with the mode's optimizer (SGD for transfer, AdamW with layer-wise lr decay for the MAE recipe) and
+timm's erasing and mixing (non-finite guarding and per-micro-batch seeding come with the engine)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ from pretrain.models.vit import VisionTransformer
 
 
 class FinetuneModule(ClassifierTest, TrainingModule):
-    """A backbone with a new head, trained on labels with layer-wise lr decay."""
+    """A backbone with a new head, trained on labels.
+
+    The position embedding trains too, starting from the pretrained table (sin-cos or learned, resampled or
+    not), as the MAE reference fine-tunes it. The head starts from ``trunc_normal(std=head_init_std)`` weights and
+    zero bias (the ViT paper's transfer: std 0, a zero head; MAE: 2e-5).
+    """
 
     model: VisionTransformer
 
@@ -28,15 +34,22 @@ class FinetuneModule(ClassifierTest, TrainingModule):
         backbone: VisionTransformer,
         num_classes: int,
         pool: str,
+        head_init_std: float,
         loss: MixedLabelLoss,
         meta: BackboneMeta,
         **training: Any,
     ) -> None:
         """``training``: the :class:`TrainingModule` arguments besides model and metadata (optim, plan, ...)."""
         backbone.reset_classifier(num_classes, global_pool=pool)
-        nn.init.trunc_normal_(backbone.head.weight, std=2e-5)  # MAE: a near-zero head leaves the features intact
-        # Checkpoints describe the fine-tuned backbone (pooling, resolution), so the weight loader rebuilds it.
-        options = {**meta.options, "img_size": backbone.patch_embed.img_size, "global_pool": pool}
+        if head_init_std > 0:
+            nn.init.trunc_normal_(backbone.head.weight, std=head_init_std)
+        else:
+            nn.init.zeros_(backbone.head.weight)
+        nn.init.zeros_(backbone.head.bias)
+        backbone.pos_embed.requires_grad_(True)
+        # Checkpoints describe the fine-tuned backbone (pooling, resolution, a now learned position embedding),
+        # so the weight loader rebuilds it.
+        options = {**meta.options, "img_size": backbone.patch_embed.img_size, "global_pool": pool, "pos_embed": "learn"}
         super().__init__(backbone, meta=meta.updated(options=options), **training)
         self.loss = loss
         self.accuracy = TopKAccuracy(num_classes)
@@ -51,9 +64,6 @@ class FinetuneModule(ClassifierTest, TrainingModule):
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
         return self.loss(self.model, batch["image"], batch["label"])
 
-    def layer_decay_depth(self) -> int:
-        return len(self.model.blocks)
-
 
 def build_finetune(backbone: VisionTransformer, mode: Mapping[str, Any], run: DownstreamRun) -> FinetuneModule:
     warmup_steps = run.plan.steps_for_epochs(mode["warmup_epochs"])
@@ -61,7 +71,8 @@ def build_finetune(backbone: VisionTransformer, mode: Mapping[str, Any], run: Do
         backbone,
         run.num_classes,
         mode["pool"],
-        loss=MixedLabelLoss(run.num_classes, mode["label_smoothing"], mode["mixup_alpha"], mode["cutmix_alpha"]),
+        mode["head_init_std"],
+        loss=MixedLabelLoss.from_config(mode, run.num_classes),
         optim=from_settings(OptimConfig, mode["optim"], "mode.optim", warmup_steps=warmup_steps),
         plan=run.plan,
         meta=run.meta,

@@ -1,17 +1,15 @@
-"""k-NN evaluation: no training; cosine k-NN over the training images' frozen features, weighted votes."""
+"""k-NN evaluation (Wu et al., 2018; the DINO protocol): no training; cosine k-NN over the training images'
+frozen features, the k nearest voting for their label with weights exp(similarity / temperature)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from finetune.modes.common import Batch, DownstreamRun, TopKAccuracy, frozen, pooled_features
-from pretrain.models.vit import VisionTransformer
+from finetune.modes.features import FeatureTable
+
+QUERY_CHUNK = 1024  # test images scored at a time: bounds the [chunk, bank] similarity matrix
 
 
 def knn_scores(
@@ -24,52 +22,21 @@ def knn_scores(
     return votes.scatter_add_(1, bank_labels[index], (similarity / temperature).exp())
 
 
-class KnnModule(L.LightningModule):
-    """Test dataloader 0 fills the bank with training features, dataloader 1 holds the test images."""
-
-    QUERY_CHUNK = 1024  # test images scored at a time: bounds the [chunk, bank] similarity matrix
-
-    def __init__(self, backbone: VisionTransformer, num_classes: int, pool: str, k: int, temperature: float) -> None:
-        super().__init__()
-        self.model = frozen(backbone, pool)
-        self.num_classes, self.k, self.temperature = num_classes, k, temperature
-        self.accuracy = TopKAccuracy(num_classes)
-        self.stored: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
-
-    def forward(self, images: Tensor) -> Tensor:
-        return F.normalize(pooled_features(self.model, images).float(), dim=-1)
-
-    def on_test_epoch_start(self) -> None:
-        self.stored = {0: ([], []), 1: ([], [])}
-
-    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        features, labels = self.stored[dataloader_idx]
-        features.append(self(batch["image"]))
-        labels.append(batch["label"])
-
-    def on_test_epoch_end(self) -> None:
-        (bank, bank_labels), (queries, labels) = (
-            (torch.cat(features), torch.cat(labels)) for features, labels in self.stored.values()
-        )
-        bank, bank_labels = gather_rows(self, bank), gather_rows(self, bank_labels)
-        for start in range(0, queries.shape[0], self.QUERY_CHUNK):
-            chunk = slice(start, start + self.QUERY_CHUNK)
-            scores = knn_scores(queries[chunk], bank, bank_labels, self.k, self.temperature, self.num_classes)
-            self.accuracy.update(scores, labels[chunk])
-        self.stored = {}
-        self.log_dict(self.accuracy.compute_and_reset())
-
-
-def gather_rows(module: L.LightningModule, rows: Tensor) -> Tensor:
-    """Every rank's ``rows`` concatenated (ranks may hold different counts): pad to the longest, gather, trim."""
-    if module.trainer.world_size == 1:
-        return rows
-    counts = module.all_gather(torch.tensor(rows.shape[0], device=rows.device)).view(-1)
-    padded = rows.new_zeros((int(counts.max()), *rows.shape[1:]))
-    padded[: rows.shape[0]] = rows
-    gathered = module.all_gather(padded)
-    return torch.cat([part[:count] for part, count in zip(gathered, counts.tolist(), strict=True)])
-
-
-def build_knn(backbone: VisionTransformer, mode: Mapping[str, Any], run: DownstreamRun) -> KnnModule:
-    return KnnModule(backbone, run.num_classes, mode["pool"], mode["k"], mode["temperature"])
+def knn_accuracy(
+    bank: FeatureTable, queries: FeatureTable, feature: str, k: int, temperature: float, num_classes: int
+) -> dict[str, float]:
+    """Top-1 (and top-5 with more than 5 classes) in percent of the ``queries`` against the labelled ``bank``."""
+    bank_rows = F.normalize(bank.features[feature], dim=-1)
+    query_rows = F.normalize(queries.features[feature], dim=-1)
+    top = min(5, num_classes)
+    hits = torch.zeros(top, dtype=torch.long)
+    for start in range(0, len(queries), QUERY_CHUNK):
+        chunk = slice(start, start + QUERY_CHUNK)
+        scores = knn_scores(query_rows[chunk], bank_rows, bank.labels, k, temperature, num_classes)
+        ranked = scores.topk(top, dim=1).indices
+        correct = ranked == queries.labels[chunk, None]
+        hits += correct.cumsum(dim=1).clamp(max=1).sum(dim=0)
+    metrics = {"top1": round(100 * hits[0].item() / len(queries), 4)}
+    if num_classes > 5:
+        metrics["top5"] = round(100 * hits[4].item() / len(queries), 4)
+    return metrics

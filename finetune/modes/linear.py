@@ -1,86 +1,144 @@
-"""Linear probe: frozen backbone -> BatchNorm(affine=False) -> Linear, trained with LARS or SGD (MAE's probe)."""
+"""The selecting linear probe (DINOv2's linear evaluation): a grid of linear heads trained at once on frozen
+features, chosen on validation, refit on all training labels, tested once.
+
+Every head of the grid (feature set x learning rate x weight decay) sees the same batches in the same order, so
+the whole grid costs one pass over the cached features per epoch. Features are standardized with the statistics
+of the images the head is fit on (a frozen BatchNorm, as MAE's probe has); heads train with SGD and momentum
+under a cosine schedule. The test split is scored once, for the chosen setting only.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import itertools
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data_pipelines.registry import check_name
-from finetune.modes.common import Batch, ClassifierTest, DownstreamRun, TopKAccuracy, frozen, pooled_features
-from pretrain.engine.optim import LARS, scaled_lr, warmup_cosine
-from pretrain.models.vit import VisionTransformer
+from finetune.modes.features import FeatureTable
+from pretrain.engine.optim import warmup_cosine
 
-PROBE_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "lars": LARS,
-    "sgd": lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay),
-}
+log = logging.getLogger(__name__)
+
+HEAD_INIT_STD = 0.01  # DINOv2's linear classifier initialization (bias zero)
+STD_FLOOR = 1e-6  # standardization: constant feature dimensions are left unscaled
 
 
-class LinearProbeModule(ClassifierTest, L.LightningModule):
-    """Frozen backbone -> BatchNorm1d(affine=False) -> Linear; only the head trains."""
+@dataclass(frozen=True)
+class HeadSetting:
+    """One point of the grid."""
 
-    def __init__(
-        self,
-        backbone: VisionTransformer,
-        num_classes: int,
-        pool: str,
-        optimizer: str,
-        lr: float,
-        weight_decay: float,
-        total_steps: int,
-        warmup_steps: int,
-    ) -> None:
-        super().__init__()
-        check_name(optimizer, PROBE_OPTIMIZERS, "optimizer")
-        self.model = frozen(backbone, pool)
-        linear = nn.Linear(backbone.embed_dim, num_classes)
-        nn.init.trunc_normal_(linear.weight, std=0.01)
-        nn.init.zeros_(linear.bias)
-        self.head = nn.Sequential(nn.BatchNorm1d(backbone.embed_dim, affine=False, eps=1e-6), linear)
-        self.accuracy = TopKAccuracy(num_classes)
-        self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
-        self.total_steps, self.warmup_steps = total_steps, warmup_steps
-
-    def train(self, mode: bool = True) -> LinearProbeModule:
-        """The backbone stays in eval mode (no drop path) while the head trains."""
-        super().train(mode)
-        self.model.eval()
-        return self
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.head(pooled_features(self.model, images))
-
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        features = batch["features"] if "features" in batch else pooled_features(self.model, batch["image"])
-        loss = F.cross_entropy(self.head(features), batch["label"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["label"].shape[0])
-        return loss
-
-    def predict_step(self, batch: Batch, batch_idx: int) -> Batch:
-        """Frozen features of a batch, kept on the CPU (``cache_features``)."""
-        return {"features": pooled_features(self.model, batch["image"]).float().cpu(), "label": batch["label"].cpu()}
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        build = PROBE_OPTIMIZERS[self.optimizer_name]
-        optimizer = build(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(self.warmup_steps, self.total_steps, 0.0))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    features: str
+    lr: float
+    weight_decay: float
 
 
-def build_linear(backbone: VisionTransformer, mode: Mapping[str, Any], run: DownstreamRun) -> LinearProbeModule:
-    plan = run.plan
-    return LinearProbeModule(
-        backbone,
-        run.num_classes,
-        mode["pool"],
-        mode["optimizer"],
-        scaled_lr(mode["base_lr"], plan.global_batch),
-        mode["weight_decay"],
-        plan.total_steps,
-        plan.steps_for_epochs(mode["warmup_epochs"]),
-    )
+def probe_grid(probe: Mapping[str, Any]) -> list[HeadSetting]:
+    """Every combination of the ``probe`` config's feature sets, learning rates and weight decays."""
+    return [
+        HeadSetting(name, float(lr), float(decay))
+        for name, lr, decay in itertools.product(probe["features"], probe["lrs"], probe["weight_decays"])
+    ]
+
+
+class Standardizer:
+    """Per-dimension z-scores with the mean and std of the rows it was fit on."""
+
+    def __init__(self, rows: Tensor) -> None:
+        self.mean = rows.mean(dim=0)
+        self.std = rows.std(dim=0).clamp_min(STD_FLOOR)
+
+    def __call__(self, rows: Tensor) -> Tensor:
+        return (rows - self.mean) / self.std
+
+
+def train_heads(
+    table: FeatureTable, settings: Sequence[HeadSetting], num_classes: int, probe: Mapping[str, Any], seed: int
+) -> dict[HeadSetting, tuple[nn.Linear, Standardizer]]:
+    """Fit one linear head per setting on ``table``, all in the same pass over the same shuffled batches."""
+    generator = torch.Generator().manual_seed(seed)
+    standardizers = {name: Standardizer(table.features[name]) for name in {s.features for s in settings}}
+    inputs = {name: standardize(table.features[name]) for name, standardize in standardizers.items()}
+    heads = {}
+    for setting in settings:
+        head = nn.Linear(inputs[setting.features].shape[1], num_classes)
+        nn.init.normal_(head.weight, std=HEAD_INIT_STD, generator=generator)
+        nn.init.zeros_(head.bias)
+        heads[setting] = head
+    groups = [
+        {"params": list(head.parameters()), "lr": setting.lr, "weight_decay": setting.weight_decay}
+        for setting, head in heads.items()
+    ]
+    optimizer = torch.optim.SGD(groups, lr=settings[0].lr, momentum=probe["momentum"])
+    batch_size = min(probe["batch_size"], len(table))
+    steps_per_epoch = math.ceil(len(table) / batch_size)
+    total = probe["epochs"] * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(0, total, 0.0))
+    for _ in range(probe["epochs"]):
+        order = torch.randperm(len(table), generator=generator)
+        for start in range(0, len(table), batch_size):
+            index = order[start : start + batch_size]
+            labels = table.labels[index]
+            loss = sum(F.cross_entropy(head(inputs[s.features][index]), labels) for s, head in heads.items())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return {setting: (head, standardizers[setting.features]) for setting, head in heads.items()}
+
+
+@torch.no_grad()
+def accuracies(head: nn.Linear, standardize: Standardizer, rows: Tensor, labels: Tensor) -> dict[str, float]:
+    """Top-1 (and top-5 with more than 5 classes) in percent."""
+    logits = head(standardize(rows))
+    ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    scores = {"top1": 100 * (ranked[:, 0] == labels).float().mean().item()}
+    if logits.shape[1] > 5:
+        scores["top5"] = 100 * (ranked == labels[:, None]).any(dim=1).float().mean().item()
+    return scores
+
+
+def select_head(
+    fit: FeatureTable, val: FeatureTable, num_classes: int, probe: Mapping[str, Any], seed: int
+) -> tuple[HeadSetting, list[dict[str, Any]]]:
+    """Train the grid on ``fit``, score every head on ``val``; the best validation top-1 wins (ties: grid order).
+
+    Returns the chosen setting and every candidate with its validation score.
+    """
+    settings = probe_grid(probe)
+    trained = train_heads(fit, settings, num_classes, probe, seed)
+    candidates = []
+    for setting in settings:
+        head, standardize = trained[setting]
+        score = accuracies(head, standardize, val.features[setting.features], val.labels)["top1"]
+        candidates.append({**asdict(setting), "val_top1": round(score, 4)})
+    best = max(range(len(settings)), key=lambda index: (candidates[index]["val_top1"], -index))
+    return settings[best], candidates
+
+
+def selecting_linear_probe(
+    tables: Mapping[str, FeatureTable], num_classes: int, probe: Mapping[str, Any], seed: int, validation: str
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Choose on ``tables["val"]`` after fitting ``tables["fit"]``, refit the choice on ``tables["train"]``, score
+    ``tables["test"]``. Returns the test metrics and the selection record of ``results.json``."""
+    chosen, candidates = select_head(tables["fit"], tables["val"], num_classes, probe, seed)
+    log.info("linear probe: chose %s on validation (%s) out of %d heads", chosen, validation, len(candidates))
+    head, standardize = train_heads(tables["train"], [chosen], num_classes, probe, seed)[chosen]
+    test = tables["test"]
+    metrics = {
+        name: round(value, 4)
+        for name, value in accuracies(head, standardize, test.features[chosen.features], test.labels).items()
+    }
+    selection = {
+        "validation": validation,
+        "grid": {key: list(probe[key]) for key in ("features", "lrs", "weight_decays")},
+        "candidates": candidates,
+        "chosen": asdict(chosen),
+        "refit_on": "train",
+    }
+    return metrics, selection

@@ -81,6 +81,11 @@ def from_settings(cls: type[Config], section: Mapping[str, Any], name: str, **co
             f"config keys {', '.join(f'{name}.{key}' for key in unknown)} are not options of {name}; "
             f"its options: {', '.join(field_names)}"
         )
+    overlap = sorted(set(section) & set(computed))
+    if overlap:
+        raise MissingSettingError(
+            f"config keys {', '.join(f'{name}.{key}' for key in overlap)} are computed by the app and cannot be set"
+        )
     values = {**section, **computed}
     missing = [key for key in field_names if key not in values]
     if missing:

@@ -21,6 +21,7 @@ LEGACY_FORMAT = "vitfm-backbone/1"
 CHECKPOINT_META_KEY = "vitfm"
 # Key of the training counters (bad steps, corrupt samples) in a checkpoint: run state, not backbone metadata.
 CHECKPOINT_COUNTERS_KEY = "vitfm_counters"
+# Not in the metadata: the optimizer settings (the run's .hydra/config.yaml and config_hash record them).
 
 
 class MetadataFormatError(ValueError):
@@ -49,10 +50,6 @@ class BackboneMeta:
     def for_architecture(cls, options: Mapping[str, Any]) -> BackboneMeta:
         """Metadata of a backbone known only by its architecture."""
         return cls(dict(options), None, None, None, None, None, None, None)
-
-    @property
-    def image_size(self) -> int:
-        return int(self.options["img_size"])
 
     def updated(self, **changes: Any) -> BackboneMeta:
         return replace(self, **changes)
@@ -86,6 +83,10 @@ def meta_from_checkpoint(checkpoint: Mapping[str, Any]) -> BackboneMeta | None:
     return None if content is None else BackboneMeta.from_dict(content)
 
 
+def counters_to_checkpoint(checkpoint: dict[str, Any], bad_steps: int, corrupt_samples: int) -> None:
+    checkpoint[CHECKPOINT_COUNTERS_KEY] = {"bad_steps": bad_steps, "corrupt_samples": corrupt_samples}
+
+
 def counters_from_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, int]:
     """The training counters of a checkpoint (format 1 kept them inside the metadata); empty when it has none."""
     if CHECKPOINT_COUNTERS_KEY in checkpoint:
@@ -94,8 +95,12 @@ def counters_from_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, int]:
 
 
 def read_meta_file(path: Path) -> BackboneMeta | None:
-    """``backbone.json`` (or any metadata JSON file) beside exported weights; None when there is no such file."""
-    return BackboneMeta.from_dict(json.loads(path.read_text())) if path.is_file() else None
+    """``backbone.json`` (or ``<weights>.json``) beside exported weights; None when there is no such file or it is
+    not ours (every format writes a ``format`` key; a JSON file of another program has none)."""
+    if not path.is_file():
+        return None
+    content = json.loads(path.read_text())
+    return BackboneMeta.from_dict(content) if isinstance(content, dict) and "format" in content else None
 
 
 def write_meta_file(path: Path, meta: BackboneMeta) -> None:

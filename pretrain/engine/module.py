@@ -14,13 +14,8 @@ import torch
 from lightning.pytorch.utilities import grad_norm
 from torch import Tensor, nn
 
-from data_pipelines.seeding import stable_seed
-from pretrain.engine.metadata import (
-    CHECKPOINT_COUNTERS_KEY,
-    CHECKPOINT_META_KEY,
-    BackboneMeta,
-    counters_from_checkpoint,
-)
+from data_pipelines.seeding import seed_all, stable_seed
+from pretrain.engine.metadata import CHECKPOINT_META_KEY, BackboneMeta, counters_from_checkpoint, counters_to_checkpoint
 from pretrain.engine.optim import OptimConfig, build_optimizer
 from pretrain.engine.plan import RunPlan
 from pretrain.models.vit import VisionTransformer
@@ -66,18 +61,18 @@ class TrainingModule(L.LightningModule):
         raise NotImplementedError
 
     def configure_optimizers(self) -> dict[str, Any]:
+        # Layer-wise lr decay follows the depths the model declares for its parameters.
+        depths = self.model.parameter_depths() if self.optim_config.layer_decay is not None else None
         optimizer, scheduler = build_optimizer(
-            self.model, self.optim_config, self.plan.global_batch, self.plan.total_steps, self.layer_decay_depth()
+            self.model, self.optim_config, self.plan.global_batch, self.plan.total_steps, depths
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def layer_decay_depth(self) -> int | None:
-        """Blocks of the network that layer-wise lr decay counts (None: no layer-wise decay)."""
-        return None
-
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        # Randomness of a step depends only on (seed, step, rank): resuming reproduces masks and drop paths.
-        torch.manual_seed(stable_seed(self.seed, self.global_step, self.global_rank))
+        # The randomness of a micro-batch depends only on (seed, step, rank, micro-batch): resuming reproduces
+        # masks, drop paths, erasing and mixing, and the micro-batches of one accumulated step all differ.
+        micro_batch = batch_idx % self.plan.accumulate
+        seed_all(stable_seed(self.seed, self.global_step, self.global_rank, micro_batch))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         loss = self.compute_loss(batch)
@@ -119,10 +114,7 @@ class TrainingModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_META_KEY] = self.meta.updated(step=self.global_step).to_dict()
-        checkpoint[CHECKPOINT_COUNTERS_KEY] = {
-            "bad_steps": self.bad_steps_total,
-            "corrupt_samples": self.corrupt_samples,
-        }
+        counters_to_checkpoint(checkpoint, self.bad_steps_total, self.corrupt_samples)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         counters = counters_from_checkpoint(checkpoint)

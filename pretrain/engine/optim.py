@@ -1,68 +1,73 @@
-"""Optimizers shared by every app: AdamW parameter groups, a warmup-cosine schedule, and LARS for linear probes.
+"""Optimizers shared by every app: parameter groups, AdamW or SGD, a warmup-cosine schedule, and LARS for probes.
 
 MAE recipe: ``lr = base_lr * global_batch / 256``; no weight decay on norms, biases, tokens and position
-embeddings; linear warmup then cosine decay to ``min_lr``. Fine-tuning adds layer-wise lr decay.
+embeddings; linear warmup then cosine decay to ``min_lr``. Fine-tuning adds layer-wise lr decay over the depths
+the model declares; the ViT paper's transfer fine-tuning uses SGD with momentum instead of AdamW.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from data_pipelines.registry import lookup
+
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """The ``optim`` config group (``conf/optim/*.yaml``, or a fine-tuning mode's ``optim``); no defaults here."""
+    """The ``optim`` config group (``conf/optim/*.yaml``, or a fine-tuning mode's ``optim``); no defaults here.
 
-    base_lr: float
+    ``warmup_steps`` is computed by the app from the config's warmup in epochs and the run plan.
+    """
+
+    name: str  # adamw | sgd
+    base_lr: float | None  # scaled by the global batch; None: ``lr`` must be given
     lr: float | None  # absolute lr; when set, base_lr scaling is not applied
-    betas: tuple[float, float]
+    betas: tuple[float, float] | None  # adamw
+    momentum: float | None  # sgd
     weight_decay: float
     warmup_steps: int
     min_lr: float
-    layer_decay: float | None  # e.g. 0.75 for fine-tuning; None = one lr for all layers
+    layer_decay: float | None  # e.g. 0.65 for fine-tuning ViT-B; None = one lr for all layers
 
 
-def scaled_lr(base_lr: float, global_batch: int, lr: float | None = None) -> float:
+def scaled_lr(base_lr: float | None, global_batch: int, lr: float | None = None) -> float:
     """The absolute learning rate: ``lr`` if given, else ``base_lr * global_batch / 256`` (Goyal et al., 2017)."""
-    return lr if lr is not None else base_lr * global_batch / 256
+    if lr is not None:
+        return lr
+    if base_lr is None:
+        raise ValueError("the optimizer config sets neither lr nor base_lr")
+    return base_lr * global_batch / 256
 
 
 def _skips_decay(name: str, param: nn.Parameter, no_decay_names: set[str]) -> bool:
     return param.ndim <= 1 or name in no_decay_names or name.endswith(".bias")
 
 
-def layer_id(name: str, num_blocks: int) -> int:
-    """Depth of a backbone parameter for layer-wise decay: embeddings 0, block i -> i + 1, the rest num_blocks + 1."""
-    stripped = name.split("encoder.", 1)[-1]
-    if stripped.startswith(("cls_token", "pos_embed", "patch_embed")):
-        return 0
-    if stripped.startswith("blocks."):
-        return int(stripped.split(".")[1]) + 1
-    return num_blocks + 1
-
-
 def param_groups(
-    model: nn.Module, weight_decay: float, layer_decay: float | None = None, num_blocks: int | None = None
+    model: nn.Module, weight_decay: float, layer_decay: float | None = None, depths: Mapping[str, int] | None = None
 ) -> list[dict]:
-    """AdamW groups: decay vs no-decay, and with ``layer_decay`` one group per depth with ``lr_scale`` set.
+    """Groups of decayed and non-decayed parameters; with ``layer_decay``, one group per depth with ``lr_scale``.
 
-    Frozen parameters are left out.
+    ``depths`` maps parameter names to the depth the model declares for them (``parameter_depths()``): the
+    deepest gets scale 1, each shallower depth another factor ``layer_decay``. Frozen parameters are left out.
     """
+    if layer_decay is not None and depths is None:
+        raise ValueError("layer-wise lr decay needs the parameter depths the model declares (parameter_depths)")
     no_decay_names = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    deepest = max(depths.values()) if depths else 0
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decay = not _skips_decay(name, param, no_decay_names)
-        depth = layer_id(name, num_blocks) if layer_decay is not None and num_blocks is not None else 0
+        depth = depths[name] if layer_decay is not None else deepest
         group = groups.setdefault((depth, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0})
-        if layer_decay is not None and num_blocks is not None:
-            group["lr_scale"] = layer_decay ** (num_blocks + 1 - depth)
+        group["lr_scale"] = layer_decay ** (deepest - depth) if layer_decay is not None else 1.0
         group["params"].append(param)
     return list(groups.values())
 
@@ -79,15 +84,26 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Call
     return factor
 
 
+OPTIMIZERS: dict[str, Callable[[list[dict], float, OptimConfig], torch.optim.Optimizer]] = {
+    "adamw": lambda groups, lr, config: torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas)),
+    "sgd": lambda groups, lr, config: torch.optim.SGD(groups, lr=lr, momentum=config.momentum),
+}
+
+
 def build_optimizer(
-    model: nn.Module, config: OptimConfig, global_batch: int, total_steps: int, num_blocks: int | None = None
+    model: nn.Module,
+    config: OptimConfig,
+    global_batch: int,
+    total_steps: int,
+    depths: Mapping[str, int] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over :func:`param_groups` with a per-step :func:`warmup_cosine` schedule (group ``lr_scale`` kept)."""
+    """``config.name`` over :func:`param_groups` with a per-step :func:`warmup_cosine` schedule (``lr_scale`` kept)."""
+    make = lookup(OPTIMIZERS, config.name, "optimizer")
     peak = scaled_lr(config.base_lr, global_batch, config.lr)
-    groups = param_groups(model, config.weight_decay, config.layer_decay, num_blocks)
+    groups = param_groups(model, config.weight_decay, config.layer_decay, depths)
     for group in groups:
-        group["lr"] = peak * group.get("lr_scale", 1.0)
-    optimizer = torch.optim.AdamW(groups, lr=peak, betas=tuple(config.betas))
+        group["lr"] = peak * group["lr_scale"]
+    optimizer = make(groups, peak, config)
     schedule = warmup_cosine(config.warmup_steps, total_steps, config.min_lr / peak if peak else 0.0)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 

@@ -49,13 +49,20 @@ class RunPlan:
 
 
 def devices_per_node(trainer: Mapping[str, Any]) -> int:
-    """``trainer.devices`` as a count: ``auto``/-1 is every visible GPU (one process on CPU), as Lightning does."""
+    """``trainer.devices`` as a count, as Lightning reads it: a number, a list or ``"0,1"`` of device indices, or
+    ``auto``/-1 (every visible GPU with ``accelerator`` gpu or auto on a GPU machine; one process on CPU)."""
     devices = trainer["devices"]
-    if devices in ("auto", -1):
-        return max(1, torch.cuda.device_count()) if trainer["accelerator"] == "gpu" else 1
+    if devices in ("auto", -1, "-1"):
+        on_gpu = trainer["accelerator"] == "gpu" or (trainer["accelerator"] == "auto" and torch.cuda.is_available())
+        return max(1, torch.cuda.device_count()) if on_gpu else 1
+    if isinstance(devices, list | tuple) and devices:
+        return len(devices)
+    if isinstance(devices, str) and devices.strip():
+        indices = [part for part in devices.split(",") if part.strip()]
+        return len(indices) if len(indices) > 1 or devices.strip().endswith(",") else int(indices[0])
     if isinstance(devices, int) and devices > 0:
         return devices
-    raise ValueError(f"trainer.devices={devices!r}: give a positive number of devices per node, or auto")
+    raise ValueError(f"trainer.devices={devices!r}: give a positive number of devices per node, a list, or auto")
 
 
 def plan_run(

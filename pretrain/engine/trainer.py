@@ -21,13 +21,15 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
 
-from data_pipelines.registry import lookup
+from data_pipelines.registry import check_name, lookup
 from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR, AtomicCheckpointIO
 from pretrain.engine.config import plain
 from pretrain.engine.plan import RunPlan
 from pretrain.engine.slurm_requeue import SlurmRequeue
 
 log = logging.getLogger(__name__)
+
+CPU_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true")  # Lightning's CPU plugins (no fp16 autocast on CPU)
 
 
 def _ddp(config: Mapping[str, Any]) -> Strategy:
@@ -130,8 +132,8 @@ def build_trainer(
         plugins.append(SLURMEnvironment(auto_requeue=False))
         if config["slurm_auto_requeue"]:
             all_callbacks.append(SlurmRequeue(run_dir / CHECKPOINT_SUBDIR))
-    if config["accelerator"] == "cpu" and config["precision"] not in ("32-true", "32", "bf16-mixed", "bf16-true"):
-        raise ValueError(f"precision {config['precision']!r} is not supported on CPU; use 32-true or bf16-mixed")
+    if config["accelerator"] == "cpu":
+        check_name(str(config["precision"]), CPU_PRECISIONS, "precision on CPU")
     if config["accelerator"] == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("trainer.accelerator=gpu but no CUDA device is visible; use trainer=cpu on this machine")
     trainer = L.Trainer(

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data_pipelines.registry import lookup
+from data_pipelines.registry import check_name, lookup
 
 PoolKind = Literal["token", "avg"]
 PosEmbedKind = Literal["learn", "sincos"]
+POOL_KINDS, POS_EMBED_KINDS = ("token", "avg"), ("learn", "sincos")
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
@@ -185,10 +186,8 @@ class VisionTransformer(nn.Module):
         norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        if pos_embed not in ("learn", "sincos"):
-            raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {pos_embed!r}")
+        check_name(global_pool, POOL_KINDS, "global_pool")
+        check_name(pos_embed, POS_EMBED_KINDS, "pos_embed")
         self.global_pool = global_pool
         self.embed_dim = embed_dim
         self.num_classes = num_classes
@@ -233,6 +232,15 @@ class VisionTransformer(nn.Module):
         """Parameter names that the optimizer must not decay (besides norms and biases)."""
         return {"pos_embed", "cls_token"}
 
+    def parameter_depths(self) -> dict[str, int]:
+        """Depth of every parameter for layer-wise lr decay (BEiT, MAE): the embeddings (patch projection, CLS
+        token, position table) 0, block ``i`` ``i + 1``, everything after the blocks ``depth + 1``."""
+        after_blocks = len(self.blocks) + 1
+        depth_of = {id(param): 0 for param in (self.cls_token, self.pos_embed, *self.patch_embed.parameters())}
+        for index, block in enumerate(self.blocks):
+            depth_of.update({id(param): index + 1 for param in block.parameters()})
+        return {name: depth_of.get(id(param), after_blocks) for name, param in self.named_parameters()}
+
     def embed_patches(self, images: Tensor) -> Tensor:
         """Patch tokens with their position embedding added, no CLS: ``[B, C, H, W] -> [B, L, D]``."""
         return self.patch_embed(images) + self.pos_embed[:, self.num_prefix_tokens :]
@@ -245,6 +253,19 @@ class VisionTransformer(nn.Module):
     def forward_features(self, images: Tensor) -> Tensor:
         """``[B, C, H, W] -> [B, 1 + L, D]`` encoded tokens (after the final norm when CLS pooling is used)."""
         return self.norm(self.blocks(self.prepend_cls(self.embed_patches(images))))
+
+    def forward_intermediates(self, images: Tensor, last: int) -> list[Tensor]:
+        """The tokens after each of the ``last`` blocks, ``[B, 1 + L, D]`` each, through the final norm (the
+        features of DINOv2's linear evaluation over the last blocks); the last entry equals forward_features."""
+        if not 1 <= last <= len(self.blocks):
+            raise ValueError(f"last={last}: the backbone has {len(self.blocks)} blocks")
+        x = self.prepend_cls(self.embed_patches(images))
+        outputs = []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index >= len(self.blocks) - last:
+                outputs.append(self.norm(x))
+        return outputs
 
     def pool(self, tokens: Tensor) -> Tensor:
         """``[B, 1 + L, D] -> [B, D]``: CLS token or mean of patch tokens followed by ``fc_norm``."""
@@ -274,6 +295,8 @@ class VisionTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: PoolKind | None = None) -> None:
         """Swap the head (and optionally the pooling) for a downstream task; new layers are freshly initialized."""
+        if global_pool is not None:
+            check_name(global_pool, POOL_KINDS, "global_pool")
         if global_pool is not None and global_pool != self.global_pool:
             use_fc_norm = global_pool == "avg"
             self.norm = _optional(nn.LayerNorm(self.embed_dim, eps=self._norm_eps()), not use_fc_norm)

@@ -61,12 +61,11 @@ def build_module(config: Mapping[str, Any], plan: RunPlan, num_classes: int) -> 
     backbone = backbone_options(config["model"], num_classes if objective["name"] == "supervised" else 0)
     extra: dict[str, Any] = {}
     if module_class is SupervisedModule:
-        extra["loss"] = MixedLabelLoss(
-            num_classes, objective["label_smoothing"], objective["mixup_alpha"], objective["cutmix_alpha"]
-        )
+        extra["loss"] = MixedLabelLoss.from_config(objective, num_classes)
+    warmup_steps = plan.steps_for_epochs(config["warmup_epochs"])
     return module_class(
         build_model(objective, backbone),
-        optim=from_settings(OptimConfig, config["optim"], "optim"),
+        optim=from_settings(OptimConfig, config["optim"], "optim", warmup_steps=warmup_steps),
         plan=plan,
         meta=pretraining_meta(config),
         seed=config["seed"],

@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import transforms as T
 from yaml_defaults import transform_options
 
-from data_pipelines.seeding import seeded_torch_rng
+from data_pipelines.seeding import seeded_rng
 from data_pipelines.transforms import Normalize, build_transform, decode_region
 
 
@@ -50,7 +50,7 @@ def test_mae_transform_is_a_function_of_its_seed(photo: bytes) -> None:
     transform = build_transform("mae", transform_options(32))
     outputs = []
     for seed in (1, 1, 2):
-        with seeded_torch_rng(seed):
+        with seeded_rng(seed):
             outputs.append(transform(open_photo(photo)))
     assert outputs[0].dtype == torch.uint8 and outputs[0].shape == (3, 32, 32)
     assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], outputs[2])
@@ -59,8 +59,8 @@ def test_mae_transform_is_a_function_of_its_seed(photo: bytes) -> None:
 def test_supervised_transform_adds_randaugment_to_the_mae_crop(photo: bytes) -> None:
     results = {}
     for name in ("mae", "supervised"):
-        with seeded_torch_rng(3):
-            transform = build_transform(name, transform_options(32, randaugment=(2, 15)))
+        with seeded_rng(3):
+            transform = build_transform(name, transform_options(32, randaugment="rand-m15-mstd0.5-inc1"))
             results[name] = transform(open_photo(photo))
     assert not torch.equal(results["mae"], results["supervised"])
 

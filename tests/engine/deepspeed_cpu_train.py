@@ -1,7 +1,7 @@
 """A few steps of DeepSpeed ZeRO training of our tiny MAE on CPU, for ``test_deepspeed_cpu.py``.
 
     PYTHONPATH=. python -m torch.distributed.run --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=29500 \
-        tests/pretrain/deepspeed_cpu_train.py --zero-stage 3 --output-dir /tmp/deepspeed-cpu
+        tests/engine/deepspeed_cpu_train.py --zero-stage 3 --output-dir /tmp/deepspeed-cpu
 
 Lightning refuses DeepSpeed on CPU, so this drives DeepSpeed's engine directly, as Lightning's strategy does on
 GPUs: a torch AdamW over our ``param_groups``, ``save_checkpoint`` with our metadata as client state. Each rank

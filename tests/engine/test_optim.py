@@ -44,7 +44,7 @@ def test_warmup_then_cosine_to_min():
 def test_layer_decay_gives_geometric_lr_per_block():
     model = create_vit("vit_test_patch4", num_classes=3)
     optimizer, _ = build_optimizer(
-        model, optim_config(lr=1.0, layer_decay=0.5, warmup_steps=0), global_batch=256, total_steps=10, num_blocks=4
+        model, optim_config(lr=1.0, layer_decay=0.5), global_batch=256, total_steps=10, depths=model.parameter_depths()
     )
     lr_of = {}
     for group in optimizer.param_groups:

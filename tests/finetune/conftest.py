@@ -40,7 +40,7 @@ def pretrained(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         "data.make_demo=false",
         "data.batch_size=32",
         "data.num_workers=1",
-        "optim.warmup_steps=5",
+        "warmup_epochs=0.25",
     ]
     completed = subprocess.run(
         [sys.executable, "pretrain/run.py", *overrides],

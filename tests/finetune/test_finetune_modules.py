@@ -32,7 +32,7 @@ def finetune_module(backbone=None, layer_decay: float | None = 0.75) -> Finetune
         pool="avg",
         loss=MixedLabelLoss(10, label_smoothing=0.1, mixup_alpha=0.0, cutmix_alpha=0.0),
         meta=META,
-        optim=optim_config(lr=1e-3, layer_decay=layer_decay, warmup_steps=0),
+        optim=optim_config(lr=1e-3, layer_decay=layer_decay),
         plan=PLAN,
         seed=0,
         max_bad_steps=5,

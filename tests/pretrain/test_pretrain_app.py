@@ -31,7 +31,7 @@ def test_short_mae_run_lowers_loss_logs_to_wandb_and_exports(demo_shards, tmp_pa
                 "trainer.max_steps": 60,
                 "trainer.checkpoint_every_n_steps": 30,
                 "optim.lr": 2e-3,
-                "optim.warmup_steps": 5,
+                "warmup_epochs": 0.15,
                 "logger": "wandb",
                 "logger.log_images_every_n_steps": 30,
             },

@@ -1,0 +1,349 @@
+"""How each downstream mode runs: choose on validation, refit on the training split, test once.
+
+Two kinds of modes:
+
+- **feature modes** (``linear``, ``knn``): one pass of the frozen backbone over every split (eval transform),
+  then the selecting linear probe or k-NN on the cached features;
+- **fitting modes** (``finetune``, ``finetune_mae``, ``linear_mae``): Lightning fits of the mode's module. With
+  an ``lr_grid`` each learning rate is fit on the validation-fit split and scored on the validation split
+  (VTAB-1k: train800 -> val200), the best is refit on the training split (train800val200) and tested. Fine-tuning
+  also runs the selecting linear probe on the same labels and says when it scores below it.
+
+The test split is scored once, for the chosen setting; it never chooses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from data_pipelines.manifest import write_json_atomic
+from data_pipelines.registry import lookup
+from finetune.data import TaskDataModule, TaskSplit, loader_specs
+from finetune.modes.common import DownstreamRun
+from finetune.modes.features import FeatureExtractor, FeatureTable, extract_features
+from finetune.modes.full import build_finetune, ema_callbacks
+from finetune.modes.knn import knn_accuracy
+from finetune.modes.linear import selecting_linear_probe
+from finetune.modes.linear_mae import build_linear
+from finetune.tasks import Task
+from pretrain.engine.config import Settings, settings
+from pretrain.engine.lifecycle import resolve_resume, save_final_checkpoint, was_requeued
+from pretrain.engine.metadata import BackboneMeta
+from pretrain.engine.plan import RunPlan, plan_run
+from pretrain.engine.trainer import build_trainer
+from pretrain.models.vit import VisionTransformer
+
+log = logging.getLogger(__name__)
+
+SELECTION_SUBDIR = "selection"  # below the run directory: one folder per candidate fit
+PROBE_SUBDIR = "linear_probe"  # below the run directory: the comparison probe of a fine-tune
+CANDIDATE_FILE = "candidate.json"  # a finished candidate's validation score: a requeued job does not refit it
+NO_LOGGER = {"kind": "none", "log_images_every_n_steps": 0, "num_images": 0}  # candidate fits log nothing
+
+BackboneLoader = Callable[[], tuple[VisionTransformer, BackboneMeta]]
+
+
+@dataclass
+class DownstreamContext:
+    """What every mode runs on: the resolved config, the task, the run directory and a fresh backbone on demand."""
+
+    config: Settings
+    task: Task
+    run_dir: Path
+    load_backbone: BackboneLoader  # a new copy per call: fine-tuning changes the weights it is given
+
+
+@dataclass
+class ModeOutcome:
+    """What a mode reports: test metrics, the selection it made, and the Trainer whose loggers get the summary."""
+
+    metrics: dict[str, float]
+    trainer: L.Trainer
+    image_size: int
+    meta: BackboneMeta
+    images_per_s: float
+    selection: dict[str, Any] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def downstream_plan(config: Mapping[str, Any], mode: Mapping[str, Any], split: TaskSplit, trains: bool) -> RunPlan:
+    """``mode.epochs`` over ``split``'s images (``trainer.max_steps`` caps it); evaluation alone trains no steps."""
+    plan = plan_run(
+        config["trainer"],
+        mode["batch_size"],
+        samples_per_epoch=split.num_samples,
+        epochs=mode["epochs"] if trains else 0,
+    )
+    if trains and plan.steps_per_epoch == 0:
+        raise ValueError(
+            f"{split.num_samples} training images are fewer than one global batch ({plan.global_batch}): "
+            "lower mode.batch_size"
+        )
+    return plan
+
+
+def normalization(config: Mapping[str, Any], meta: BackboneMeta) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The backbone's own pretraining mean/std, else the configured ones (timm/HF weights, random init)."""
+    return tuple(meta.mean or config["mean"]), tuple(meta.std or config["std"])
+
+
+# ---- feature modes ------------------------------------------------------------------------------------------
+
+
+def feature_tables(
+    context: DownstreamContext, names: list[str], splits: Mapping[str, TaskSplit]
+) -> tuple[dict[str, FeatureTable], L.Trainer, BackboneMeta, int, float]:
+    """Frozen features of each split, and the Trainer, metadata, image size and images per second of the pass."""
+    config, task = context.config, context.task
+    backbone, meta = context.load_backbone()
+    image_size = backbone.patch_embed.img_size
+    eval_spec, _ = loader_specs(config, task.eval_crop_fraction, image_size, *normalization(config, meta))
+    plan = downstream_plan(config, config["mode"], task.train, trains=False)
+    trainer = build_trainer(
+        config["trainer"],
+        config["logger"],
+        context.run_dir,
+        run_config=config,
+        plan=plan,
+        batch_size_fn=lambda batch: batch["label"].shape[0],
+    )
+    extractor = FeatureExtractor(backbone, names)
+    started, tables = time.perf_counter(), {}
+    for name, split in splits.items():
+        tables[name] = extract_features(trainer, extractor, TaskDataModule(split, split, None, eval_spec))
+    images_per_s = round(sum(len(table) for table in tables.values()) / (time.perf_counter() - started), 2)
+    return tables, trainer, meta, image_size, images_per_s
+
+
+def run_linear(context: DownstreamContext) -> ModeOutcome:
+    """The selecting linear probe on frozen features."""
+    probe, task = context.config["probe"], context.task
+    tables, trainer, meta, image_size, speed = feature_tables(
+        context,
+        list(probe["features"]),
+        {
+            "fit": task.selection_train,
+            "val": task.val,
+            "train": task.train,
+            "test": task.test,
+        },
+    )
+    metrics, selection = selecting_linear_probe(
+        tables, task.num_classes, probe, context.config["seed"], task.validation
+    )
+    return ModeOutcome(metrics, trainer, image_size, meta, speed, selection=selection)
+
+
+def run_knn(context: DownstreamContext) -> ModeOutcome:
+    """k-NN of the test images among the training images' frozen features."""
+    mode, task = context.config["mode"], context.task
+    tables, trainer, meta, image_size, speed = feature_tables(
+        context, [mode["feature"]], {"train": task.train, "test": task.test}
+    )
+    metrics = knn_accuracy(
+        tables["train"], tables["test"], mode["feature"], mode["k"], mode["temperature"], task.num_classes
+    )
+    return ModeOutcome(metrics, trainer, image_size, meta, speed)
+
+
+# ---- fitting modes ------------------------------------------------------------------------------------------
+
+ModuleBuilder = Callable[[VisionTransformer, Mapping[str, Any], DownstreamRun], L.LightningModule]
+
+
+def no_callbacks(mode: Mapping[str, Any]) -> list[Callback]:
+    return []
+
+
+@dataclass(frozen=True)
+class FitMode:
+    """A fitting mode: how its module and callbacks are built, whether it may train on cached features, and
+    whether it is compared with the selecting linear probe."""
+
+    build: ModuleBuilder
+    callbacks: Callable[[Mapping[str, Any]], list[Callback]]
+    caches_features: bool
+    compares_with_probe: bool
+
+
+@dataclass
+class FitResult:
+    metrics: dict[str, float]
+    trainer: L.Trainer
+    meta: BackboneMeta
+    image_size: int
+    images_per_s: float
+
+
+def fit_and_test(
+    context: DownstreamContext,
+    mode: Mapping[str, Any],
+    fit_mode: FitMode,
+    fit_split: TaskSplit,
+    test_split: TaskSplit,
+    run_dir: Path,
+    logger: Mapping[str, Any],
+) -> FitResult | None:
+    """Fit the mode's module on ``fit_split`` (resuming from ``run_dir``), then score ``test_split``.
+
+    None when the SLURM warning signal stopped the fit: the requeued job resumes it.
+    """
+    config, task = context.config, context.task
+    backbone, meta = context.load_backbone()
+    image_size = backbone.patch_embed.img_size
+    eval_spec, train_spec = loader_specs(config, task.eval_crop_fraction, image_size, *normalization(config, meta))
+    plan = downstream_plan(config, mode, fit_split, trains=True)
+    run = DownstreamRun(task.num_classes, plan, config["seed"], meta, config["trainer"]["max_bad_steps"])
+    module = fit_mode.build(backbone, mode, run)
+    data = TaskDataModule(fit_split, test_split, train_spec, eval_spec)
+    trainer_config = dict(config["trainer"])
+    if mode["gradient_clip_val"] is not None:  # a recipe's clipping (the ViT paper clips at global norm 1)
+        trainer_config["gradient_clip_val"] = mode["gradient_clip_val"]
+    trainer = build_trainer(
+        trainer_config,
+        logger,
+        run_dir,
+        run_config=config,
+        plan=plan,
+        batch_size_fn=lambda batch: batch["label"].shape[0],
+        callbacks=fit_mode.callbacks(mode),
+    )
+    log.info("%s on %s (%d images): %s", mode["name"], task.name, fit_split.num_samples, plan.describe())
+    if fit_mode.caches_features and mode["cache_features"]:
+        cache_training_features(trainer, module, data)
+    trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(str(config["resume"]), run_dir))
+    if was_requeued(trainer):
+        return None
+    save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])
+    started = time.perf_counter()
+    trainer.test(module, datamodule=data)
+    metrics = {
+        name.removeprefix("test/"): round(float(value), 4)
+        for name, value in trainer.callback_metrics.items()
+        if name.startswith("test/")
+    }
+    speed = round(test_split.num_samples / (time.perf_counter() - started), 2)
+    return FitResult(metrics, trainer, meta, image_size, speed)
+
+
+def cache_training_features(trainer: L.Trainer, module: L.LightningModule, data: TaskDataModule) -> None:
+    """One pass of the frozen backbone over the training images; the head then trains on these features."""
+    batches = trainer.predict(module, datamodule=data)
+    features = torch.cat([batch["features"] for batch in batches])
+    per_rank = int(trainer.strategy.all_gather(torch.tensor(len(features), device=module.device)).min())
+    data.cache_training_features(features, torch.cat([batch["label"] for batch in batches]), per_rank)
+    log.info("cached %d training features of dimension %d", *features.shape)
+
+
+def with_lr(mode: Mapping[str, Any], lr: float) -> Settings:
+    """The mode config with its optimizer's absolute learning rate set to ``lr``."""
+    return settings({**mode, "optim": {**mode["optim"], "lr": lr}}, "mode")
+
+
+def select_lr(context: DownstreamContext, fit_mode: FitMode) -> tuple[float | None, dict[str, Any] | None] | None:
+    """The learning rate of ``mode.lr_grid`` with the best validation top-1 ((None, None) without a grid; None
+    when a candidate fit was requeued). Finished candidates are kept in ``run_dir/selection`` and not refit."""
+    mode, task = context.config["mode"], context.task
+    grid = mode["lr_grid"]
+    if not grid:
+        return None, None
+    candidates = []
+    for lr in grid:
+        candidate_dir = context.run_dir / SELECTION_SUBDIR / f"lr={lr:g}"
+        record = candidate_dir / CANDIDATE_FILE
+        if not record.is_file():
+            result = fit_and_test(
+                context, with_lr(mode, lr), fit_mode, task.selection_train, task.val, candidate_dir, NO_LOGGER
+            )
+            if result is None:
+                return None
+            if result.trainer.is_global_zero:
+                write_json_atomic(record, {"lr": lr, "val_top1": result.metrics["top1"]})
+            result.trainer.strategy.barrier()
+        candidates.append(json.loads(record.read_text()))
+        log.info("lr %g: validation top-1 %.2f", lr, candidates[-1]["val_top1"])
+    best = max(range(len(grid)), key=lambda index: (candidates[index]["val_top1"], -index))
+    selection = {
+        "validation": task.validation,
+        "grid": {"lr": list(grid)},
+        "candidates": candidates,
+        "chosen": {"lr": grid[best]},
+        "refit_on": "train",
+    }
+    return grid[best], selection
+
+
+def run_fit(context: DownstreamContext, fit_mode: FitMode) -> ModeOutcome | None:
+    """Choose the lr on validation (with ``mode.lr_grid``), fit on the training split, test; optionally the
+    selecting linear probe on the same labels for comparison. None when a fit was requeued."""
+    mode, task = context.config["mode"], context.task
+    selected = select_lr(context, fit_mode)
+    if selected is None:
+        return None
+    lr, selection = selected
+    final_mode = with_lr(mode, lr) if lr is not None else mode
+    result = fit_and_test(
+        context, final_mode, fit_mode, task.train, task.test, context.run_dir, context.config["logger"]
+    )
+    if result is None:
+        return None
+    notes = compare_with_linear_probe(context, result.metrics) if fit_mode.compares_with_probe else {}
+    return ModeOutcome(
+        result.metrics,
+        result.trainer,
+        result.image_size,
+        result.meta,
+        result.images_per_s,
+        selection=selection,
+        notes=notes,
+    )
+
+
+def compare_with_linear_probe(context: DownstreamContext, metrics: Mapping[str, float]) -> dict[str, Any]:
+    """The selecting linear probe of the pretrained backbone on the same splits; a fine-tune below it is logged."""
+    config = settings({**context.config, "logger": NO_LOGGER})
+    probe = run_linear(DownstreamContext(config, context.task, context.run_dir / PROBE_SUBDIR, context.load_backbone))
+    below = metrics["top1"] < probe.metrics["top1"]
+    if below:
+        log.warning(
+            "fine-tuning scored top-1 %.2f, below the selecting linear probe's %.2f on the same labels: the "
+            "fine-tuning recipe does not suit this task (try mode.lr_grid, mode.epochs or mode=linear)",
+            metrics["top1"],
+            probe.metrics["top1"],
+        )
+    return {
+        "linear_probe": {"metrics": probe.metrics, "chosen": probe.selection["chosen"]},
+        "below_linear_probe": below,
+    }
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How a mode runs (``run(context)`` -> its outcome, None when requeued)."""
+
+    run: Callable[[DownstreamContext], ModeOutcome | None]
+
+
+FINE_TUNING = FitMode(build_finetune, ema_callbacks, caches_features=False, compares_with_probe=True)
+MODES: dict[str, Mode] = {
+    "linear": Mode(run_linear),
+    "knn": Mode(run_knn),
+    "linear_mae": Mode(partial(run_fit, fit_mode=FitMode(build_linear, no_callbacks, True, False))),
+    "finetune": Mode(partial(run_fit, fit_mode=FINE_TUNING)),
+    "finetune_mae": Mode(partial(run_fit, fit_mode=FINE_TUNING)),
+}
+
+
+def get_mode(name: str) -> Mode:
+    return lookup(MODES, name, "mode")
