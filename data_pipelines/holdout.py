@@ -1,26 +1,41 @@
-"""A seeded hold-out split by sample key: the same images are held out whatever reads them, and in any order.
+"""A seeded hold-out split by sample key: the same images are held out whatever reads the split, in any order.
 
-A sample is held out when a stable hash of ``(seed, key)`` falls below ``fraction``: listings of official files,
-shard streams and tables of precomputed features all agree on it, and no sample count or order is needed.
+The held-out share of a split is the ``round(fraction * N)`` keys (at least one, never all) with the smallest
+stable hash of ``(seed, key)``: listings of official files, shard streams and tables of precomputed features of
+the same split hold out the same images, exactly as many as asked, with no dependence on their order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from data_pipelines.seeding import stable_seed
 
-RESOLUTION = 1_000_000  # hash buckets: the held-out share is a multiple of 1e-6
+
+@dataclass(frozen=True)
+class KeySelection:
+    """One side of a hold-out of a given split: ``keeps(key)`` says whether a sample belongs to it."""
+
+    held_out: frozenset[str]
+    side: str  # "val": the held-out samples | "train": all the others
+
+    def keeps(self, key: str) -> bool:
+        return (key in self.held_out) == (self.side == "val")
+
+    def keeps_sample(self, sample: dict[str, Any]) -> bool:
+        """webdataset ``select`` predicate on a raw sample."""
+        return self.keeps(sample["__key__"])
 
 
 @dataclass(frozen=True)
 class HoldOut:
-    """``fraction`` of the samples (by key) held out for validation; ``side`` says which part this reader keeps."""
+    """``fraction`` of a split's samples held out for validation; ``side`` says which part a reader keeps."""
 
     fraction: float
     seed: int
-    side: str  # "val": the held-out samples | "train": all the others
+    side: str  # "val" | "train"
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction < 1:
@@ -28,15 +43,14 @@ class HoldOut:
         if self.side not in ("val", "train"):
             raise ValueError(f"hold-out side must be 'val' or 'train', got {self.side!r}")
 
-    def is_held_out(self, key: str) -> bool:
-        return stable_seed(self.seed, "holdout", key) % RESOLUTION < self.fraction * RESOLUTION
-
-    def keeps(self, key: str) -> bool:
-        return self.is_held_out(key) == (self.side == "val")
-
-    def keeps_sample(self, sample: dict[str, Any]) -> bool:
-        """webdataset ``select`` predicate on a raw sample."""
-        return self.keeps(sample["__key__"])
+    def select(self, keys: Iterable[str]) -> KeySelection:
+        """The selection of this side among ``keys``, the keys of the whole split."""
+        keys = sorted(set(keys))
+        if len(keys) < 2:
+            raise ValueError(f"a hold-out needs at least 2 samples, the split has {len(keys)}")
+        count = min(len(keys) - 1, max(1, round(self.fraction * len(keys))))
+        ranked = sorted(keys, key=lambda key: stable_seed(self.seed, "holdout", key))
+        return KeySelection(frozenset(ranked[:count]), self.side)
 
     def describe(self) -> str:
         return f"a seeded hold-out of {self.fraction:.0%} of the training images (seed {self.seed})"

@@ -49,7 +49,7 @@ import torch
 import torch.distributed
 import webdataset as wds
 
-from data_pipelines.holdout import HoldOut
+from data_pipelines.holdout import KeySelection
 from data_pipelines.manifest import read_manifest
 from data_pipelines.registry import check_name
 from data_pipelines.resume import plan_skip
@@ -97,7 +97,7 @@ class StreamConfig:
     skip_batches: int = 0  # resume: batches of this epoch this rank already consumed
     rank: int | None = None  # None: from torch.distributed when initialized, else 0 of 1
     world_size: int | None = None
-    holdout: HoldOut | None = None  # read only one side of a seeded hold-out split (by sample key)
+    holdout: KeySelection | None = None  # read only one side of a seeded hold-out split (by sample key)
     # False: "image" stays uint8 and the consumer applies transforms.Normalize on its device, which saves the
     # loader's CPU a float pass and moves 4x fewer bytes (see bench/loader.py).
     normalize: bool = True

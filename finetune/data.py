@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 from webdataset.tariterators import base_plus_ext
 
-from data_pipelines.holdout import HoldOut
+from data_pipelines.holdout import HoldOut, KeySelection
 from data_pipelines.manifest import read_manifest
 from data_pipelines.seeding import stable_seed
 from data_pipelines.shards import expand_shards, local_path
@@ -134,7 +134,8 @@ class ListingSplit:
         )
 
     def held_out(self, holdout: HoldOut) -> ListingSplit:
-        return ListingSplit([item for item in self.items if holdout.keeps(item.key)], self.classes)
+        selection = holdout.select(item.key for item in self.items)
+        return ListingSplit([item for item in self.items if selection.keeps(item.key)], self.classes)
 
     def image_side(self) -> float:
         """The median shorter side of (at most) the first SIZE_SAMPLE images: a folder rarely mixes resolutions."""
@@ -145,17 +146,19 @@ class ListingSplit:
 class ShardSplit:
     """A split read from labeled shards written by ``data_pipelines`` (their manifest gives counts and classes)."""
 
-    def __init__(self, shards: Sequence[str], holdout: HoldOut | None = None) -> None:
+    def __init__(self, shards: Sequence[str], selection: KeySelection | None = None) -> None:
         self.urls = expand_shards(list(shards))
         manifest = read_manifest(self.urls)
         self.classes = manifest["classes"]
-        self.holdout = holdout
-        self.num_samples = manifest["total"] if holdout is None else sum(map(holdout.keeps, shard_keys(self.urls)))
+        self.selection = selection
+        self.num_samples = manifest["total"]
+        if selection is not None:
+            self.num_samples = sum(map(selection.keeps, shard_keys(self.urls)))
 
     def held_out(self, holdout: HoldOut) -> ShardSplit:
-        if self.holdout is not None:
+        if self.selection is not None:
             raise ValueError("a hold-out split cannot be split again")
-        return ShardSplit(self.urls, holdout)
+        return ShardSplit(self.urls, holdout.select(shard_keys(self.urls)))
 
     def image_side(self) -> float:
         """The smallest mean shorter side over the shards' manifests (the writer records image sizes)."""
@@ -181,7 +184,7 @@ class ShardSplit:
             epoch=epoch,
             rank=rank,
             world_size=world_size,
-            holdout=self.holdout,
+            holdout=self.selection,
         )
         if spec.training:
             batches = self.num_samples // (spec.batch_size * world_size)

@@ -9,6 +9,11 @@ and where things are kept, e.g. ``mode.optim.base_lr=0.001`` in a learning-rate 
 VTAB-1k tasks are followed by their group means (natural, specialized, structured: the mean over the group's tasks)
 and the mean over all VTAB tasks, as Zhai et al. (2019) report them. A group mean over fewer tasks than the group
 has is shown with its count, e.g. ``71.3 (3/7)``.
+
+Two more tables follow in the papers' layouts when their tasks are present: the 19 VTAB-1k tasks with the
+Natural / Specialized / Structured means and the overall mean (as the ViT paper breaks VTAB down), and the transfer
+table of CIFAR-10, CIFAR-100, Oxford-IIIT Pets, Oxford Flowers-102 and VTAB, one column per evaluated
+backbone next to the paper's ViT-H/14 (Table 2).
 """
 
 from __future__ import annotations
@@ -35,6 +40,15 @@ IDENTITY = ("task", "ckpt", "mode", "seed")
 # ... and where things are kept or logged (any key below these).
 LOCATION = ("data_root", "run_dir", "resume", "num_workers", "logger", "hydra")
 VTAB_ORDER = {f"vtab_{name}": index for index, name in enumerate(VTAB_TASKS)}  # the paper's order, by group
+# The ViT paper's transfer table (Table 2): its rows, and the JFT-300M ViT-H/14 column as the reference.
+TRANSFER_ROWS = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "pets": "Oxford-IIIT Pets",
+    "flowers102": "Oxford Flowers-102",
+    ALL_VTAB: "VTAB (19 tasks)",
+}
+PAPER_VIT_H14 = {"cifar10": 99.50, "cifar100": 94.55, "pets": 97.56, "flowers102": 99.68, ALL_VTAB: 77.63}
 
 
 def collect(roots: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -114,6 +128,48 @@ def to_markdown(columns: list[str], rows: list[dict[str, Any]], metric: str) -> 
     return "\n".join(lines) + "\n"
 
 
+def row_label(row: dict[str, Any]) -> str:
+    return " ".join(part for part in (row["checkpoint"], row["mode"], row["setting"]) if part)
+
+
+def vtab_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """The 19 VTAB-1k tasks in the paper's order with the group means and the mean; empty without VTAB tasks."""
+    tasks = [column for column in columns if column in VTAB_ORDER]
+    if not tasks:
+        return ""
+    groups = [column for column in columns if column in (*GROUPS, ALL_VTAB)]
+    header = [
+        "",
+        *(task.removeprefix("vtab_") for task in tasks),
+        *(group.capitalize() for group in groups[:-1]),
+        "Mean",
+    ]
+    lines = ["VTAB-1k top-1 (%), by group (Zhai et al., 2019)", "", "| " + " | ".join(header) + " |"]
+    lines.append("|---|" + "|".join(["---:"] * (len(header) - 1)) + "|")
+    for row in rows:
+        cells = [_cell(row.get(column), column) for column in (*tasks, *groups)]
+        lines.append(f"| {row_label(row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def transfer_table(rows: list[dict[str, Any]]) -> str:
+    """The ViT paper's transfer table: a row per dataset, a column per backbone, the paper's ViT-H/14 last."""
+    present = [key for key in TRANSFER_ROWS if any(key in row for row in rows)]
+    if not present:
+        return ""
+    header = ["", *(row_label(row) for row in rows), "ViT-H/14 (Dosovitskiy et al., 2021)"]
+    lines = [
+        "Transfer top-1 (%), the layout of Dosovitskiy et al. (2021), Table 2",
+        "",
+        "| " + " | ".join(header) + " |",
+    ]
+    lines.append("|---|" + "|".join(["---:"] * (len(header) - 1)) + "|")
+    for key in present:
+        cells = [_cell(row.get(key), key) for row in rows] + [f"{PAPER_VIT_H14[key]:.2f}"]
+        lines.append(f"| {TRANSFER_ROWS[key]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
     """Numbers only; each group mean is followed by ``<group>_tasks``, how many tasks it averages."""
     header = list(ROW_KEYS)
@@ -141,7 +197,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", help="write OUT.md and OUT.csv (default: report.md/.csv in the first folder)")
     args = parser.parse_args(argv)
     columns, rows = summarize(collect(args.roots), args.metric)
-    markdown = to_markdown(columns, rows, args.metric)
+    markdown = "\n".join(
+        table
+        for table in (to_markdown(columns, rows, args.metric), vtab_table(columns, rows), transfer_table(rows))
+        if table
+    )
     first = Path(args.roots[0])
     out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "report"
     out.parent.mkdir(parents=True, exist_ok=True)

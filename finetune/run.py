@@ -28,11 +28,10 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from data_pipelines.holdout import HoldOut
 from data_pipelines.manifest import write_json_atomic
 from finetune.protocol import DownstreamContext, get_mode
 from finetune.results import RESULTS_FILE, git_commit
-from finetune.tasks import build_task
+from finetune.tasks import task_of
 from pretrain.engine.architecture import backbone_options
 from pretrain.engine.backbone_io import load_backbone
 from pretrain.engine.config import config_hash, optional_group, settings
@@ -81,8 +80,7 @@ def finetune(config: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] 
     L.seed_everything(config["seed"], workers=True)
     mode = get_mode(config["mode"]["name"])
     set_cpu_threads(config["trainer"], devices_per_node(config["trainer"]), config["num_workers"])
-    holdout = HoldOut(config["holdout_fraction"], config["seed"], side="val")
-    task = build_task(config["task"], holdout, config["low_resolution_side"])
+    task = task_of(config)
     outcome = mode.run(DownstreamContext(config, task, run_dir, lambda: load_pretrained(config)))
     if outcome is None:
         return {}

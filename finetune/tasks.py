@@ -139,7 +139,8 @@ def build_task(task: Mapping[str, Any], holdout: HoldOut, low_resolution_side: i
     splits = {"train": train, "test": test, "validation train": selection_train, "validation": val}
     for split_name, split in splits.items():
         if split.num_samples == 0:
-            raise ValueError(f"task {task['name']}: its {split_name} split holds no images")
+            hint = " (raise holdout_fraction, or give task.validation)" if "validation" in split_name else ""
+            raise ValueError(f"task {task['name']}: its {split_name} split holds no images{hint}")
         if split.max_label() >= num_classes:
             raise ValueError(
                 f"task {task['name']}: {split_name} labels go up to {split.max_label()} but the task has "
@@ -156,3 +157,9 @@ def build_task(task: Mapping[str, Any], holdout: HoldOut, low_resolution_side: i
     )
     crop = eval_crop_fraction(task, train, low_resolution_side)
     return Task(task["name"], num_classes, train, test, selection_train, val, validation, crop, task["group"])
+
+
+def task_of(config: Mapping[str, Any]) -> Task:
+    """The task of a resolved finetune config: its ``task`` group, hold-out share and low-resolution threshold."""
+    holdout = HoldOut(config["holdout_fraction"], config["seed"], side="val")
+    return build_task(config["task"], holdout, config["low_resolution_side"])

@@ -9,13 +9,14 @@ from __future__ import annotations
 from data_pipelines.registry import check_name, lookup
 from data_pipelines.sources.base import Source
 from data_pipelines.sources.cifar import CIFAR10_SOURCE, CIFAR100_SOURCE
+from data_pipelines.sources.elpv import ELPV
 from data_pipelines.sources.folder import IMAGE_FOLDER, UNLABELED_FOLDER
 from data_pipelines.sources.oxford import FLOWERS102, PETS
 from data_pipelines.sources.vtab import VTAB
 
 SOURCES: dict[str, Source] = {
     source.name: source
-    for source in (IMAGE_FOLDER, UNLABELED_FOLDER, CIFAR10_SOURCE, CIFAR100_SOURCE, PETS, FLOWERS102, VTAB)
+    for source in (IMAGE_FOLDER, UNLABELED_FOLDER, CIFAR10_SOURCE, CIFAR100_SOURCE, PETS, FLOWERS102, VTAB, ELPV)
 }
 
 

@@ -52,7 +52,8 @@ class FeatureTable:
 
     def held_out(self, holdout: HoldOut) -> FeatureTable:
         """The rows on ``holdout.side``, by sample key (the same images a hold-out of the split itself reads)."""
-        return self.rows(torch.tensor([holdout.keeps(key) for key in self.keys], dtype=torch.bool))
+        selection = holdout.select(self.keys)
+        return self.rows(torch.tensor([selection.keeps(key) for key in self.keys], dtype=torch.bool))
 
 
 class FeatureExtractor(L.LightningModule):

@@ -107,3 +107,16 @@ def write_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fo
             for number in range(count):
                 save(root / split / name / f"{number}.jpg", pixels(label, 28, number))
     return root
+
+
+def write_elpv(root: Path, per_class: tuple[int, ...] = (12, 8, 4, 8)) -> Path:
+    """<root>/labels.csv (``images/cellNNNN.png  probability  type``) and <root>/images/*.png, 40 px grayscale."""
+    lines, number = [], 0
+    for label, count in enumerate(per_class):
+        for _ in range(count):
+            number += 1
+            name = f"images/cell{number:04d}.png"
+            save(root / name, pixels(label, 40, number)[..., 0], "PNG")
+            lines.append(f"{name}  {label / 3:.16f}  {'mono' if number % 2 else 'poly'}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root

@@ -53,14 +53,21 @@ def test_knn_on_the_demo_is_clearly_above_chance(run_app) -> None:
     assert results["images_per_s"] > 0 and results["pretraining"]["objective"] == "mae"
 
 
-def test_default_linear_probe_on_the_demo_is_clearly_above_chance(run_app, tmp_path: Path) -> None:
+def test_default_linear_probe_on_the_demo_selects_on_validation_and_records_it(run_app) -> None:
     results = run_app()
     assert results["mode"] == "linear" and results["metrics"]["top1"] > 30
-    assert list((tmp_path / "checkpoints").glob("step=*.ckpt"))
+    selection = results["selection"]
+    assert "hold-out of 10%" in selection["validation"] and selection["refit_on"] == "train"
+    assert len(selection["candidates"]) == len(selection["grid"]["features"]) * len(selection["grid"]["lrs"]) * len(
+        selection["grid"]["weight_decays"]
+    )
+    best = max(candidate["val_top1"] for candidate in selection["candidates"])
+    chosen = [c for c in selection["candidates"] if {k: c[k] for k in selection["chosen"]} == selection["chosen"]]
+    assert chosen[0]["val_top1"] == best
 
 
-def test_augmented_linear_probe_leaves_the_backbone_untouched(run_app, pretrained: Path, tmp_path: Path) -> None:
-    run_app("mode.cache_features=false", "trainer.max_steps=3", "mode.batch_size=32")
+def test_augmented_mae_linear_probe_leaves_the_backbone_untouched(run_app, pretrained: Path, tmp_path: Path) -> None:
+    run_app("mode=linear_mae", "trainer.max_steps=3", "mode.batch_size=32")
     checkpoint = torch.load(next((tmp_path / "checkpoints").glob("step=000003.ckpt")), weights_only=False)
     trained = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     original, _ = load_backbone(pretrained / "backbone.safetensors")
@@ -69,17 +76,20 @@ def test_augmented_linear_probe_leaves_the_backbone_untouched(run_app, pretraine
 
 @pytest.mark.slow
 def test_finetune_on_the_demo_is_clearly_above_chance(run_app) -> None:
-    results = run_app(
-        "mode=finetune",
-        "mode.epochs=3",
-        "mode.warmup_epochs=1",
-        "mode.batch_size=32",
-        "mode.optim.base_lr=1e-2",
-        "mode.mixup_alpha=0",
-        "mode.cutmix_alpha=0",
-        "mode.randaugment=null",
-    )
+    results = run_app("mode=finetune", "mode.epochs=3", "mode.batch_size=32", "mode.lr_grid=[0.01,0.03]")
     assert results["metrics"]["top1"] > 30
+    selection = results["selection"]
+    assert [c["lr"] for c in selection["candidates"]] == [0.01, 0.03]
+    best = max(selection["candidates"], key=lambda candidate: candidate["val_top1"])
+    assert selection["chosen"] == {"lr": best["lr"]}
+    assert results["linear_probe"]["metrics"]["top1"] > 30 and "below_linear_probe" in results
+
+
+def test_a_fine_tune_below_the_linear_probe_says_so(run_app, caplog) -> None:
+    with caplog.at_level("WARNING", logger="finetune.protocol"):
+        results = run_app("mode=finetune", "mode.lr_grid=null", "trainer.max_steps=1", "mode.batch_size=16")
+    assert results["below_linear_probe"] and results["metrics"]["top1"] < results["linear_probe"]["metrics"]["top1"]
+    assert "below the selecting linear probe" in caplog.text
 
 
 def test_lightning_checkpoint_and_exported_backbone_give_the_same_knn_accuracy(run_app, pretrained: Path) -> None:
@@ -95,7 +105,9 @@ def test_random_init_baseline_needs_an_architecture(run_app) -> None:
 
 
 def test_finetune_at_a_higher_resolution_saves_a_loadable_model(run_app, tmp_path: Path) -> None:
-    results = run_app("mode=finetune", "image_size=48", "trainer.max_steps=2", "mode.batch_size=16")
+    results = run_app(
+        "mode=finetune", "mode.lr_grid=null", "image_size=48", "trainer.max_steps=2", "mode.batch_size=16"
+    )
     assert results["image_size"] == 48 and all(value == value for value in results["metrics"].values())
     model, meta = load_backbone(tmp_path / "checkpoints" / "step=000002.ckpt")
     assert meta.options["img_size"] == 48 and model.pos_embed.shape[1] == 1 + 12 * 12
@@ -103,9 +115,12 @@ def test_finetune_at_a_higher_resolution_saves_a_loadable_model(run_app, tmp_pat
 
 
 def test_finetune_with_ema_tests_the_averaged_weights(run_app) -> None:
-    plain = run_app("mode=finetune", "trainer.max_steps=2", "mode.batch_size=16", "mode.optim.lr=0.5")
+    plain = run_app(
+        "mode=finetune", "mode.lr_grid=null", "trainer.max_steps=2", "mode.batch_size=16", "mode.optim.lr=0.5"
+    )
     averaged = run_app(
         "mode=finetune",
+        "mode.lr_grid=null",
         "trainer.max_steps=2",
         "mode.batch_size=16",
         "mode.optim.lr=0.5",

@@ -7,11 +7,11 @@ import pytest
 import torch
 from yaml_defaults import composed, optim_config
 
-from finetune.modes import get_mode
 from finetune.modes.common import DownstreamRun
 from finetune.modes.full import FinetuneModule, build_finetune
 from finetune.modes.knn import knn_scores
-from finetune.modes.linear import LinearProbeModule
+from finetune.modes.linear_mae import LinearProbeModule
+from finetune.protocol import get_mode
 from pretrain.engine.backbone_io import load_backbone, save_backbone
 from pretrain.engine.classification import MixedLabelLoss
 from pretrain.engine.metadata import BackboneMeta
@@ -30,7 +30,16 @@ def finetune_module(backbone=None, layer_decay: float | None = 0.75) -> Finetune
         create_vit("vit_test_patch4") if backbone is None else backbone,
         num_classes=10,
         pool="avg",
-        loss=MixedLabelLoss(10, label_smoothing=0.1, mixup_alpha=0.0, cutmix_alpha=0.0),
+        head_init_std=2e-5,
+        loss=MixedLabelLoss(
+            10,
+            label_smoothing=0.1,
+            mixup_alpha=0.0,
+            cutmix_alpha=0.0,
+            mixup_prob=1.0,
+            mixup_switch_prob=0.5,
+            random_erasing=0.0,
+        ),
         meta=META,
         optim=optim_config(lr=1e-3, layer_decay=layer_decay),
         plan=PLAN,
@@ -91,12 +100,14 @@ def test_knn_votes_are_weighted_by_exponentiated_similarity() -> None:
 
 
 def test_unknown_mode_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown mode 'probe'; choose one of: finetune, knn, linear"):
-        get_mode("probe")
+    with pytest.raises(
+        ValueError, match="unknown mode 'probe'; choose one of: finetune, finetune_mae, knn, linear, linear_mae"
+    ):
+        get_mode("probe")  # the modes: finetune, finetune_mae, knn, linear, linear_mae
 
 
 def test_finetune_mode_builds_from_its_yaml_with_warmup_in_epochs() -> None:
-    mode = composed("finetune", "ckpt=null", "mode=finetune")["mode"]
+    mode = composed("finetune", "ckpt=null", "mode=finetune_mae")["mode"]
     run = DownstreamRun(num_classes=10, plan=PLAN, seed=0, meta=META, max_bad_steps=5)
     module = build_finetune(create_vit("vit_test_patch4"), mode, run)
     assert module.optim_config.warmup_steps == mode["warmup_epochs"] * PLAN.steps_per_epoch

@@ -20,7 +20,8 @@ from yaml_defaults import transform_options
 from data_pipelines.sources.vtab import TASKS as VTAB_TASKS
 from data_pipelines.write_shards import write_shards
 from finetune.data import LoaderSpec
-from finetune.tasks import Task, build_task
+from finetune.tasks import Task, task_of
+from pretrain.engine.config import settings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 COMMON = dict(num_workers=0, mean=(0.5,) * 3, std=(0.25,) * 3, seed=0, shuffle_buffer=100, pin_memory=False)
@@ -31,7 +32,7 @@ TRAIN = LoaderSpec("mae", transform_options(32), batch_size=2, training=True, **
 @pytest.fixture
 def read_task(finetune_config):
     def read(*overrides: str) -> Task:
-        return build_task(finetune_config("ckpt=null", *overrides)["task"])
+        return task_of(settings(finetune_config("ckpt=null", *overrides)))
 
     return read
 
@@ -74,10 +75,15 @@ def test_vtab_task_reads_list_files_from_an_alias_folder(tmp_path: Path, read_ta
     assert (task.train.num_samples, task.test.num_samples) == (10, 4)  # train800val200, test
 
 
-def test_vtab_selection_trains_on_train800_and_tests_on_val200(tmp_path: Path, read_task) -> None:
+def test_vtab_protocol_chooses_on_train800_val200_and_refits_on_train800val200(tmp_path: Path, read_task) -> None:
     root = write_vtab_task(tmp_path, "dtd", num_classes=47)
-    task = read_task("task=vtab_dtd", f"data_root={root}", "task.train=[train800]", "task.test=[val200]")
-    assert (task.train.num_samples, task.test.num_samples) == (8, 2)
+    task = read_task("task=vtab_dtd", f"data_root={root}")
+    listed = {split: (root / "dtd" / f"{split}.txt").read_text().split() for split in ("train800", "val200", "test")}
+    phases = {"train800": task.selection_train, "val200": task.val, "test": task.test}
+    for split, read in phases.items():
+        assert [Path(item.path).name for item in read.items] == [Path(p).name for p in listed[split][::2]], split
+    assert task.train.num_samples == task.selection_train.num_samples + task.val.num_samples == 10
+    assert "train800" in task.validation and "val200" in task.validation
 
 
 def test_every_vtab_task_has_a_config_with_its_class_count_and_group() -> None:
