@@ -2,7 +2,8 @@
 
 One run, on a CPU:
   1. write the ELPV training split to shards (``python -m data_pipelines.write_shards elpv``);
-  2. MAE-pretrain a tiny ViT (width 64, depth 4, 8 px patches) at 64 px on them for a few CPU minutes (``pretrain/run.py``);
+  2. MAE-pretrain a tiny ViT (width 64, depth 4, 8 px patches) at 64 px on them for a few CPU minutes
+     (``pretrain/run.py``);
   3. evaluate the pretrained encoder, the same encoder at random init, and raw pixels: k-NN and the selecting
      linear probe on all 1,968 training labels, fine-tuning and the linear probe on 1,000 labels (VTAB-1k style),
      each through ``finetune/run.py`` as a user runs it;

@@ -322,7 +322,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 
 
 def _preset_table() -> dict[str, dict[str, Any]]:
-    """``vit_<size>_patch<p>`` for the paper sizes and patches 8/14/16/32, plus the tiny ``vit_test_patch4`` (32 px) and ``vit_test_patch8`` (64 px) for tests and CPU benchmarks."""
+    """``vit_<size>_patch<p>`` for the paper sizes and patches 8/14/16/32, plus the tiny ``vit_test_patch4``
+    (32 px) and ``vit_test_patch8`` (64 px) for tests and CPU benchmarks."""
     table = {
         f"vit_{size}_patch{patch}": dict(ARCHITECTURES[size], patch_size=patch)
         for size in ("tiny", "small", "base", "large", "huge")
