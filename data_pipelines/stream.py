@@ -77,7 +77,8 @@ CORRUPT_TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, zlib.error)
 class StreamConfig:
     """Everything that decides which batches a rank yields. Tuples may be given as lists (Hydra).
 
-    The first fields come from the apps' config (no defaults here); the rest place the stream in a run.
+    The first fields come from the apps' config (no defaults here); the rest place the stream in a run (epoch,
+    rank, resume position, hold-out side) or choose what it hands over (``normalize``).
     """
 
     shards: str | list[str]

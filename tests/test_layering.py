@@ -46,8 +46,14 @@ def test_models_are_pure_torch():
 
 
 def test_the_engine_knows_no_objective_no_app_and_no_hydra():
-    forbidden = ("pretrain.objectives", "pretrain.analysis", "finetune", "hydra", "omegaconf")
+    apps = ("pretrain.run", "pretrain.export", "pretrain.analyze")
+    forbidden = ("pretrain.objectives", "pretrain.analysis", "finetune", "hydra", "omegaconf", *apps)
     assert offending(modules("pretrain/engine"), forbidden) == {}
+
+
+def test_the_analysis_quantities_know_no_engine_no_objective_and_no_app():
+    forbidden = ("pretrain.engine", "pretrain.objectives", "pretrain.run", "pretrain.analyze", "finetune", "lightning")
+    assert offending(modules("pretrain/analysis"), forbidden) == {}
 
 
 def test_downstream_code_never_uses_a_pretraining_objective():

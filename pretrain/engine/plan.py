@@ -1,7 +1,8 @@
 """The run's layout and length, resolved from the config and the launch environment before anything is built.
 
-Every app computes its :class:`RunPlan` first (world size, global batch, batches per epoch, total steps) and
-builds the Trainer, the data and the module from it; nothing reads the Trainer back to finish building.
+Every app that trains or evaluates computes its :class:`RunPlan` first (world size, global batch, batches per
+epoch, total steps) and builds the Trainer, the data and the module from it; nothing reads the Trainer back to
+finish building.
 """
 
 from __future__ import annotations

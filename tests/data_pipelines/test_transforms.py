@@ -15,6 +15,8 @@ from yaml_defaults import transform_options
 from data_pipelines.seeding import seeded_rng
 from data_pipelines.transforms import Normalize, build_transform, decode_region
 
+MEAN = (0.485, 0.456, 0.406)  # the normalization mean: RandAugment's fill colour
+
 
 @pytest.fixture(scope="module")
 def photo() -> bytes:
@@ -31,7 +33,7 @@ def open_photo(data: bytes) -> Image.Image:
 def test_eval_transform_matches_torchvision_resize_and_center_crop(photo: bytes) -> None:
     # 160 px from a 300 px short side needs the full-size decode, so only the resize kernels differ (PIL's bicubic
     # uses a=-0.5, torch's a=-0.75) and the crop's rounding to whole stored pixels.
-    ours = build_transform("eval", transform_options(160, eval_crop_fraction=0.875))(open_photo(photo)).float()
+    ours = build_transform("eval", transform_options(160, eval_crop_fraction=0.875), MEAN)(open_photo(photo)).float()
     resize = T.Resize(int(160 / 0.875), interpolation=T.InterpolationMode.BICUBIC)
     reference = T.Compose([resize, T.CenterCrop(160), T.PILToTensor()])(open_photo(photo).convert("RGB")).float()
     assert ours.shape == (3, 160, 160) and (ours - reference).abs().mean() < 1.5
@@ -47,7 +49,7 @@ def test_reduced_jpeg_decode_matches_full_decode_after_resize(photo: bytes) -> N
 
 
 def test_mae_transform_is_a_function_of_its_seed(photo: bytes) -> None:
-    transform = build_transform("mae", transform_options(32))
+    transform = build_transform("mae", transform_options(32), MEAN)
     outputs = []
     for seed in (1, 1, 2):
         with seeded_rng(seed):
@@ -60,7 +62,7 @@ def test_supervised_transform_adds_randaugment_to_the_mae_crop(photo: bytes) -> 
     results = {}
     for name in ("mae", "supervised"):
         with seeded_rng(3):
-            transform = build_transform(name, transform_options(32, randaugment="rand-m15-mstd0.5-inc1"))
+            transform = build_transform(name, transform_options(32, randaugment="rand-m15-mstd0.5-inc1"), MEAN)
             results[name] = transform(open_photo(photo))
     assert not torch.equal(results["mae"], results["supervised"])
 
@@ -74,9 +76,9 @@ def test_normalize_matches_torchvision_normalize() -> None:
 
 def test_unknown_transform_lists_valid_ones() -> None:
     with pytest.raises(KeyError, match="unknown transform 'simclr'; choose one of: eval, mae, supervised"):
-        build_transform("simclr", transform_options(32))
+        build_transform("simclr", transform_options(32), MEAN)
 
 
 def test_a_transform_without_the_options_it_needs_says_which() -> None:
     with pytest.raises(ValueError, match="the eval transform needs eval_crop_fraction"):
-        build_transform("eval", transform_options(32, eval_crop_fraction=None))
+        build_transform("eval", transform_options(32, eval_crop_fraction=None), MEAN)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data_pipelines.sources.vtab import TASKS as VTAB_TASKS
-from finetune.report import main, setting, summarize, to_csv, to_markdown
+from finetune.report import main, setting, summarize, to_csv, to_markdown, transfer_table, vtab_table
 
 
 def result(
@@ -99,3 +99,24 @@ def test_command_line_writes_markdown_and_csv_beside_the_runs(tmp_path: Path, ca
 def test_no_results_is_an_error_naming_the_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=f"no results.json below {tmp_path}"):
         main([str(tmp_path)])
+
+
+def test_the_vtab_table_lists_the_19_tasks_in_the_papers_order_with_group_means() -> None:
+    results = [result(f"vtab_{name}", 10.0 * index) for index, name in enumerate(VTAB_TASKS)]
+    columns, rows = summarize(results, "top1")
+    table = vtab_table(columns, rows)
+    header = table.splitlines()[2]
+    assert header.index("caltech101") < header.index("patch_camelyon") < header.index("smallnorb_ele")
+    assert header.endswith("| Natural | Specialized | Structured | Mean |")
+    assert table.splitlines()[4].endswith("| 30.0 | 85.0 | 145.0 | 90.0 |")
+    assert vtab_table(*summarize([result("cifar10", 1.0)], "top1")) == ""
+
+
+def test_the_transfer_table_has_a_row_per_dataset_and_the_papers_vit_h14_beside_ours() -> None:
+    results = [result("cifar10", 97.0), result("pets", 90.0), result("cifar10", 95.0, checkpoint="b.ckpt")]
+    table = transfer_table(summarize(results, "top1")[1])
+    lines = table.splitlines()
+    assert lines[2] == "|  | a.safetensors linear | b.ckpt linear | ViT-H/14 (Dosovitskiy et al., 2021) |"
+    assert lines[4] == "| CIFAR-10 | 97.0 | 95.0 | 99.50 |"
+    assert lines[5] == "| Oxford-IIIT Pets | 90.0 |  | 97.56 |"
+    assert "CIFAR-100" not in table

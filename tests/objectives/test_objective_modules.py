@@ -64,7 +64,8 @@ def test_supervised_objective_builds_a_classifier_with_mixing():
     config = settings(composed("pretrain", "objective=supervised", "data.batch_size=4"))
     module = build_module(config, plan_run(config["trainer"], 4, batches_per_epoch=8), num_classes=7)
     assert isinstance(module, SupervisedModule) and module.model.num_classes == 7
-    assert module.loss.mix is not None and module.meta.options["num_classes"] == 0
+    assert module.loss.mixup is not None and module.loss.erasing is not None
+    assert module.meta.options["num_classes"] == 0
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run():
