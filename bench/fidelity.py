@@ -14,8 +14,8 @@ One run, on a CPU:
     python bench/fidelity.py           # about half an hour on 2 cores; prints the table, writes it to --work
 
 The checks it prints are those of the downstream issue: the app's linear probe is at least the plain logistic
-regression, its k-NN at least the plain k-NN on the raw-resolution images, and the 1,000-label fine-tune at least
-the linear probe on the same labels.
+regression, its k-NN at least the plain k-NN on the same whole-image (raw-resolution) features, and the
+1,000-label fine-tune at least the linear probe on the same labels.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from PIL import Image
 
 from data_pipelines.sources import get_source
 from data_pipelines.sources.base import SourceRequest
+from data_pipelines.sources.elpv import CLASSES
 from pretrain.engine.backbone_io import load_backbone
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,7 @@ LOGREG_LR, LOGREG_EPOCHS, LOGREG_BATCH = 1e-3, 100, 256  # the plain logistic re
 
 
 def run(script: str, *overrides: str) -> None:
+    """One app (or ``-m module``) as a user runs it; stops the bench with its output when it fails."""
     started = time.perf_counter()
     command = [sys.executable, script, *overrides]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
@@ -91,9 +93,11 @@ def images_of(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def plain_knn(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor) -> float:
+    """Weighted cosine k-NN top-1 in percent, computed directly (the app's k and temperature)."""
     bank, queries = F.normalize(train, dim=1), F.normalize(test, dim=1)
     similarity, index = (queries @ bank.T).topk(KNN_K, dim=1)
-    votes = torch.zeros(len(queries), 4).scatter_add_(1, train_labels[index], (similarity / KNN_TEMPERATURE).exp())
+    weights = (similarity / KNN_TEMPERATURE).exp()
+    votes = torch.zeros(len(queries), len(CLASSES)).scatter_add_(1, train_labels[index], weights)
     return 100 * (votes.argmax(1) == test_labels).float().mean().item()
 
 
@@ -104,7 +108,7 @@ def plain_logistic_regression(
     mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
     train, test = (train - mean) / std, (test - mean) / std
     generator = torch.Generator().manual_seed(0)
-    head = torch.nn.Linear(train.shape[1], 4)
+    head = torch.nn.Linear(train.shape[1], len(CLASSES))
     optimizer = torch.optim.AdamW(head.parameters(), lr=LOGREG_LR)
     for _ in range(LOGREG_EPOCHS):
         order = torch.randperm(len(train), generator=generator)
@@ -191,10 +195,12 @@ def main() -> None:
 
 
 def top1(result: dict[str, Any]) -> float:
+    """The test top-1 of a results.json."""
     return result["metrics"]["top1"]
 
 
 def report(app: dict, raw: dict[str, float], plain: dict[str, dict[str, float]]) -> str:
+    """The table and the checks, as markdown."""
     rows = [
         "| encoder | k-NN (1,968 labels) | linear probe (1,968) | linear probe (1,000) | fine-tune (1,000) |",
         "|---|---:|---:|---:|---:|",
@@ -217,7 +223,7 @@ def report(app: dict, raw: dict[str, float], plain: dict[str, dict[str, float]])
             best_plain_logreg,
         ),
         (
-            "app k-NN >= plain k-NN on the raw-resolution features (CLS)",
+            "app k-NN >= plain k-NN on the same whole-image features (CLS)",
             top1(mae[("elpv", "knn")]),
             plain["cls"]["knn"],
         ),
@@ -235,6 +241,7 @@ def report(app: dict, raw: dict[str, float], plain: dict[str, dict[str, float]])
 
 
 def elpv_package_data() -> Path:
+    """ELPV's folder inside the installed ``elpv-dataset`` package."""
     try:
         import elpv_dataset
     except ModuleNotFoundError as error:

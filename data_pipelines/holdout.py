@@ -22,6 +22,7 @@ class KeySelection:
     side: str  # "val": the held-out samples | "train": all the others
 
     def keeps(self, key: str) -> bool:
+        """Whether the sample ``key`` is on this side."""
         return (key in self.held_out) == (self.side == "val")
 
     def keeps_sample(self, sample: dict[str, Any]) -> bool:
@@ -53,4 +54,5 @@ class HoldOut:
         return KeySelection(frozenset(ranked[:count]), self.side)
 
     def describe(self) -> str:
+        """How the validation split was made, for the log and results.json."""
         return f"a seeded hold-out of {self.fraction:.0%} of the training images (seed {self.seed})"

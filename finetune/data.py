@@ -146,19 +146,22 @@ class ListingSplit:
 class ShardSplit:
     """A split read from labeled shards written by ``data_pipelines`` (their manifest gives counts and classes)."""
 
-    def __init__(self, shards: Sequence[str], selection: KeySelection | None = None) -> None:
+    def __init__(
+        self, shards: Sequence[str], selection: KeySelection | None = None, num_samples: int | None = None
+    ) -> None:
+        """``selection`` narrows the split to one side of a hold-out, of ``num_samples`` images."""
         self.urls = expand_shards(list(shards))
         manifest = read_manifest(self.urls)
         self.classes = manifest["classes"]
         self.selection = selection
-        self.num_samples = manifest["total"]
-        if selection is not None:
-            self.num_samples = sum(map(selection.keeps, shard_keys(self.urls)))
+        self.num_samples = manifest["total"] if num_samples is None else num_samples
 
     def held_out(self, holdout: HoldOut) -> ShardSplit:
         if self.selection is not None:
             raise ValueError("a hold-out split cannot be split again")
-        return ShardSplit(self.urls, holdout.select(shard_keys(self.urls)))
+        keys = shard_keys(self.urls)
+        selection = holdout.select(keys)
+        return ShardSplit(self.urls, selection, sum(map(selection.keeps, keys)))
 
     def image_side(self) -> float:
         """The smallest mean shorter side over the shards' manifests (the writer records image sizes)."""
@@ -253,7 +256,8 @@ class TaskDataModule(L.LightningDataModule):
 
     def __init__(self, train: TaskSplit, test: TaskSplit, train_spec: LoaderSpec | None, test_spec: LoaderSpec) -> None:
         super().__init__()
-        self.train, self.test = train, test
+        self.train: TaskSplit | FeatureSplit = train  # a FeatureSplit once training features are cached
+        self.test = test
         self.train_spec, self.test_spec = train_spec, test_spec
 
     def train_dataloader(self) -> Any:
@@ -280,7 +284,9 @@ def loader_specs(
 ) -> tuple[LoaderSpec, LoaderSpec | None]:
     """(eval spec, training spec or None) for the run's mode at ``image_size``, normalized with ``mean``/``std``.
 
-    The mode's ``train_transform`` (if it trains) crops with its ``crop_scale``/``crop_ratio`` and RandAugment.
+    The mode's ``train_transform`` (if it trains) crops with its ``crop_scale``/``crop_ratio`` and RandAugment;
+    a task with ``augment: false`` (VTAB's structured tasks, whose labels crops and flips would change) trains on
+    the eval transform's images instead (BiT's rule, which the ViT paper's VTAB runs follow).
     """
     mode = config["mode"]
     common = dict(
@@ -296,5 +302,7 @@ def loader_specs(
     eval_spec = LoaderSpec("eval", eval_options, training=False, **common)
     if "train_transform" not in mode:
         return eval_spec, None
+    if not config["task"]["augment"]:
+        return eval_spec, LoaderSpec("eval", eval_options, training=True, **common)
     options = TransformOptions(image_size, mode["crop_scale"], mode["crop_ratio"], None, mode["randaugment"])
     return eval_spec, LoaderSpec(mode["train_transform"], options, training=True, **common)

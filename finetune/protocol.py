@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from lightning.pytorch.callbacks import Callback
 
 from data_pipelines.manifest import write_json_atomic
 from data_pipelines.registry import lookup
+from data_pipelines.seeding import seed_all, stable_seed
 from finetune.data import TaskDataModule, TaskSplit, loader_specs
 from finetune.modes.common import DownstreamRun
 from finetune.modes.features import FeatureExtractor, FeatureTable, extract_features
@@ -37,7 +39,8 @@ from finetune.modes.knn import knn_accuracy
 from finetune.modes.linear import selecting_linear_probe
 from finetune.modes.linear_mae import build_linear
 from finetune.tasks import Task
-from pretrain.engine.config import Settings, settings
+from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR
+from pretrain.engine.config import Settings, config_hash, settings
 from pretrain.engine.lifecycle import resolve_resume, save_final_checkpoint, was_requeued
 from pretrain.engine.metadata import BackboneMeta
 from pretrain.engine.plan import RunPlan, plan_run
@@ -78,12 +81,14 @@ class ModeOutcome:
 
 
 def downstream_plan(config: Mapping[str, Any], mode: Mapping[str, Any], split: TaskSplit, trains: bool) -> RunPlan:
-    """``mode.epochs`` over ``split``'s images (``trainer.max_steps`` caps it); evaluation alone trains no steps."""
+    """``mode.steps``, else ``mode.epochs`` over ``split``'s images (``trainer.max_steps`` caps them); evaluation
+    alone trains no steps."""
     plan = plan_run(
         config["trainer"],
         mode["batch_size"],
         samples_per_epoch=split.num_samples,
         epochs=mode["epochs"] if trains else 0,
+        steps=mode["steps"] if trains else None,
     )
     if trains and plan.steps_per_epoch == 0:
         raise ValueError(
@@ -127,20 +132,19 @@ def feature_tables(
 
 
 def run_linear(context: DownstreamContext) -> ModeOutcome:
-    """The selecting linear probe on frozen features."""
+    """The selecting linear probe on frozen features. A hold-out's two sides are rows of the training split's
+    table (one pass); a task's own validation split is a pass of its own."""
     probe, task = context.config["probe"], context.task
-    tables, trainer, meta, image_size, speed = feature_tables(
-        context,
-        list(probe["features"]),
-        {
-            "fit": task.selection_train,
-            "val": task.val,
-            "train": task.train,
-            "test": task.test,
-        },
-    )
+    splits = {"train": task.train, "test": task.test}
+    if task.holdout is None:
+        splits.update(fit=task.selection_train, val=task.val)
+    tables, trainer, meta, image_size, speed = feature_tables(context, list(probe["features"]), splits)
+    if task.holdout is not None:
+        tables["fit"] = tables["train"].held_out(replace(task.holdout, side="train"))
+        tables["val"] = tables["train"].held_out(replace(task.holdout, side="val"))
+    device = trainer.strategy.root_device
     metrics, selection = selecting_linear_probe(
-        tables, task.num_classes, probe, context.config["seed"], task.validation
+        tables, task.num_classes, probe, context.config["seed"], task.validation, device
     )
     return ModeOutcome(metrics, trainer, image_size, meta, speed, selection=selection)
 
@@ -152,7 +156,13 @@ def run_knn(context: DownstreamContext) -> ModeOutcome:
         context, [mode["feature"]], {"train": task.train, "test": task.test}
     )
     metrics = knn_accuracy(
-        tables["train"], tables["test"], mode["feature"], mode["k"], mode["temperature"], task.num_classes
+        tables["train"],
+        tables["test"],
+        mode["feature"],
+        mode["k"],
+        mode["temperature"],
+        task.num_classes,
+        trainer.strategy.root_device,
     )
     return ModeOutcome(metrics, trainer, image_size, meta, speed)
 
@@ -163,22 +173,23 @@ ModuleBuilder = Callable[[VisionTransformer, Mapping[str, Any], DownstreamRun], 
 
 
 def no_callbacks(mode: Mapping[str, Any]) -> list[Callback]:
+    """A mode that adds no callbacks of its own."""
     return []
 
 
 @dataclass(frozen=True)
 class FitMode:
-    """A fitting mode: how its module and callbacks are built, whether it may train on cached features, and
-    whether it is compared with the selecting linear probe."""
+    """A fitting mode: how its module and callbacks are built, and whether it may train on cached features."""
 
     build: ModuleBuilder
     callbacks: Callable[[Mapping[str, Any]], list[Callback]]
     caches_features: bool
-    compares_with_probe: bool
 
 
 @dataclass
 class FitResult:
+    """What one fit leaves: its test metrics, its Trainer, the backbone's metadata, resolution and test speed."""
+
     metrics: dict[str, float]
     trainer: L.Trainer
     meta: BackboneMeta
@@ -194,12 +205,16 @@ def fit_and_test(
     test_split: TaskSplit,
     run_dir: Path,
     logger: Mapping[str, Any],
+    resume: str,
 ) -> FitResult | None:
-    """Fit the mode's module on ``fit_split`` (resuming from ``run_dir``), then score ``test_split``.
+    """Fit the mode's module on ``fit_split`` (resuming per ``resume`` in ``run_dir``), then score ``test_split``.
 
     None when the SLURM warning signal stopped the fit: the requeued job resumes it.
     """
     config, task = context.config, context.task
+    # The new head and the loaders' first shuffle depend on this fit alone, not on the fits run before it in the
+    # process (a requeued job skips finished candidates).
+    seed_all(stable_seed(config["seed"], "fit", str(run_dir.relative_to(context.run_dir))))
     backbone, meta = context.load_backbone()
     image_size = backbone.patch_embed.img_size
     eval_spec, train_spec = loader_specs(config, task.eval_crop_fraction, image_size, *normalization(config, meta))
@@ -222,7 +237,7 @@ def fit_and_test(
     log.info("%s on %s (%d images): %s", mode["name"], task.name, fit_split.num_samples, plan.describe())
     if fit_mode.caches_features and mode["cache_features"]:
         cache_training_features(trainer, module, data)
-    trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(str(config["resume"]), run_dir))
+    trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(resume, run_dir))
     if was_requeued(trainer):
         return None
     save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])
@@ -258,20 +273,31 @@ def select_lr(context: DownstreamContext, fit_mode: FitMode) -> tuple[float | No
     grid = mode["lr_grid"]
     if not grid:
         return None, None
+    # A candidate's own resume: an explicit checkpoint path belongs to the final fit, not to every candidate.
+    resume = "none" if context.config["resume"] == "none" else "auto"
     candidates = []
     for lr in grid:
         candidate_dir = context.run_dir / SELECTION_SUBDIR / f"lr={lr:g}"
         record = candidate_dir / CANDIDATE_FILE
-        if not record.is_file():
+        fingerprint = config_hash({**context.config, "mode": with_lr(mode, lr)})
+        if resume == "none" or not finished(record, fingerprint):
             result = fit_and_test(
-                context, with_lr(mode, lr), fit_mode, task.selection_train, task.val, candidate_dir, NO_LOGGER
+                context,
+                with_lr(mode, lr),
+                fit_mode,
+                task.selection_train,
+                task.val,
+                candidate_dir,
+                NO_LOGGER,
+                resume,
             )
             if result is None:
                 return None
             if result.trainer.is_global_zero:
-                write_json_atomic(record, {"lr": lr, "val_top1": result.metrics["top1"]})
+                write_json_atomic(record, {"lr": lr, "val_top1": result.metrics["top1"], "config_hash": fingerprint})
+                shutil.rmtree(candidate_dir / CHECKPOINT_SUBDIR, ignore_errors=True)  # its score is all we keep
             result.trainer.strategy.barrier()
-        candidates.append(json.loads(record.read_text()))
+        candidates.append({key: value for key, value in json.loads(record.read_text()).items() if key != "config_hash"})
         log.info("lr %g: validation top-1 %.2f", lr, candidates[-1]["val_top1"])
     best = max(range(len(grid)), key=lambda index: (candidates[index]["val_top1"], -index))
     selection = {
@@ -284,6 +310,11 @@ def select_lr(context: DownstreamContext, fit_mode: FitMode) -> tuple[float | No
     return grid[best], selection
 
 
+def finished(record: Path, fingerprint: str) -> bool:
+    """A candidate fit already scored with exactly this config (a stale record of other settings is refit)."""
+    return record.is_file() and json.loads(record.read_text()).get("config_hash") == fingerprint
+
+
 def run_fit(context: DownstreamContext, fit_mode: FitMode) -> ModeOutcome | None:
     """Choose the lr on validation (with ``mode.lr_grid``), fit on the training split, test; optionally the
     selecting linear probe on the same labels for comparison. None when a fit was requeued."""
@@ -294,11 +325,18 @@ def run_fit(context: DownstreamContext, fit_mode: FitMode) -> ModeOutcome | None
     lr, selection = selected
     final_mode = with_lr(mode, lr) if lr is not None else mode
     result = fit_and_test(
-        context, final_mode, fit_mode, task.train, task.test, context.run_dir, context.config["logger"]
+        context,
+        final_mode,
+        fit_mode,
+        task.train,
+        task.test,
+        context.run_dir,
+        context.config["logger"],
+        str(context.config["resume"]),
     )
     if result is None:
         return None
-    notes = compare_with_linear_probe(context, result.metrics) if fit_mode.compares_with_probe else {}
+    notes = compare_with_linear_probe(context, result.metrics) if mode["compare_with_linear_probe"] else {}
     return ModeOutcome(
         result.metrics,
         result.trainer,
@@ -335,15 +373,16 @@ class Mode:
     run: Callable[[DownstreamContext], ModeOutcome | None]
 
 
-FINE_TUNING = FitMode(build_finetune, ema_callbacks, caches_features=False, compares_with_probe=True)
+FINE_TUNING = FitMode(build_finetune, ema_callbacks, caches_features=False)
 MODES: dict[str, Mode] = {
     "linear": Mode(run_linear),
     "knn": Mode(run_knn),
-    "linear_mae": Mode(partial(run_fit, fit_mode=FitMode(build_linear, no_callbacks, True, False))),
+    "linear_mae": Mode(partial(run_fit, fit_mode=FitMode(build_linear, no_callbacks, caches_features=True))),
     "finetune": Mode(partial(run_fit, fit_mode=FINE_TUNING)),
     "finetune_mae": Mode(partial(run_fit, fit_mode=FINE_TUNING)),
 }
 
 
 def get_mode(name: str) -> Mode:
+    """The registered mode ``name``; an unknown name lists the known ones."""
     return lookup(MODES, name, "mode")

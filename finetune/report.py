@@ -36,7 +36,7 @@ GROUPS = tuple(dict.fromkeys(task.group for task in VTAB_TASKS.values()))  # nat
 GROUP_SIZES = Counter(task.group for task in VTAB_TASKS.values())
 ALL_VTAB = "vtab"
 # Overrides that are not a setting: what identifies a cell (task, checkpoint, mode; seeds are averaged) ...
-IDENTITY = ("task", "ckpt", "mode", "seed")
+IDENTITY = ("task", "ckpt", "mode", "seed", "experiment")
 # ... and where things are kept or logged (any key below these).
 LOCATION = ("data_root", "run_dir", "resume", "num_workers", "logger", "hydra")
 VTAB_ORDER = {f"vtab_{name}": index for index, name in enumerate(VTAB_TASKS)}  # the paper's order, by group
@@ -115,6 +115,7 @@ def _cell(value: Any, column: str) -> str:
 
 
 def to_markdown(columns: list[str], rows: list[dict[str, Any]], metric: str) -> str:
+    """The main table: a row per (checkpoint, mode, setting), a column per task and VTAB group."""
     header = [*ROW_KEYS, *columns]
     lines = [
         f"{metric} accuracy (%) on each task's test split",
@@ -129,22 +130,19 @@ def to_markdown(columns: list[str], rows: list[dict[str, Any]], metric: str) -> 
 
 
 def row_label(row: dict[str, Any]) -> str:
+    """A row's checkpoint, mode and setting as one column or row header."""
     return " ".join(part for part in (row["checkpoint"], row["mode"], row["setting"]) if part)
 
 
-def vtab_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
-    """The 19 VTAB-1k tasks in the paper's order with the group means and the mean; empty without VTAB tasks."""
-    tasks = [column for column in columns if column in VTAB_ORDER]
-    if not tasks:
+def vtab_table(columns: list[str], rows: list[dict[str, Any]], metric: str) -> str:
+    """All 19 VTAB-1k tasks in the paper's order (blank where not run), the group means and the mean; empty
+    when no VTAB task was run."""
+    if not any(column in VTAB_ORDER for column in columns):
         return ""
-    groups = [column for column in columns if column in (*GROUPS, ALL_VTAB)]
-    header = [
-        "",
-        *(task.removeprefix("vtab_") for task in tasks),
-        *(group.capitalize() for group in groups[:-1]),
-        "Mean",
-    ]
-    lines = ["VTAB-1k top-1 (%), by group (Zhai et al., 2019)", "", "| " + " | ".join(header) + " |"]
+    tasks = list(VTAB_ORDER)
+    groups = [*GROUPS, ALL_VTAB]
+    header = ["", *(task.removeprefix("vtab_") for task in tasks), *(group.capitalize() for group in GROUPS), "Mean"]
+    lines = [f"VTAB-1k {metric} (%), by group (Zhai et al., 2019)", "", "| " + " | ".join(header) + " |"]
     lines.append("|---|" + "|".join(["---:"] * (len(header) - 1)) + "|")
     for row in rows:
         cells = [_cell(row.get(column), column) for column in (*tasks, *groups)]
@@ -152,20 +150,22 @@ def vtab_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def transfer_table(rows: list[dict[str, Any]]) -> str:
-    """The ViT paper's transfer table: a row per dataset, a column per backbone, the paper's ViT-H/14 last."""
+def transfer_table(rows: list[dict[str, Any]], metric: str) -> str:
+    """The ViT paper's transfer table: a row per dataset, a column per backbone, and for top-1 the paper's
+    ViT-H/14 last; empty when none of its datasets was run."""
     present = [key for key in TRANSFER_ROWS if any(key in row for row in rows)]
     if not present:
         return ""
-    header = ["", *(row_label(row) for row in rows), "ViT-H/14 (Dosovitskiy et al., 2021)"]
+    reference = metric == "top1"
+    header = ["", *(row_label(row) for row in rows), *(["ViT-H/14 (Dosovitskiy et al., 2021)"] if reference else [])]
     lines = [
-        "Transfer top-1 (%), the layout of Dosovitskiy et al. (2021), Table 2",
+        f"Transfer {metric} (%), the layout of Dosovitskiy et al. (2021), Table 2",
         "",
         "| " + " | ".join(header) + " |",
     ]
     lines.append("|---|" + "|".join(["---:"] * (len(header) - 1)) + "|")
     for key in present:
-        cells = [_cell(row.get(key), key) for row in rows] + [f"{PAPER_VIT_H14[key]:.2f}"]
+        cells = [_cell(row.get(key), key) for row in rows] + ([f"{PAPER_VIT_H14[key]:.2f}"] if reference else [])
         lines.append(f"| {TRANSFER_ROWS[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -199,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     columns, rows = summarize(collect(args.roots), args.metric)
     markdown = "\n".join(
         table
-        for table in (to_markdown(columns, rows, args.metric), vtab_table(columns, rows), transfer_table(rows))
+        for table in (
+            to_markdown(columns, rows, args.metric),
+            vtab_table(columns, rows, args.metric),
+            transfer_table(rows, args.metric),
+        )
         if table
     )
     first = Path(args.roots[0])

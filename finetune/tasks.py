@@ -24,7 +24,7 @@ from finetune.data import ListingSplit, ShardSplit, TaskSplit
 
 log = logging.getLogger(__name__)
 
-WHOLE_IMAGE, CENTRE_CROP = 1.0, 0.875  # eval crops of eval_crop_fraction=auto (0.875: the ImageNet convention)
+WHOLE_IMAGE = 1.0  # the eval crop that keeps the whole image
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Task:
     selection_train: TaskSplit
     val: TaskSplit
     validation: str  # how the validation split was made, for the log and results.json
+    holdout: HoldOut | None  # the hold-out that made it; None: the task's own validation split
     eval_crop_fraction: float  # the eval transform's centre crop (1.0: the whole image)
     group: str | None  # VTAB-1k group (natural, specialized, structured), averaged by finetune/report.py
 
@@ -97,30 +98,32 @@ READERS: dict[str, Reader] = {"shards": read_shards, "demo": read_demo, **{name:
 
 def validation_splits(
     task: Mapping[str, Any], reader: Reader, train: TaskSplit, holdout: HoldOut
-) -> tuple[TaskSplit, TaskSplit, str]:
-    """(fit, score, description): the task's own validation split (VTAB's train800 -> val200), else ``holdout``
-    of the training split."""
+) -> tuple[TaskSplit, TaskSplit, str, HoldOut | None]:
+    """(fit, score, description, hold-out used): the task's own validation split (VTAB's train800 -> val200),
+    else ``holdout`` of the training split."""
     validation = task["validation"]
     if validation is not None:
         fit, score = reader(task, list(validation["train"])), reader(task, list(validation["val"]))
-        return fit, score, f"the task's own split: fit on {validation['train']}, score on {validation['val']}"
+        return fit, score, f"the task's own split: fit on {validation['train']}, score on {validation['val']}", None
     fit, score = train.held_out(replace(holdout, side="train")), train.held_out(replace(holdout, side="val"))
-    return fit, score, holdout.describe()
+    return fit, score, holdout.describe(), holdout
 
 
-def eval_crop_fraction(task: Mapping[str, Any], train: TaskSplit, low_resolution_side: int) -> float:
+def eval_crop_fraction(
+    task: Mapping[str, Any], train: TaskSplit, low_resolution_side: int, centre_crop: float
+) -> float:
     """The task's eval crop; ``auto``: the whole image for low-resolution data (shorter side up to
-    ``low_resolution_side`` px: CIFAR-like images lose their border to a crop), else the 0.875 centre crop."""
+    ``low_resolution_side`` px: CIFAR-like images lose their border to a crop), else ``centre_crop``."""
     fraction = task["eval_crop_fraction"]
     if fraction != "auto":
         return float(fraction)
     side = train.image_side()
-    chosen = WHOLE_IMAGE if side <= low_resolution_side else CENTRE_CROP
+    chosen = WHOLE_IMAGE if side <= low_resolution_side else centre_crop
     log.info("task %s: %.0f px images, evaluated with eval_crop_fraction=%s", task["name"], side, chosen)
     return chosen
 
 
-def build_task(task: Mapping[str, Any], holdout: HoldOut, low_resolution_side: int) -> Task:
+def build_task(task: Mapping[str, Any], holdout: HoldOut, low_resolution_side: int, centre_crop: float) -> Task:
     """Read the task's splits (train, test, and the validation pair) and settle its number of classes.
 
     ``holdout`` (its fraction and seed) makes the validation pair when the task names no validation split.
@@ -135,7 +138,7 @@ def build_task(task: Mapping[str, Any], holdout: HoldOut, low_resolution_side: i
     num_classes = task["num_classes"] or (len(train.classes) if train.classes else None)
     if num_classes is None:
         raise ValueError(f"task {task['name']}: the data names no classes; set task.num_classes")
-    selection_train, val, validation = validation_splits(task, reader, train, holdout)
+    selection_train, val, validation, used_holdout = validation_splits(task, reader, train, holdout)
     splits = {"train": train, "test": test, "validation train": selection_train, "validation": val}
     for split_name, split in splits.items():
         if split.num_samples == 0:
@@ -155,11 +158,13 @@ def build_task(task: Mapping[str, Any], holdout: HoldOut, low_resolution_side: i
         val.num_samples,
         validation,
     )
-    crop = eval_crop_fraction(task, train, low_resolution_side)
-    return Task(task["name"], num_classes, train, test, selection_train, val, validation, crop, task["group"])
+    crop = eval_crop_fraction(task, train, low_resolution_side, centre_crop)
+    return Task(
+        task["name"], num_classes, train, test, selection_train, val, validation, used_holdout, crop, task["group"]
+    )
 
 
 def task_of(config: Mapping[str, Any]) -> Task:
     """The task of a resolved finetune config: its ``task`` group, hold-out share and low-resolution threshold."""
     holdout = HoldOut(config["holdout_fraction"], config["seed"], side="val")
-    return build_task(config["task"], holdout, config["low_resolution_side"])
+    return build_task(config["task"], holdout, config["low_resolution_side"], config["centre_crop_fraction"])

@@ -64,6 +64,7 @@ def stratified(samples: list[tuple[Path, int]], share: float | int, salt: str) -
 
 
 def load_elpv(request: SourceRequest) -> Listing:
+    """One of the seeded, stratified splits of ``labels.csv`` under ``request.root``."""
     check_name(request.split, SPLITS, "ELPV split")
     test, train = stratified(read_labels(request.root), TEST_SHARE, "test")
     subset, _ = stratified(train, min(LABELED_SUBSET, len(train)), "1k")

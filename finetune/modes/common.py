@@ -48,6 +48,18 @@ class TopKAccuracy(nn.Module):
         return values
 
 
+@torch.no_grad()
+def topk_accuracy(scores: Tensor, labels: Tensor) -> dict[str, float]:
+    """Top-1 (and, with more than 5 classes, top-5) accuracy in percent of ``scores: [N, C]`` against ``labels``,
+    on one process (the feature modes score gathered tables)."""
+    ranked = scores.topk(min(5, scores.shape[1]), dim=1).indices
+    correct = ranked == labels[:, None]
+    metrics = {"top1": round(100 * correct[:, 0].float().mean().item(), 4)}
+    if scores.shape[1] > 5:
+        metrics["top5"] = round(100 * correct.any(dim=1).float().mean().item(), 4)
+    return metrics
+
+
 class ClassifierTest:
     """Test loop of the modes with a classifier head: accuracy of ``self(images)`` on the test images."""
 

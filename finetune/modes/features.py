@@ -50,6 +50,16 @@ class FeatureTable:
             {name: values[keep] for name, values in self.features.items()}, self.labels[keep], kept_keys
         )
 
+    def sorted_by_key(self) -> FeatureTable:
+        """The rows in key order: the same table whatever the number of ranks and workers that computed it."""
+        order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+        index = torch.tensor(order, dtype=torch.long)
+        return FeatureTable(
+            {name: values[index] for name, values in self.features.items()},
+            self.labels[index],
+            [self.keys[position] for position in order],
+        )
+
     def held_out(self, holdout: HoldOut) -> FeatureTable:
         """The rows on ``holdout.side``, by sample key (the same images a hold-out of the split itself reads)."""
         selection = holdout.select(self.keys)
@@ -83,15 +93,16 @@ def extract_features(trainer: L.Trainer, extractor: FeatureExtractor, loader: An
         [key for batch in batches for key in batch["key"]],
     )
     if trainer.world_size == 1:
-        return local
+        return local.sorted_by_key()
     device = trainer.strategy.root_device
     keys: list[list[str]] = [[] for _ in range(trainer.world_size)]
     torch.distributed.all_gather_object(keys, local.keys)
-    return FeatureTable(
+    gathered = FeatureTable(
         {name: gather_rows(trainer, values.to(device)).cpu() for name, values in local.features.items()},
         gather_rows(trainer, local.labels.to(device)).cpu(),
         [key for rank_keys in keys for key in rank_keys],
     )
+    return gathered.sorted_by_key()
 
 
 def gather_rows(trainer: L.Trainer, rows: Tensor) -> Tensor:

@@ -66,6 +66,7 @@ class FinetuneModule(ClassifierTest, TrainingModule):
 
 
 def build_finetune(backbone: VisionTransformer, mode: Mapping[str, Any], run: DownstreamRun) -> FinetuneModule:
+    """The fine-tuning module of a ``finetune`` or ``finetune_mae`` mode config, warmup converted to steps."""
     warmup_steps = run.plan.steps_for_epochs(mode["warmup_epochs"])
     return FinetuneModule(
         backbone,

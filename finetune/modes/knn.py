@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from finetune.modes.common import topk_accuracy
 from finetune.modes.features import FeatureTable
 
 QUERY_CHUNK = 1024  # test images scored at a time: bounds the [chunk, bank] similarity matrix
@@ -23,20 +24,23 @@ def knn_scores(
 
 
 def knn_accuracy(
-    bank: FeatureTable, queries: FeatureTable, feature: str, k: int, temperature: float, num_classes: int
+    bank: FeatureTable,
+    queries: FeatureTable,
+    feature: str,
+    k: int,
+    temperature: float,
+    num_classes: int,
+    device: torch.device,
 ) -> dict[str, float]:
-    """Top-1 (and top-5 with more than 5 classes) in percent of the ``queries`` against the labelled ``bank``."""
-    bank_rows = F.normalize(bank.features[feature], dim=-1)
-    query_rows = F.normalize(queries.features[feature], dim=-1)
-    top = min(5, num_classes)
-    hits = torch.zeros(top, dtype=torch.long)
-    for start in range(0, len(queries), QUERY_CHUNK):
-        chunk = slice(start, start + QUERY_CHUNK)
-        scores = knn_scores(query_rows[chunk], bank_rows, bank.labels, k, temperature, num_classes)
-        ranked = scores.topk(top, dim=1).indices
-        correct = ranked == queries.labels[chunk, None]
-        hits += correct.cumsum(dim=1).clamp(max=1).sum(dim=0)
-    metrics = {"top1": round(100 * hits[0].item() / len(queries), 4)}
-    if num_classes > 5:
-        metrics["top5"] = round(100 * hits[4].item() / len(queries), 4)
-    return metrics
+    """Top-1 (and top-5 with more than 5 classes) in percent of the ``queries`` against the labelled ``bank``,
+    computed on ``device``."""
+    bank_rows = F.normalize(bank.features[feature].to(device), dim=-1)
+    bank_labels = bank.labels.to(device)
+    query_rows = F.normalize(queries.features[feature].to(device), dim=-1)
+    scores = torch.cat(
+        [
+            knn_scores(query_rows[start : start + QUERY_CHUNK], bank_rows, bank_labels, k, temperature, num_classes)
+            for start in range(0, len(queries), QUERY_CHUNK)
+        ]
+    )
+    return topk_accuracy(scores, queries.labels.to(device))

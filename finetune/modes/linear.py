@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from finetune.modes.common import topk_accuracy
 from finetune.modes.features import FeatureTable
 from pretrain.engine.optim import warmup_cosine
 
 log = logging.getLogger(__name__)
 
-HEAD_INIT_STD = 0.01  # DINOv2's linear classifier initialization (bias zero)
 STD_FLOOR = 1e-6  # standardization: constant feature dimensions are left unscaled
 
 
@@ -58,33 +58,40 @@ class Standardizer:
 
 
 def train_heads(
-    table: FeatureTable, settings: Sequence[HeadSetting], num_classes: int, probe: Mapping[str, Any], seed: int
+    table: FeatureTable,
+    settings: Sequence[HeadSetting],
+    num_classes: int,
+    probe: Mapping[str, Any],
+    seed: int,
+    device: torch.device,
 ) -> dict[HeadSetting, tuple[nn.Linear, Standardizer]]:
-    """Fit one linear head per setting on ``table``, all in the same pass over the same shuffled batches."""
+    """Fit one linear head per setting on ``table`` (on ``device``), all on the same shuffled batches."""
     generator = torch.Generator().manual_seed(seed)
-    standardizers = {name: Standardizer(table.features[name]) for name in {s.features for s in settings}}
-    inputs = {name: standardize(table.features[name]) for name, standardize in standardizers.items()}
+    names = sorted({setting.features for setting in settings})
+    standardizers = {name: Standardizer(table.features[name].to(device)) for name in names}
+    inputs = {name: standardizers[name](table.features[name].to(device)) for name in names}
+    labels = table.labels.to(device)
     heads = {}
     for setting in settings:
         head = nn.Linear(inputs[setting.features].shape[1], num_classes)
-        nn.init.normal_(head.weight, std=HEAD_INIT_STD, generator=generator)
+        nn.init.normal_(head.weight, std=probe["head_init_std"], generator=generator)
         nn.init.zeros_(head.bias)
-        heads[setting] = head
+        heads[setting] = head.to(device)
     groups = [
         {"params": list(head.parameters()), "lr": setting.lr, "weight_decay": setting.weight_decay}
         for setting, head in heads.items()
     ]
     optimizer = torch.optim.SGD(groups, lr=settings[0].lr, momentum=probe["momentum"])
     batch_size = min(probe["batch_size"], len(table))
-    steps_per_epoch = math.ceil(len(table) / batch_size)
-    total = probe["epochs"] * steps_per_epoch
+    total = probe["epochs"] * math.ceil(len(table) / batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(0, total, 0.0))
     for _ in range(probe["epochs"]):
-        order = torch.randperm(len(table), generator=generator)
+        order = torch.randperm(len(table), generator=generator).to(device)
         for start in range(0, len(table), batch_size):
             index = order[start : start + batch_size]
-            labels = table.labels[index]
-            loss = sum(F.cross_entropy(head(inputs[s.features][index]), labels) for s, head in heads.items())
+            batch = {name: inputs[name][index] for name in names}
+            targets = labels[index]
+            loss = sum(F.cross_entropy(head(batch[s.features]), targets) for s, head in heads.items())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -94,24 +101,25 @@ def train_heads(
 
 @torch.no_grad()
 def accuracies(head: nn.Linear, standardize: Standardizer, rows: Tensor, labels: Tensor) -> dict[str, float]:
-    """Top-1 (and top-5 with more than 5 classes) in percent."""
-    logits = head(standardize(rows))
-    ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    scores = {"top1": 100 * (ranked[:, 0] == labels).float().mean().item()}
-    if logits.shape[1] > 5:
-        scores["top5"] = 100 * (ranked == labels[:, None]).any(dim=1).float().mean().item()
-    return scores
+    """Top-1 (and top-5 with more than 5 classes) in percent of a trained head."""
+    device = head.weight.device
+    return topk_accuracy(head(standardize(rows.to(device))), labels.to(device))
 
 
 def select_head(
-    fit: FeatureTable, val: FeatureTable, num_classes: int, probe: Mapping[str, Any], seed: int
+    fit: FeatureTable,
+    val: FeatureTable,
+    num_classes: int,
+    probe: Mapping[str, Any],
+    seed: int,
+    device: torch.device,
 ) -> tuple[HeadSetting, list[dict[str, Any]]]:
     """Train the grid on ``fit``, score every head on ``val``; the best validation top-1 wins (ties: grid order).
 
     Returns the chosen setting and every candidate with its validation score.
     """
     settings = probe_grid(probe)
-    trained = train_heads(fit, settings, num_classes, probe, seed)
+    trained = train_heads(fit, settings, num_classes, probe, seed, device)
     candidates = []
     for setting in settings:
         head, standardize = trained[setting]
@@ -122,18 +130,20 @@ def select_head(
 
 
 def selecting_linear_probe(
-    tables: Mapping[str, FeatureTable], num_classes: int, probe: Mapping[str, Any], seed: int, validation: str
+    tables: Mapping[str, FeatureTable],
+    num_classes: int,
+    probe: Mapping[str, Any],
+    seed: int,
+    validation: str,
+    device: torch.device,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Choose on ``tables["val"]`` after fitting ``tables["fit"]``, refit the choice on ``tables["train"]``, score
     ``tables["test"]``. Returns the test metrics and the selection record of ``results.json``."""
-    chosen, candidates = select_head(tables["fit"], tables["val"], num_classes, probe, seed)
+    chosen, candidates = select_head(tables["fit"], tables["val"], num_classes, probe, seed, device)
     log.info("linear probe: chose %s on validation (%s) out of %d heads", chosen, validation, len(candidates))
-    head, standardize = train_heads(tables["train"], [chosen], num_classes, probe, seed)[chosen]
+    head, standardize = train_heads(tables["train"], [chosen], num_classes, probe, seed, device)[chosen]
     test = tables["test"]
-    metrics = {
-        name: round(value, 4)
-        for name, value in accuracies(head, standardize, test.features[chosen.features], test.labels).items()
-    }
+    metrics = accuracies(head, standardize, test.features[chosen.features], test.labels)
     selection = {
         "validation": validation,
         "grid": {key: list(probe[key]) for key in ("features", "lrs", "weight_decays")},

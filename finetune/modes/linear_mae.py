@@ -74,6 +74,7 @@ class LinearProbeModule(ClassifierTest, L.LightningModule):
 
 
 def build_linear(backbone: VisionTransformer, mode: Mapping[str, Any], run: DownstreamRun) -> LinearProbeModule:
+    """MAE's probe from a ``linear_mae`` mode config: lr scaled by the global batch, warmup in steps."""
     plan = run.plan
     return LinearProbeModule(
         backbone,

@@ -84,6 +84,7 @@ def meta_from_checkpoint(checkpoint: Mapping[str, Any]) -> BackboneMeta | None:
 
 
 def counters_to_checkpoint(checkpoint: dict[str, Any], bad_steps: int, corrupt_samples: int) -> None:
+    """Store the training counters beside the metadata, for an exact resume."""
     checkpoint[CHECKPOINT_COUNTERS_KEY] = {"bad_steps": bad_steps, "corrupt_samples": corrupt_samples}
 
 

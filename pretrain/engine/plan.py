@@ -73,10 +73,12 @@ def plan_run(
     samples_per_epoch: int | None = None,
     batches_per_epoch: int | None = None,
     epochs: float = 0,
+    steps: int | None = None,
 ) -> RunPlan:
     """The plan of a run reading ``samples_per_epoch`` images an epoch (or a fixed ``batches_per_epoch`` per rank).
 
-    Its length is ``trainer.max_steps``, or ``epochs`` epochs when that is null.
+    Its length is ``steps`` when a recipe counts in steps (the ViT paper's transfer runs), else ``epochs`` epochs;
+    ``trainer.max_steps`` caps either (smoke tests).
     """
     num_nodes, devices = int(trainer["num_nodes"]), devices_per_node(trainer)
     if batches_per_epoch is None:
@@ -85,5 +87,7 @@ def plan_run(
         batches_per_epoch = samples_per_epoch // (batch_size * num_nodes * devices)
     accumulate = int(trainer["accumulate_grad_batches"])
     steps_per_epoch = batches_per_epoch // accumulate
-    total_steps = trainer["max_steps"] or round(epochs * steps_per_epoch)
+    total_steps = steps if steps is not None else round(epochs * steps_per_epoch)
+    if trainer["max_steps"] is not None:
+        total_steps = min(total_steps, trainer["max_steps"])
     return RunPlan(num_nodes, devices, batch_size, accumulate, batches_per_epoch, int(total_steps))

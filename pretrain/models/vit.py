@@ -255,8 +255,10 @@ class VisionTransformer(nn.Module):
         return self.norm(self.blocks(self.prepend_cls(self.embed_patches(images))))
 
     def forward_intermediates(self, images: Tensor, last: int) -> list[Tensor]:
-        """The tokens after each of the ``last`` blocks, ``[B, 1 + L, D]`` each, through the final norm (the
-        features of DINOv2's linear evaluation over the last blocks); the last entry equals forward_features."""
+        """The tokens after each of the ``last`` blocks, ``[B, 1 + L, D]`` each, through ``norm`` as
+        :meth:`forward_features` applies it (the features of DINOv2's linear evaluation over the last blocks; an
+        average-pooling backbone's ``norm`` is the identity, its ``fc_norm`` follows pooling); the last entry
+        equals forward_features."""
         if not 1 <= last <= len(self.blocks):
             raise ValueError(f"last={last}: the backbone has {len(self.blocks)} blocks")
         x = self.prepend_cls(self.embed_patches(images))

@@ -77,6 +77,10 @@ def test_setting_leaves_out_identity_and_locations_but_keeps_task_splits() -> No
     )
 
 
+def test_a_recipe_choice_is_part_of_a_rows_identity_not_a_setting() -> None:
+    assert setting(result("cifar10", 1.0, overrides=("experiment=vit_transfer_cifar10",))) == ""
+
+
 def test_incomplete_group_shows_how_many_tasks_it_averages() -> None:
     columns, rows = summarize([result("cifar100", 70.0), result("vtab_dtd", 60.0), result("vtab_svhn", 80.0)], "top1")
     assert columns == ["cifar100", "vtab_dtd", "vtab_svhn", "natural", "vtab"]
@@ -104,19 +108,22 @@ def test_no_results_is_an_error_naming_the_folder(tmp_path: Path) -> None:
 def test_the_vtab_table_lists_the_19_tasks_in_the_papers_order_with_group_means() -> None:
     results = [result(f"vtab_{name}", 10.0 * index) for index, name in enumerate(VTAB_TASKS)]
     columns, rows = summarize(results, "top1")
-    table = vtab_table(columns, rows)
+    table = vtab_table(columns, rows, "top1")
     header = table.splitlines()[2]
     assert header.index("caltech101") < header.index("patch_camelyon") < header.index("smallnorb_ele")
     assert header.endswith("| Natural | Specialized | Structured | Mean |")
     assert table.splitlines()[4].endswith("| 30.0 | 85.0 | 145.0 | 90.0 |")
-    assert vtab_table(*summarize([result("cifar10", 1.0)], "top1")) == ""
+    assert vtab_table(*summarize([result("cifar10", 1.0)], "top1"), "top1") == ""
+    one_task = vtab_table(*summarize([result("vtab_dtd", 50.0)], "top1"), "top1").splitlines()[4]
+    assert one_task.count("|") == 1 + 19 + 4 + 1 and "50.0" in one_task
 
 
 def test_the_transfer_table_has_a_row_per_dataset_and_the_papers_vit_h14_beside_ours() -> None:
     results = [result("cifar10", 97.0), result("pets", 90.0), result("cifar10", 95.0, checkpoint="b.ckpt")]
-    table = transfer_table(summarize(results, "top1")[1])
+    table = transfer_table(summarize(results, "top1")[1], "top1")
     lines = table.splitlines()
     assert lines[2] == "|  | a.safetensors linear | b.ckpt linear | ViT-H/14 (Dosovitskiy et al., 2021) |"
     assert lines[4] == "| CIFAR-10 | 97.0 | 95.0 | 99.50 |"
     assert lines[5] == "| Oxford-IIIT Pets | 90.0 |  | 97.56 |"
     assert "CIFAR-100" not in table
+    assert "ViT-H/14" not in transfer_table(summarize(results, "top1")[1], "top5")
