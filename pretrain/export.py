@@ -11,18 +11,8 @@ pickled code) and ``backbone.json`` (architecture options, normalization, object
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
-from pretrain.engine.backbone_io import load_backbone, save_backbone
-
-
-def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write ``out_dir/backbone.safetensors`` and ``backbone.json`` from a training checkpoint."""
-    backbone, meta = load_backbone(checkpoint)
-    if meta.step is None:
-        raise ValueError(f"{checkpoint} is not a checkpoint of this pipeline's pretraining (no metadata)")
-    return save_backbone(out_dir, backbone, meta.updated(source_checkpoint=str(checkpoint)))
+from pretrain.engine.backbone_io import export_checkpoint
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data_pipelines.demo import ensure_demo_shards
 from data_pipelines.manifest import read_manifest
+from pretrain.engine.backbone_io import export_checkpoint
 from pretrain.engine.config import settings
 from pretrain.engine.lifecycle import (
     close_loggers,
@@ -35,7 +36,6 @@ from pretrain.engine.lifecycle import (
 from pretrain.engine.plan import RunPlan, devices_per_node, plan_run
 from pretrain.engine.shard_data import ShardDataModule
 from pretrain.engine.trainer import build_trainer
-from pretrain.export import export_checkpoint
 from pretrain.objectives.build import build_module, stream_config, tokens_per_image
 from pretrain.objectives.mae import ReconstructionLogger
 

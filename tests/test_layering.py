@@ -74,3 +74,9 @@ def test_no_code_writes_lightning_loop_internals():
     for path in modules("pretrain") + modules("finetune"):
         source = path.read_text()
         assert "fit_loop" not in source and "epoch_loop" not in source, path
+
+
+def test_no_module_imports_an_app():
+    app_modules = tuple(app.removesuffix(".py").replace("/", ".") for app in APPS)
+    paths = modules("pretrain") + modules("finetune")
+    assert offending(paths, app_modules) == {}

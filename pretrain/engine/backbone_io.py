@@ -119,3 +119,11 @@ def load_backbone(
         raise ValueError(f"weights in {path} do not fit the backbone: missing {missing}, unexpected {unexpected}")
     meta = BackboneMeta.for_architecture(merged) if meta is None else meta.updated(options=merged)
     return model, meta
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write ``out_dir/backbone.safetensors`` and ``backbone.json`` from a training checkpoint of this pipeline."""
+    backbone, meta = load_backbone(checkpoint)
+    if meta.step is None:
+        raise ValueError(f"{checkpoint} is not a checkpoint of this pipeline's pretraining (no metadata)")
+    return save_backbone(out_dir, backbone, meta.updated(source_checkpoint=str(checkpoint)))

@@ -13,8 +13,8 @@ from wandb_offline import read_offline_run
 
 from data_pipelines.demo import write_demo_shards
 from pretrain.analyze import load_mae, resolve_checkpoint
+from pretrain.engine.backbone_io import export_checkpoint
 from pretrain.engine.metadata import BackboneMeta
-from pretrain.export import export_checkpoint
 from pretrain.models.vit import preset_options
 from pretrain.objectives.build import build_model
 
