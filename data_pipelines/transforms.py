@@ -31,6 +31,9 @@ from data_pipelines.registry import lookup
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TIMM_TRANSLATE_FRACTION = 0.45  # timm's create_transform: RandAugment translates by up to 45 % of the side
+# timm clips RandAugment magnitudes to [0, 10]; at exactly 10 its increasing posterize keeps 0 bits, which Pillow 11+
+# rejects (ValueError). A bound just below 10 keeps at least 1 bit and moves no other op measurably.
+TIMM_MAGNITUDE_MAX = 9.999
 # What a corrupt, truncated or incomplete sample raises while it is decoded; anything else is a bug.
 CORRUPT_SAMPLE_ERRORS = (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError)
 DCT_REDUCTIONS = (8, 4, 2)
@@ -162,6 +165,7 @@ class CropFlipRandAugment:
         hparams = {
             "translate_const": int(options.image_size * TIMM_TRANSLATE_FRACTION),
             "img_mean": tuple(min(255, round(255 * value)) for value in mean),
+            "magnitude_max": TIMM_MAGNITUDE_MAX,
         }
         policy = options.required("randaugment", "supervised")
         self.randaugment = timm_augment.rand_augment_transform(policy, hparams)

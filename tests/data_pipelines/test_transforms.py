@@ -82,3 +82,10 @@ def test_unknown_transform_lists_valid_ones() -> None:
 def test_a_transform_without_the_options_it_needs_says_which() -> None:
     with pytest.raises(ValueError, match="the eval transform needs eval_crop_fraction"):
         build_transform("eval", transform_options(32, eval_crop_fraction=None), MEAN)
+
+
+def test_randaugment_at_its_strongest_magnitude_runs_with_current_pillow(photo: bytes) -> None:
+    transform = build_transform("supervised", transform_options(32, randaugment="rand-m10-mstd2-inc1"), MEAN)
+    for seed in range(60):  # magnitudes at the clip bound reach timm's 0-bit posterize, which Pillow 11+ rejects
+        with seeded_rng(seed):
+            assert transform(open_photo(photo)).shape == (3, 32, 32)
