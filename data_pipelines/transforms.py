@@ -3,6 +3,7 @@
 - mae:        RandomResizedCrop(crop_scale, bicubic) + horizontal flip (the MAE recipe)
 - supervised: mae + timm's RandAugment (mixup/cutmix and erasing belong to the training module: whole batches)
 - eval:       resize the shorter side to image_size / eval_crop_fraction, then center crop image_size
+- flip:       eval + horizontal flip (light augmentation for transfer)
 
 Why it is fast (bench/loader.py measures it): the crop is drawn from the image header before decoding; a JPEG is
 decoded at the smallest DCT scale (1/2, 1/4, 1/8, PIL's draft mode) that still covers the crop at output
@@ -175,6 +176,20 @@ class CropFlipRandAugment:
         return F.pil_to_tensor(augmented)
 
 
+class ResizeFlip:
+    """Light augmentation for transfer: the eval transform's whole image (or centre crop), flipped half the time.
+
+    For small labelled sets where random crops can cut out what the label is about (a defect at a cell's edge).
+    """
+
+    def __init__(self, options: TransformOptions) -> None:
+        self.resize = ResizeCenterCrop(options)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        pixels = self.resize(image)
+        return F.horizontal_flip(pixels) if torch.rand(1) < 0.5 else pixels
+
+
 def supervised_transform(options: TransformOptions, mean: Sequence[float]) -> ImageTransform:
     """The MAE crop and flip, with timm's RandAugment when ``options.randaugment`` names a policy."""
     if options.randaugment is None:
@@ -186,6 +201,7 @@ TRANSFORMS: dict[str, Callable[[TransformOptions, Sequence[float]], ImageTransfo
     "mae": lambda options, mean: RandomResizedCropFlip(options),
     "supervised": supervised_transform,
     "eval": lambda options, mean: ResizeCenterCrop(options),
+    "flip": lambda options, mean: ResizeFlip(options),
 }
 
 

@@ -304,5 +304,7 @@ def loader_specs(
         return eval_spec, None
     if not config["task"]["augment"]:
         return eval_spec, LoaderSpec("eval", eval_options, training=True, **common)
-    options = TransformOptions(image_size, mode["crop_scale"], mode["crop_ratio"], None, mode["randaugment"])
+    options = TransformOptions(
+        image_size, mode["crop_scale"], mode["crop_ratio"], eval_crop_fraction, mode["randaugment"]
+    )
     return eval_spec, LoaderSpec(mode["train_transform"], options, training=True, **common)

@@ -75,7 +75,7 @@ def test_normalize_matches_torchvision_normalize() -> None:
 
 
 def test_unknown_transform_lists_valid_ones() -> None:
-    with pytest.raises(KeyError, match="unknown transform 'simclr'; choose one of: eval, mae, supervised"):
+    with pytest.raises(KeyError, match="unknown transform 'simclr'; choose one of: eval, flip, mae, supervised"):
         build_transform("simclr", transform_options(32), MEAN)
 
 
@@ -89,3 +89,14 @@ def test_randaugment_at_its_strongest_magnitude_runs_with_current_pillow(photo: 
     for seed in range(60):  # magnitudes at the clip bound reach timm's 0-bit posterize, which Pillow 11+ rejects
         with seeded_rng(seed):
             assert transform(open_photo(photo)).shape == (3, 32, 32)
+
+
+def test_the_flip_transform_is_the_eval_image_or_its_mirror(photo: bytes) -> None:
+    options = transform_options(64, eval_crop_fraction=1.0)
+    whole = build_transform("eval", options, MEAN)(open_photo(photo))
+    outputs = []
+    for seed in range(8):
+        with seeded_rng(seed):
+            outputs.append(build_transform("flip", options, MEAN)(open_photo(photo)))
+    assert all(torch.equal(out, whole) or torch.equal(out, whole.flip(-1)) for out in outputs)
+    assert any(torch.equal(out, whole) for out in outputs) and any(torch.equal(out, whole.flip(-1)) for out in outputs)

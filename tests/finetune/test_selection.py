@@ -21,6 +21,7 @@ from finetune.modes.linear import probe_grid, select_head, selecting_linear_prob
 from finetune.tasks import task_of
 from pretrain.engine.config import settings
 
+CPU = torch.device("cpu")
 PROBE = {**composed("finetune", "ckpt=null")["probe"], "features": ["signal", "noise"], "epochs": 20}
 
 
@@ -42,7 +43,7 @@ def test_the_grid_has_a_head_per_feature_set_lr_and_weight_decay():
 
 
 def test_the_probe_chooses_the_informative_features_on_validation():
-    chosen, candidates = select_head(constructed_table(400, 0), constructed_table(200, 1), 4, PROBE, seed=0)
+    chosen, candidates = select_head(constructed_table(400, 0), constructed_table(200, 1), 4, PROBE, 0, CPU)
     assert chosen.features == "signal"
     best = max(candidate["val_top1"] for candidate in candidates)
     assert next(c for c in candidates if c["features"] == "signal" and c["lr"] == chosen.lr)["val_top1"] == best
@@ -54,8 +55,8 @@ def test_test_labels_never_choose():
     # A test split where the other feature set carries the labels: choosing on it would pick "noise".
     misleading = constructed_table(200, 3, informative="noise")
     honest = constructed_table(200, 3)
-    metrics_a, selection_a = selecting_linear_probe({**tables, "test": misleading}, 4, PROBE, 0, "val")
-    metrics_b, selection_b = selecting_linear_probe({**tables, "test": honest}, 4, PROBE, 0, "val")
+    metrics_a, selection_a = selecting_linear_probe({**tables, "test": misleading}, 4, PROBE, 0, "val", CPU)
+    metrics_b, selection_b = selecting_linear_probe({**tables, "test": honest}, 4, PROBE, 0, "val", CPU)
     assert selection_a["chosen"] == selection_b["chosen"] and selection_a["chosen"]["features"] == "signal"
     assert metrics_b["top1"] > 90 > metrics_a["top1"]
     assert len(selection_a["candidates"]) == len(probe_grid(PROBE)) and selection_a["refit_on"] == "train"
@@ -68,7 +69,7 @@ def test_knn_on_cached_features_equals_the_direct_computation():
     similarity, index = (F.normalize(queries.features["signal"], dim=1) @ normalized_bank.T).topk(20, dim=1)
     expected_votes.scatter_add_(1, bank.labels[index], (similarity / 0.07).exp())
     expected = 100 * (expected_votes.argmax(1) == queries.labels).float().mean().item()
-    assert knn_accuracy(bank, queries, "signal", 20, 0.07, 4)["top1"] == pytest.approx(expected, abs=1e-3)
+    assert knn_accuracy(bank, queries, "signal", 20, 0.07, 4, CPU)["top1"] == pytest.approx(expected, abs=1e-3)
 
 
 def test_a_hold_out_is_the_same_images_for_listings_shards_and_feature_tables(tmp_path: Path):
