@@ -35,7 +35,8 @@ from finetune.tasks import task_of
 from pretrain.engine.architecture import backbone_options
 from pretrain.engine.backbone_io import load_backbone
 from pretrain.engine.config import config_hash, optional_group, settings
-from pretrain.engine.lifecycle import close_loggers, set_cpu_threads
+from pretrain.engine.cpu_threads import set_cpu_threads
+from pretrain.engine.lifecycle import close_loggers
 from pretrain.engine.metadata import BackboneMeta
 from pretrain.engine.plan import devices_per_node
 from pretrain.models.vit import VisionTransformer
@@ -79,7 +80,7 @@ def finetune(config: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] 
     config = settings(config)
     L.seed_everything(config["seed"], workers=True)
     mode = get_mode(config["mode"]["name"])
-    set_cpu_threads(config["trainer"], devices_per_node(config["trainer"]), config["num_workers"])
+    set_cpu_threads(config["trainer"], devices_per_node(config["trainer"]))
     task = task_of(config)
     outcome = mode.run(DownstreamContext(config, task, run_dir, lambda: load_pretrained(config)))
     if outcome is None:

@@ -26,11 +26,11 @@ from data_pipelines.demo import ensure_demo_shards
 from data_pipelines.manifest import read_manifest
 from pretrain.engine.backbone_io import export_checkpoint
 from pretrain.engine.config import settings
+from pretrain.engine.cpu_threads import set_cpu_threads
 from pretrain.engine.lifecycle import (
     close_loggers,
     resolve_resume,
     save_final_checkpoint,
-    set_cpu_threads,
     was_requeued,
 )
 from pretrain.engine.plan import RunPlan, devices_per_node, plan_run
@@ -52,7 +52,7 @@ def pretrain(config: Mapping[str, Any], run_dir: Path) -> Path:
     manifest = shard_manifest(data)
     plan = pretraining_plan(config, manifest)
     log.info("%s", plan.describe())
-    set_cpu_threads(config["trainer"], plan.devices, data["num_workers"])
+    set_cpu_threads(config["trainer"], plan.devices)
     supervised = objective["name"] == "supervised"
     num_classes = (objective["num_classes"] or manifest["num_classes"] or 0) if supervised else 0
     if supervised and not num_classes:

@@ -1,32 +1,17 @@
-"""What every app does around ``trainer.fit``: CPU threads, the checkpoint to resume from, the final checkpoint,
+"""What every app does around ``trainer.fit``: the checkpoint to resume from, the final checkpoint,
 SLURM requeue, and closing loggers. Shared by the pretraining and the downstream app."""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR, checkpoint_path, find_resume_checkpoint, read_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def set_cpu_threads(trainer: Mapping[str, Any], devices: int, num_workers: int) -> None:
-    """On CPU, split the cores over the ``devices`` processes and leave one per loader worker: oversubscribed
-    OpenMP threads spin and ran our tiny model 10x slower (22 vs 202 img/s). ``trainer.cpu_threads`` overrides."""
-    if trainer["accelerator"] != "cpu":
-        return
-    cores_per_process = (os.cpu_count() or 1) // devices
-    threads = trainer["cpu_threads"] or max(1, cores_per_process - num_workers)
-    torch.set_num_threads(threads)
-    log.info("using %d CPU thread(s) for compute next to %d loader worker(s)", threads, num_workers)
 
 
 def resolve_resume(resume: str, run_dir: Path) -> str | None:

@@ -7,17 +7,19 @@ and the metadata that makes a checkpoint self-describing for export.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import grad_norm
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import Tensor, nn
 
 from data_pipelines.seeding import seed_all, stable_seed
 from pretrain.engine.metadata import CHECKPOINT_META_KEY, BackboneMeta, counters_from_checkpoint, counters_to_checkpoint
 from pretrain.engine.optim import OptimConfig, build_optimizer
 from pretrain.engine.plan import RunPlan
+from pretrain.engine.step_metrics import all_reduce_sum, local_grad_norm, log_due, log_scalars
 from pretrain.models.vit import VisionTransformer
 
 
@@ -52,6 +54,8 @@ class TrainingModule(L.LightningModule):
         self.bad_steps_total = 0
         self.bad_steps_in_a_row = 0
         self.corrupt_samples = 0
+        self._tally: Tensor | None = None  # [non-finite micro-batches, loss sum, corrupt samples] of this step
+        self._micro_batches = 0
 
     @property
     def backbone(self) -> VisionTransformer:
@@ -74,43 +78,67 @@ class TrainingModule(L.LightningModule):
         micro_batch = batch_idx % self.plan.accumulate
         seed_all(stable_seed(self.seed, self.global_step, self.global_rank, micro_batch))
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        # Nothing here reads a device value on the host: the flags and counts wait on the device for the step.
         loss = self.compute_loss(batch)
-        bad_ranks, corrupt = self._sum_over_ranks(float(not torch.isfinite(loss)), batch, loss.device)
-        self.corrupt_samples += corrupt
-        self.log("data/corrupt_samples_skipped", float(self.corrupt_samples))
-        if bad_ranks:
-            return self._skip_bad_step(loss)
-        self.bad_steps_in_a_row = 0
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        skipped = batch.get("corrupt_skipped")  # only shard streams count skips; map-style loaders have none
+        corrupt = skipped.sum() if skipped is not None else loss.new_zeros(())
+        tally = torch.stack([(~torch.isfinite(loss)).float(), loss.detach().float(), corrupt.float()])
+        self._tally = tally if self._tally is None else self._tally + tally
+        self._micro_batches += 1
         return loss
 
-    def _sum_over_ranks(self, bad: float, batch: dict[str, Tensor], device: torch.device) -> tuple[int, int]:
-        """(ranks whose loss is not finite, corrupt samples skipped for this step), summed in one all-reduce.
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The step's one host synchronisation: non-finite micro-batches, loss and corrupt samples summed over ranks
+        in one all-reduce, read together with the gradient norm.
 
-        All ranks must agree to skip a step, or DDP's gradient all-reduce would wait forever on the skipping one;
-        the corrupt count is then the same global total on every rank, so any rank's checkpoint holds it.
+        All ranks see the same sums, so they agree to skip a step whose loss or gradient is not finite (its NaN
+        gradients already went through DDP's all-reduce, so every rank holds them) and hold the same counters.
         """
-        skipped = batch.get("corrupt_skipped")  # only shard streams count skips; map-style loaders have none
-        counts = torch.tensor([bad, float(skipped.sum()) if skipped is not None else 0.0], device=device)
-        bad_ranks, corrupt = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
-        return int(bad_ranks), int(corrupt)
+        if self._tally is None:
+            return
+        tally, micro_batches = all_reduce_sum(self._tally), self._micro_batches
+        self._tally, self._micro_batches = None, 0
+        norm = local_grad_norm(self.model)
+        values = torch.cat([tally, (norm if norm is not None else tally.new_zeros(())).reshape(1)])
+        non_finite, loss_sum, corrupt, grad_norm = values.tolist()
+        self.corrupt_samples += round(corrupt)
+        if non_finite or not math.isfinite(grad_norm):
+            self._skip_step(optimizer)
+            return
+        self.bad_steps_in_a_row = 0
+        loss = loss_sum / (micro_batches * self.trainer.world_size)
+        if self.trainer.progress_bar_callback is not None:
+            self.log("train/loss", torch.tensor(loss), prog_bar=True, logger=False)  # a host tensor: no device copy
+        if log_due(self.trainer, self.global_step + 1):
+            metrics = {"train/loss": loss, **self._counters()}
+            if norm is not None:
+                metrics["train/grad_norm"] = grad_norm
+            log_scalars(self.trainer, metrics, self.global_step)
 
-    def _skip_bad_step(self, loss: Tensor) -> None:
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
+        # Under ZeRO-2/3 the gradients live in DeepSpeed's partitions: its engine reports the norm it clipped with.
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy) and log_due(self.trainer, self.global_step):
+            grad_norm = self.trainer.model.get_global_grad_norm()
+            if grad_norm is not None:
+                log_scalars(self.trainer, {"train/grad_norm": float(grad_norm)}, self.global_step - 1)
+
+    def _counters(self) -> dict[str, float]:
+        return {"data/corrupt_samples_skipped": self.corrupt_samples, "train/bad_steps": self.bad_steps_total}
+
+    def _skip_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """No update from this step's gradients; stop after ``max_bad_steps`` in a row."""
         self.bad_steps_total += 1
         self.bad_steps_in_a_row += 1
-        self.log("train/bad_steps", float(self.bad_steps_total))
+        if not isinstance(self.trainer.strategy, DeepSpeedStrategy):
+            optimizer.zero_grad(set_to_none=True)  # torch optimizers leave parameters without gradients alone
+        # (DeepSpeed's ZeRO optimizers find the non-finite gradients themselves and skip the step.)
+        log_scalars(self.trainer, self._counters(), self.global_step)
         if self.bad_steps_in_a_row >= self.max_bad_steps:
             raise NonFiniteLossError(
-                f"{self.bad_steps_in_a_row} consecutive steps had a non-finite loss ({loss.item()}) up to step "
+                f"{self.bad_steps_in_a_row} consecutive steps had a non-finite loss or gradient up to step "
                 f"{self.global_step}; lower optim.base_lr, set trainer.gradient_clip_val, or check the input data"
             )
-        return None
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        norms = grad_norm(self.model, norm_type=2)
-        if norms:
-            self.log("train/grad_norm", norms["grad_2.0_norm_total"])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_META_KEY] = self.meta.updated(step=self.global_step).to_dict()

@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
@@ -24,8 +24,10 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strateg
 from data_pipelines.registry import check_name, lookup
 from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR, AtomicCheckpointIO
 from pretrain.engine.config import plain
+from pretrain.engine.cpu_threads import LoaderAwareThreads, cores_per_process
 from pretrain.engine.plan import RunPlan
 from pretrain.engine.slurm_requeue import SlurmRequeue
+from pretrain.engine.step_metrics import StepThroughput
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ def build_trainer(
     logger = build_logger(logger_config, run_dir, run_config)
     monitors = [
         LearningRateMonitor(logging_interval="step"),
-        ThroughputMonitor(batch_size_fn=batch_size_fn, length_fn=tokens_fn, window_size=config["throughput_window"]),
+        StepThroughput(config["throughput_window"], batch_size_fn, tokens_fn),
     ]
     all_callbacks = [checkpointing, *(monitors if logger is not None else []), *callbacks]
     plugins: list[Any] = [] if isinstance(strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()]
@@ -134,6 +136,8 @@ def build_trainer(
             all_callbacks.append(SlurmRequeue(run_dir / CHECKPOINT_SUBDIR))
     if config["accelerator"] == "cpu":
         check_name(str(config["precision"]), CPU_PRECISIONS, "precision on CPU")
+        if config["cpu_threads"] is None:
+            all_callbacks.append(LoaderAwareThreads(cores_per_process(plan.devices), config["cpu_thread_probe_steps"]))
     if config["accelerator"] == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("trainer.accelerator=gpu but no CUDA device is visible; use trainer=cpu on this machine")
     trainer = L.Trainer(
