@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from torch import Tensor, nn
 
 from finetune.modes.common import ClassifierTest, DownstreamRun, TopKAccuracy
-from pretrain.engine.classification import MixedLabelLoss
+from pretrain.engine.classification import MixedLabelLoss, require_labels
 from pretrain.engine.config import from_settings
 from pretrain.engine.metadata import BackboneMeta
 from pretrain.engine.module import TrainingModule
@@ -60,6 +60,11 @@ class FinetuneModule(ClassifierTest, TrainingModule):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
+
+    def on_before_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+        if self.training:
+            require_labels(batch["label"])
+        return batch
 
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
         return self.loss(self.model, batch["image"], batch["label"])

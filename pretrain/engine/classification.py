@@ -17,6 +17,13 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 
 
+def require_labels(labels: Tensor) -> None:
+    """Refuse unlabeled samples (label -1). Called on the host batch before it moves to the device: on the device
+    the check would stall the GPU every step."""
+    if (labels < 0).any():
+        raise ValueError("classification got unlabeled samples (label -1): write the shards with labels")
+
+
 class MixedLabelLoss(nn.Module):
     """``loss(model, images, labels)``: erase, mix, classify and score one batch of normalized images."""
 
@@ -55,14 +62,12 @@ class MixedLabelLoss(nn.Module):
         return cls(num_classes, **{key: config[key] for key in keys})
 
     def forward(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-        if (labels < 0).any():
-            raise ValueError("classification got unlabeled samples (label -1): write the shards with labels")
         if self.erasing is not None:
             self.erasing.device = images.device  # the noise is drawn where the batch lives
             images = self.erasing(images.clone())
         if self.mixup is None:
-            return F.cross_entropy(model(images), labels, label_smoothing=self.label_smoothing)
+            return F.cross_entropy(model(images).float(), labels, label_smoothing=self.label_smoothing)
         if len(images) % 2:  # timm mixes a batch with its reverse and needs pairs: a skipped sample left one over
             images, labels = images[:-1], labels[:-1]
         images, targets = self.mixup(images, labels)
-        return self.soft_cross_entropy(model(images), targets)
+        return self.soft_cross_entropy(model(images).float(), targets)  # fp32 loss under bf16 weights too

@@ -68,9 +68,17 @@ class TrainingModule(L.LightningModule):
         # Layer-wise lr decay follows the depths the model declares for its parameters.
         depths = self.model.parameter_depths() if self.optim_config.layer_decay is not None else None
         optimizer, scheduler = build_optimizer(
-            self.model, self.optim_config, self.plan.global_batch, self.plan.total_steps, depths
+            self.model, self.optim_config, self.plan.global_batch, self.plan.total_steps, depths, self._offloaded()
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _offloaded(self) -> bool:
+        """Whether DeepSpeed holds and steps the optimizer state on the CPU."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, DeepSpeedStrategy):
+            return False
+        offload = strategy.config.get("zero_optimization", {}).get("offload_optimizer") or {}
+        return offload.get("device") == "cpu"
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         # The randomness of a micro-batch depends only on (seed, step, rank, micro-batch): resuming reproduces
@@ -120,7 +128,7 @@ class TrainingModule(L.LightningModule):
         # Under ZeRO-2/3 the gradients live in DeepSpeed's partitions: its engine reports the norm it clipped with.
         if isinstance(self.trainer.strategy, DeepSpeedStrategy) and log_due(self.trainer, self.global_step):
             grad_norm = self.trainer.model.get_global_grad_norm()
-            if grad_norm is not None:
+            if grad_norm is not None and math.isfinite(grad_norm):  # DeepSpeed reports inf for a skipped step
                 log_scalars(self.trainer, {"train/grad_norm": float(grad_norm)}, self.global_step - 1)
 
     def _counters(self) -> dict[str, float]:

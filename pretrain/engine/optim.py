@@ -90,15 +90,30 @@ OPTIMIZERS: dict[str, Callable[[list[dict], float, OptimConfig], torch.optim.Opt
 }
 
 
+def _offloaded_adamw(groups: list[dict], lr: float, config: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW stepped on the CPU by DeepSpeed's vectorized kernel: what ZeRO optimizer offload requires."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    return DeepSpeedCPUAdam(groups, lr=lr, betas=tuple(config.betas), adamw_mode=True)
+
+
+OFFLOADED_OPTIMIZERS = {"adamw": _offloaded_adamw}
+
+
 def build_optimizer(
     model: nn.Module,
     config: OptimConfig,
     global_batch: int,
     total_steps: int,
     depths: Mapping[str, int] | None = None,
+    offloaded: bool = False,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """``config.name`` over :func:`param_groups` with a per-step :func:`warmup_cosine` schedule (``lr_scale`` kept)."""
-    make = lookup(OPTIMIZERS, config.name, "optimizer")
+    """``config.name`` over :func:`param_groups` with a per-step :func:`warmup_cosine` schedule (``lr_scale`` kept).
+
+    ``offloaded``: DeepSpeed keeps the optimizer state on the CPU and steps it there (``trainer.offload_optimizer``).
+    """
+    registry = OFFLOADED_OPTIMIZERS if offloaded else OPTIMIZERS
+    make = lookup(registry, config.name, "optimizer with trainer.offload_optimizer" if offloaded else "optimizer")
     peak = scaled_lr(config.base_lr, global_batch, config.lr)
     groups = param_groups(model, config.weight_decay, config.layer_decay, depths)
     for group in groups:

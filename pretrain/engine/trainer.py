@@ -34,20 +34,22 @@ log = logging.getLogger(__name__)
 CPU_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true")  # Lightning's CPU plugins (no fp16 autocast on CPU)
 
 
-def _ddp(config: Mapping[str, Any]) -> Strategy:
+def _ddp(config: Mapping[str, Any], plan: RunPlan) -> Strategy:
     backend = "gloo" if config["accelerator"] == "cpu" else None
     return DDPStrategy(process_group_backend=backend)
 
 
-def _deepspeed(config: Mapping[str, Any]) -> Strategy:
+def _deepspeed(config: Mapping[str, Any], plan: RunPlan) -> Strategy:
+    # The micro-batch is the plan's: Lightning would read it off the loader's batch sampler, which streams lack.
     return DeepSpeedStrategy(
         stage=config["zero_stage"],
         offload_optimizer=config["offload_optimizer"],
+        logging_batch_size_per_gpu=plan.batch_size,
     )
 
 
-STRATEGIES: dict[str, Callable[[Mapping[str, Any]], Strategy | str]] = {
-    "auto": lambda config: "auto",
+STRATEGIES: dict[str, Callable[[Mapping[str, Any], RunPlan], Strategy | str]] = {
+    "auto": lambda config, plan: "auto",
     "ddp": _ddp,
     "deepspeed": _deepspeed,
 }
@@ -113,7 +115,7 @@ def build_trainer(
     Raises when Lightning would lay the run out differently from ``plan`` (the schedule was computed from it).
     """
     run_dir = Path(run_dir)
-    strategy = lookup(STRATEGIES, config["strategy"], "strategy")(config)
+    strategy = lookup(STRATEGIES, config["strategy"], "strategy")(config, plan)
     checkpointing = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_SUBDIR,
         filename="{step:06d}",

@@ -134,8 +134,11 @@ class MaskedAutoencoder(nn.Module):
         return self.decoder_pred(x[:, 1:])
 
     def forward_loss(self, images: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
-        """Mean squared error per patch, averaged over the masked patches only."""
-        per_patch = (pred - pixel_targets(images, self.patch_size, self.norm_pix_loss)).pow(2).mean(dim=-1)
+        """Mean squared error per patch, averaged over the masked patches only; in fp32 whatever the compute dtype
+        (bf16 per-patch means, variances and sums over thousands of patches lose the loss's small differences)."""
+        target = pixel_targets(images.float(), self.patch_size, self.norm_pix_loss)
+        per_patch = (pred.float() - target).pow(2).mean(dim=-1)
+        mask = mask.float()
         return (per_patch * mask).sum() / mask.sum()
 
     def forward(self, images: Tensor, mask_ratio: float | None = None, noise: Tensor | None = None) -> MAEOutput:

@@ -324,12 +324,12 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 
 
 def _preset_table() -> dict[str, dict[str, Any]]:
-    """``vit_<size>_patch<p>`` for the paper sizes and patches 8/14/16/32, plus the tiny ``vit_test_patch4``
-    (32 px) and ``vit_test_patch8`` (64 px) for tests and CPU benchmarks."""
+    """``vit_<size>_patch<p>`` for the paper sizes and patches 4/8/14/16/32 (4: for 32 px inputs), plus the tiny
+    ``vit_test_patch4`` (32 px) and ``vit_test_patch8`` (64 px) for tests and CPU benchmarks."""
     table = {
         f"vit_{size}_patch{patch}": dict(ARCHITECTURES[size], patch_size=patch)
         for size in ("tiny", "small", "base", "large", "huge")
-        for patch in (8, 14, 16, 32)
+        for patch in (4, 8, 14, 16, 32)
     }
     table["vit_test_patch4"] = dict(ARCHITECTURES["test"], patch_size=4, img_size=32)
     table["vit_test_patch8"] = dict(ARCHITECTURES["test"], patch_size=8, img_size=64)  # bench/fidelity.py, on CPU

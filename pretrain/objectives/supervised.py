@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-from pretrain.engine.classification import MixedLabelLoss
+from pretrain.engine.classification import MixedLabelLoss, require_labels
 from pretrain.engine.module import TrainingModule
 from pretrain.models.vit import VisionTransformer
 
@@ -23,6 +23,11 @@ class SupervisedModule(TrainingModule):
     @property
     def backbone(self) -> VisionTransformer:
         return self.model
+
+    def on_before_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+        if self.training:
+            require_labels(batch["label"])
+        return batch
 
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
         return self.loss(self.model, batch["image"], batch["label"])
