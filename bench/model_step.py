@@ -18,6 +18,7 @@ achieved FLOP/s divided by ``--peak-tflops`` is the MFU.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -144,6 +145,17 @@ def build_models(config: dict) -> dict[str, Callable[[], tuple[nn.Module, Callab
     return {"ours": ours, "timm_blocks": timm_blocks, "hf": hf, "supervised": supervised}
 
 
+def compiled(builder: Callable[[], tuple[nn.Module, Callable[[Tensor], Tensor]]]) -> Callable:
+    """The same contender after ``nn.Module.compile()`` (what ``trainer.compile=true`` does in the app)."""
+
+    def build() -> tuple[nn.Module, Callable[[Tensor], Tensor]]:
+        model, loss_fn = builder()
+        model.compile()
+        return model, loss_fn
+
+    return build
+
+
 @dataclass
 class Contender:
     name: str
@@ -194,7 +206,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--fused-adamw", action="store_true", help="use the fused AdamW kernel for every contender")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs' bf16 dense peak)")
-    parser.add_argument("--only", nargs="+", help="run a subset of: ours timm_blocks hf supervised")
+    parser.add_argument("--only", nargs="+", help="run a subset of: ours timm_blocks hf supervised ours_compiled")
+    parser.add_argument("--compile", action="store_true", help="add ours_compiled: our MAE after model.compile()")
     args = parser.parse_args()
 
     if args.threads:
@@ -204,6 +217,8 @@ def main() -> None:
     batch = args.batch_size or config["batch_size"]
     images = torch.randn(batch, 3, config["img_size"], config["img_size"], device=device)
     builders = build_models(config)
+    if args.compile:
+        builders["ours_compiled"] = compiled(builders["ours"])
     contenders = []
     for name in args.only or list(builders):
         torch.manual_seed(0)
@@ -238,6 +253,10 @@ def main() -> None:
         mfu = f"{100 * achieved / peak:5.1f}%" if peak else "   n/a"
         gflops = contender.flops_per_image / 1e9
         print(f"{contender.name:<12} {rate[contender.name]:9.1f} {gflops:10.3f} {achieved:8.3f} {mfu}")
+    for contender in contenders:
+        achieved = rate[contender.name] * contender.flops_per_image / 1e12
+        row = {"row": f"step {contender.name}", "images_per_s": rate[contender.name], "tflops": achieved}
+        print("RESULT " + json.dumps({**row, "mfu": achieved / peak if peak else float("nan")}))
     flops = {c.name: c.flops_per_image for c in contenders}
     rounds = {c.name: c.rounds for c in contenders}
 
@@ -245,7 +264,7 @@ def main() -> None:
         """Median over rounds of the in-round ratio: drifts of a shared machine cancel within a round."""
         return statistics.median(x / y for x, y in zip(rounds[a], rounds[b], strict=True))
 
-    for peer in ("timm_blocks", "hf"):
+    for peer in ("timm_blocks", "hf", "ours_compiled"):
         if "ours" in rate and peer in rate:
             print(
                 f"ours / {peer}: {ratio('ours', peer):.3f}x (per-round ratios "

@@ -1,16 +1,16 @@
 """The framework tax: the whole pretraining app loop against bare PyTorch loops of the same model, in one run.
 
 Contenders, interleaved round by round (every contender once per round, so a busy machine slows all alike):
-  * ``app``          -- ``pretrain.run.pretrain`` as users run it: real PNG shards, the streaming loader and its
-                        workers, Lightning, the CSV logger, checkpoints; images/s from its own throughput log,
-                        after ``--warmup`` steps
+  * ``app``          -- ``pretrain.run.pretrain`` as users run it, its default config but for the model: real PNG
+                        shards, the streaming loader and its workers, Lightning, the CSV logger, checkpoints at
+                        the app's interval; images/s from its own throughput log, after ``--warmup`` steps
   * ``bare``         -- our MaskedAutoencoder and AdamW on one in-memory batch: forward, backward, step
   * ``timm_blocks``  -- the MAE reference's structure on timm's Block, the same bare loop
 
 The model is the science config of the downstream issue: ViT-Ti/4 at 32 px, decoder 128 wide x 4 blocks, batch
 128. Prints images/s per contender (median round), the tax as the median in-round ratio app / bare, and the host
-synchronisations per step of the app loop (counted on CUDA devices; see pretrain/engine/host_syncs.py). On CUDA
-it runs bf16 and prints MFU.
+synchronisations per step of the app loop (counted in one more, untimed run; see pretrain/engine/host_syncs.py).
+On CUDA it runs bf16 and prints MFU.
 
     python bench/train_loop.py                          # CPU: 3 rounds, about 5 minutes on 2 cores
     python bench/train_loop.py --device cuda --steps 200 --rounds 2
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,11 @@ SCIENCE = dict(preset="vit_tiny_patch4", img_size=32, patch_size=4, decoder=(128
 LOG_EVERY = 5
 
 
-def app_config(work: Path, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+def app_config(work: Path, args: argparse.Namespace, run_dir: Path, steps: int) -> dict[str, Any]:
     """The pretraining app's resolved config for the science model on the bench shards."""
     decoder_dim, decoder_depth, decoder_heads = SCIENCE["decoder"]
-    gpu = args.device == "cuda"
     overrides = [
-        f"trainer={'gpu' if gpu else 'cpu'}",
+        f"trainer={args.trainer or ('gpu' if args.device == 'cuda' else 'cpu')}",
         "model=vit_tiny",
         f"model.preset={SCIENCE['preset']}",
         f"model.img_size={SCIENCE['img_size']}",
@@ -58,9 +57,9 @@ def app_config(work: Path, args: argparse.Namespace, run_dir: Path) -> dict[str,
         "data.make_demo=false",
         f"data.batch_size={args.batch_size}",
         "logger=csv",
-        f"trainer.max_steps={args.warmup + args.steps}",
+        f"trainer.max_steps={args.warmup + steps}",
         f"trainer.log_every_n_steps={LOG_EVERY}",
-        f"trainer.checkpoint_every_n_steps={args.checkpoint_every}",
+        *([f"trainer.checkpoint_every_n_steps={args.checkpoint_every}"] if args.checkpoint_every else []),
         "trainer.progress_bar=false",
         "export_backbone=false",
         *args.app_overrides,
@@ -77,14 +76,19 @@ def app_config(work: Path, args: argparse.Namespace, run_dir: Path) -> dict[str,
     return resolved
 
 
-def app_round(work: Path, args: argparse.Namespace, device: torch.device, index: int) -> tuple[float, float, float]:
-    """One app run: (images/s after the warm-up, host syncs per step, MFU or nan) from its throughput log."""
-    run_dir = work / "app" / f"round{index}"
+def app_run(work: Path, args: argparse.Namespace, name: str, steps: int) -> Path:
+    """One run of the app for ``steps`` steps (after the warm-up) in ``work/app/name``."""
+    run_dir = work / "app" / name
     shutil.rmtree(run_dir, ignore_errors=True)
     threads = torch.get_num_threads()
-    with HostSyncCounter(device) as syncs:
-        pretrain(app_config(work, args, run_dir), run_dir)
+    pretrain(app_config(work, args, run_dir, steps), run_dir)
     torch.set_num_threads(threads)  # the app sets its own; the bare loops keep the bench's
+    return run_dir
+
+
+def app_round(work: Path, args: argparse.Namespace, index: int) -> tuple[float, float]:
+    """(images/s after the warm-up, MFU or nan), from the app's own throughput log."""
+    run_dir = app_run(work, args, f"round{index}", args.steps)
     rows = [row for row in csv.DictReader((run_dir / "csv" / "metrics.csv").open()) if row.get("train/time")]
     steady = [row for row in rows if int(row["step"]) + 1 >= args.warmup]
     if len(steady) < 2:
@@ -94,7 +98,16 @@ def app_round(work: Path, args: argparse.Namespace, device: torch.device, index:
         float(last["train/time"]) - float(first["train/time"])
     )
     mfu = float(last["train/device/mfu"]) if last.get("train/device/mfu") else float("nan")
-    return rate, syncs.count / (args.warmup + args.steps), mfu
+    return rate, mfu
+
+
+def app_syncs_per_step(work: Path, args: argparse.Namespace, device: torch.device) -> float:
+    """Host synchronisations per step of an untimed app run (the counter's Python hook on every op would slow
+    the timed ones), setup included."""
+    steps = 2 * LOG_EVERY
+    with HostSyncCounter(device) as syncs:
+        app_run(work, args, "counted", steps)
+    return syncs.count / (args.warmup + steps)
 
 
 def bare_contenders(args: argparse.Namespace, device: torch.device) -> dict[str, tuple[Any, float]]:
@@ -131,9 +144,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per contender and round")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (the app's: its first steps)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--checkpoint-every", type=int, default=20, help="the app's checkpoint interval in steps")
+    parser.add_argument("--checkpoint-every", type=int, help="the app's checkpoint interval (default: the app's)")
     parser.add_argument("--images", type=int, default=10_000, help="32 px PNG images in the bench shards")
+    parser.add_argument("--trainer", help="the app's trainer config (default: gpu on cuda, cpu on cpu)")
     parser.add_argument("--app-overrides", nargs="*", default=[], help="more Hydra overrides for the app")
+    parser.add_argument("--label", default="app", help="the app row's name in the RESULT line")
     args = parser.parse_args()
     args.precision = "bf16" if args.device == "cuda" else "fp32"
     device = torch.device(args.device)
@@ -143,15 +158,16 @@ def main() -> None:
 
     contenders = bare_contenders(args, device)
     rates: dict[str, list[float]] = {"app": [], **{name: [] for name in contenders}}
-    syncs_per_step, mfus = [], []
+    mfus = []
     for index in range(args.rounds):
-        rate, syncs, mfu = app_round(work, args, device, index)
+        rate, mfu = app_round(work, args, index)
         rates["app"].append(rate)
-        syncs_per_step.append(syncs)
         mfus.append(mfu)
         for name, (step, _) in contenders.items():
             rates[name].append(bare_round(step, args, device))
-        print(f"round {index + 1}: " + ", ".join(f"{name} {values[-1]:.1f}" for name, values in rates.items()))
+        print(
+            f"round {index + 1}: " + ", ".join(f"{name} {values[-1]:.1f}" for name, values in rates.items()), flush=True
+        )
 
     peak = next((v for k, v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), 0)
     print(f"\ndevice={device} precision={args.precision} batch={args.batch_size} threads={torch.get_num_threads()}")
@@ -163,11 +179,22 @@ def main() -> None:
     for peer in contenders:
         ratio = statistics.median(a / b for a, b in zip(rates["app"], rates[peer], strict=True))
         print(f"app / {peer}: {ratio:.3f}x")
+    syncs_per_step = app_syncs_per_step(work, args, device)
     unit = "device reads" if device.type == "cuda" else "host reads (CPU: every scalar read counts)"
-    print(f"app host synchronisations per step: {statistics.median(syncs_per_step):.2f} ({unit}, setup included)")
+    print(f"app host synchronisations per step: {syncs_per_step:.2f} ({unit}, setup included)")
     if device.type == "cuda":
         print(f"app MFU from its own log: {100 * statistics.median(mfus):.1f}%")
-    sys.stdout.flush()
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    summary = {
+        "row": args.label,
+        "images_per_s": statistics.median(rates["app"]),
+        "bare_images_per_s": statistics.median(rates["bare"]),
+        "app_over_bare": statistics.median(a / b for a, b in zip(rates["app"], rates["bare"], strict=True)),
+        "mfu": statistics.median(mfus),
+        "peak_memory_gib": peak_gib,
+        "host_syncs_per_step": syncs_per_step,
+    }
+    print("RESULT " + json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

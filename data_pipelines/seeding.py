@@ -21,12 +21,20 @@ def stable_seed(*parts: int | str) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def seed_all(seed: int) -> None:
+def seed_host(seed: int) -> None:
     """Seed torch's CPU generator, Python's `random` and NumPy's global generator (timm's augmentations draw from
-    the latter two) from one seed."""
-    torch.manual_seed(seed)
+    the latter two) from one seed. Per sample this is cheap; ``torch.manual_seed`` is not: on a process without an
+    initialized GPU it queues a seeding of every accelerator with a formatted stack trace (about 1.4 ms, 75% of
+    a 32 px sample's decode and augmentation)."""
+    torch.default_generator.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
+
+
+def seed_all(seed: int) -> None:
+    """:func:`seed_host` plus every accelerator's generator (the model's masks and drop paths draw on the device)."""
+    torch.manual_seed(seed)
+    seed_host(seed)
 
 
 @contextlib.contextmanager
@@ -38,7 +46,7 @@ def seeded_rng(seed: int) -> Iterator[None]:
     """
     python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        seed_all(seed)
+        seed_host(seed)
         try:
             yield
         finally:

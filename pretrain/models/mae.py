@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from pretrain.models.vit import Block, VisionTransformer, grid_side, sincos_pos_embed_2d
+from pretrain.models.vit import Block, BlockStack, VisionTransformer, grid_side, sincos_pos_embed_2d
 
 
 def patchify(images: Tensor, patch_size: int) -> Tensor:
@@ -96,7 +96,7 @@ class MaskedAutoencoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         table = sincos_pos_embed_2d(decoder_embed_dim, patch_embed.grid_size, encoder.num_prefix_tokens)
         self.decoder_pos_embed = nn.Parameter(table.unsqueeze(0), requires_grad=False)
-        self.decoder_blocks = nn.Sequential(
+        self.decoder_blocks = BlockStack(
             *(Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, norm_eps=norm_eps) for _ in range(decoder_depth))
         )
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=norm_eps)
@@ -105,6 +105,10 @@ class MaskedAutoencoder(nn.Module):
         for linear in (self.decoder_embed, self.decoder_pred, *self._decoder_linears()):
             nn.init.xavier_uniform_(linear.weight)
             nn.init.zeros_(linear.bias)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
+        self.decoder_blocks.grad_checkpointing = enable
 
     def _decoder_linears(self) -> list[nn.Linear]:
         return [m for m in self.decoder_blocks.modules() if isinstance(m, nn.Linear)]

@@ -63,8 +63,12 @@ def build_module(config: Mapping[str, Any], plan: RunPlan, num_classes: int) -> 
     if module_class is SupervisedModule:
         extra["loss"] = MixedLabelLoss.from_config(objective, num_classes)
     warmup_steps = plan.steps_for_epochs(config["warmup_epochs"])
+    model = build_model(objective, backbone)
+    model.set_grad_checkpointing(config["trainer"]["grad_checkpointing"])
+    if config["trainer"]["compile"]:
+        model.compile()  # in place: parameter names and checkpoints stay those of the eager model
     return module_class(
-        build_model(objective, backbone),
+        model,
         optim=from_settings(OptimConfig, config["optim"], "optim", warmup_steps=warmup_steps),
         plan=plan,
         meta=pretraining_meta(config),

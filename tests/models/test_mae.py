@@ -97,3 +97,25 @@ def test_fifty_steps_on_a_fixed_batch_halve_the_loss():
         optimizer.step()
         first = first if first is not None else loss.item()
     assert loss.item() < 0.5 * first
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(create_vit("vit_test_patch4", pos_embed="sincos", drop_path_rate=0.1), 32, 2, 4)
+    images, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+
+    def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same drop-path draws in both passes
+        loss = model(images, noise=noise).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = loss_and_grads()
+    model.set_grad_checkpointing(True)
+    checkpointed_loss, checkpointed_grads = loss_and_grads()
+    assert model.encoder.blocks.grad_checkpointing and model.decoder_blocks.grad_checkpointing
+    torch.testing.assert_close(checkpointed_loss, plain_loss, rtol=0, atol=1e-6)
+    assert set(checkpointed_grads) == set(plain_grads)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
