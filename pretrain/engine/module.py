@@ -126,7 +126,12 @@ class TrainingModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
         # Under ZeRO-2/3 the gradients live in DeepSpeed's partitions: its engine reports the norm it clipped with.
-        if isinstance(self.trainer.strategy, DeepSpeedStrategy) and log_due(self.trainer, self.global_step):
+        at_step_end = (batch_idx + 1) % self.plan.accumulate == 0
+        if (
+            isinstance(self.trainer.strategy, DeepSpeedStrategy)
+            and at_step_end
+            and log_due(self.trainer, self.global_step)
+        ):
             grad_norm = self.trainer.model.get_global_grad_norm()
             if grad_norm is not None and math.isfinite(grad_norm):  # DeepSpeed reports inf for a skipped step
                 log_scalars(self.trainer, {"train/grad_norm": float(grad_norm)}, self.global_step - 1)
@@ -138,9 +143,11 @@ class TrainingModule(L.LightningModule):
         """No update from this step's gradients; stop after ``max_bad_steps`` in a row."""
         self.bad_steps_total += 1
         self.bad_steps_in_a_row += 1
-        if not isinstance(self.trainer.strategy, DeepSpeedStrategy):
-            optimizer.zero_grad(set_to_none=True)  # torch optimizers leave parameters without gradients alone
-        # (DeepSpeed's ZeRO optimizers find the non-finite gradients themselves and skip the step.)
+        # DeepSpeed's ZeRO optimizers and fp16's grad scaler find the non-finite gradients themselves and skip the
+        # step; torch optimizers leave parameters without gradients alone.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if not isinstance(self.trainer.strategy, DeepSpeedStrategy) and scaler is None:
+            optimizer.zero_grad(set_to_none=True)
         log_scalars(self.trainer, self._counters(), self.global_step)
         if self.bad_steps_in_a_row >= self.max_bad_steps:
             raise NonFiniteLossError(
