@@ -7,7 +7,8 @@
 #   1. bf16 MAE ViT-B/16 train step, batch 128: ours vs the timm-block MAE vs HF ViTMAE (bench/model_step.py),
 #      with achieved TFLOP/s and MFU;
 #   2. the pretraining app (Lightning, real PNG shards, logging, checkpoints; bench/train_loop.py) for 200 steps
-#      under DeepSpeed ZeRO-2 bf16, the same with trainer.compile=true, and DDP bf16-mixed: images/s, MFU, peak
+#      under DeepSpeed ZeRO-2 bf16, the same with trainer.compile=true, and Lightning's bf16-mixed without DeepSpeed
+#      (one GPU: DDP's single-device form): images/s, MFU, peak
 #      memory, host synchronisations per step, and the ratio to a bare loop of the same model.
 # Without CUDA (CI) the same steps run in a few seconds each on tiny sizes and the CPU trainer, so the script
 # cannot rot; DeepSpeed rows need CUDA (Lightning's strategy refuses CPUs) and are left out.
@@ -33,7 +34,7 @@ if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
         run "${step[@]}"
         run "${loop[@]}" --trainer deepspeed_zero2 --label "app ZeRO-2 bf16"
         run "${loop[@]}" --trainer deepspeed_zero2 --label "app ZeRO-2 bf16 compiled" --app-overrides trainer.compile=true
-        run "${loop[@]}" --trainer gpu --label "app DDP bf16-mixed"
+        run "${loop[@]}" --trainer gpu --label "app bf16-mixed, no DeepSpeed"
     } > "$out/results.txt"
 else
     device_name="CPU fallback (no CUDA): tiny sizes, numbers mean nothing"

@@ -81,6 +81,8 @@ def app_run(work: Path, args: argparse.Namespace, name: str, steps: int) -> Path
     run_dir = work / "app" / name
     shutil.rmtree(run_dir, ignore_errors=True)
     threads = torch.get_num_threads()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # the peak printed is the last app run's
     pretrain(app_config(work, args, run_dir, steps), run_dir)
     torch.set_num_threads(threads)  # the app sets its own; the bare loops keep the bench's
     return run_dir

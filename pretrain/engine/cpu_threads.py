@@ -43,40 +43,52 @@ def threads_beside_loader(cores: int, loader_cores: float) -> int:
     return max(1, cores - round(loader_cores))
 
 
+def helper_cpu_seconds() -> dict[int, float]:
+    """CPU seconds of each process this one started to help it (loader workers, a logger's service), by pid.
+
+    Other training ranks that Lightning's launcher started as children carry their own ``LOCAL_RANK`` and are
+    left out: they have cores of their own.
+    """
+    rank = os.environ.get("LOCAL_RANK")
+    seconds = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.environ().get("LOCAL_RANK") != rank:
+                continue
+            times = child.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        seconds[child.pid] = times.user + times.system
+    return seconds
+
+
 class LoaderAwareThreads(Callback):
-    """Measures the CPU time of this process's loader workers over ``probe_steps`` optimizer steps (after the
-    first, when they start) and sets the compute threads to the cores they leave."""
+    """Measures the CPU time of this process's helpers (its loader workers) over ``probe_steps`` optimizer steps,
+    from the second step of this fit on (the first starts the workers), and sets the compute threads to the cores
+    they leave."""
 
     def __init__(self, cores: int, probe_steps: int) -> None:
         self.cores = cores
         self.probe_steps = probe_steps
-        self._start: tuple[float, dict[int, float]] | None = None
         self.loader_cores: float | None = None
 
-    @staticmethod
-    def _worker_cpu_seconds() -> dict[int, float]:
-        seconds = {}
-        for child in psutil.Process().children(recursive=True):
-            try:
-                times = child.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            seconds[child.pid] = times.user + times.system
-        return seconds
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._steps = 0
+        self._start: tuple[float, dict[int, float]] | None = None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.loader_cores is not None:
+        if self.loader_cores is not None or trainer.fit_loop._should_accumulate():
             return
-        step = trainer.global_step
-        if self._start is None and step >= 1:
-            self._start = (time.perf_counter(), self._worker_cpu_seconds())
-        elif self._start is not None and step >= 1 + self.probe_steps:
+        self._steps += 1
+        if self._steps == 1:
+            self._start = (time.perf_counter(), helper_cpu_seconds())
+        elif self._start is not None and self._steps == 1 + self.probe_steps:
             started, before = self._start
-            after = self._worker_cpu_seconds()
-            used = sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
-            self.loader_cores = used / max(time.perf_counter() - started, 1e-9)
+            # Workers started in between (a new epoch's) count from zero; those that ended are lost.
+            used = sum(seconds - before.get(pid, 0.0) for pid, seconds in helper_cpu_seconds().items())
+            self.loader_cores = used / (time.perf_counter() - started)
             threads = threads_beside_loader(self.cores, self.loader_cores)
             if threads != torch.get_num_threads():
                 torch.set_num_threads(threads)

@@ -1,10 +1,11 @@
 """Count the host reads of device values (each one drains a GPU's queue) while a block of code runs.
 
-Seen by a ``TorchDispatchMode``: ``aten._local_scalar_dense`` (``.item()``, ``float(t)``, ``bool(t)``) and copies
-from the device to the host. ``Tensor.tolist()`` and ``Tensor.numpy()`` bypass the dispatcher on CPU, so they are
-wrapped for the duration. On a CUDA device only reads of that device's tensors count; with the CPU as the device
-every read counts except those of the step counters torch's optimizers keep on the host on purpose (their reads
-cost nothing on a GPU either).
+Seen by a ``TorchDispatchMode``: ``aten._local_scalar_dense`` (``.item()``, ``float(t)``, ``bool(t)``), ops whose
+output size depends on the data (``nonzero``, ``masked_select``, ``unique``, ``equal``) and
+copies from the device to the host; explicit ``torch.cuda.synchronize`` calls are not seen. ``Tensor.tolist()``
+and ``Tensor.numpy()`` bypass the dispatcher on CPU, so they are wrapped for the duration. On a CUDA device only
+reads of that device's tensors count; with the CPU as the device every read counts except those of the step
+counters torch's optimizers keep on the host on purpose (their reads cost nothing on a GPU either).
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 SCALAR_READ = torch.ops.aten._local_scalar_dense.default
+# Ops whose output size depends on the data: the host waits for the device to learn it.
+DATA_DEPENDENT = {
+    torch.ops.aten.nonzero.default,
+    torch.ops.aten.masked_select.default,
+    torch.ops.aten._unique2.default,
+    torch.ops.aten.unique_consecutive.default,
+    torch.ops.aten.equal.default,
+}
 COPIES = (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default)
 HOST_COUNTER_READER = "torch/optim/optimizer.py"  # ``_get_value``: optimizer step counters, host tensors anywhere
 
@@ -49,7 +58,7 @@ class HostSyncCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if not self._wrapped_depth:
-            if func is SCALAR_READ and self._on_device(args[0]):
+            if (func is SCALAR_READ or func in DATA_DEPENDENT) and self._on_device(args[0]):
                 self._record()
             elif func in COPIES and self.device.type != "cpu":
                 source = args[1] if func is torch.ops.aten.copy_.default else args[0]

@@ -24,13 +24,14 @@ from pretrain.models.vit import VisionTransformer
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised after too many consecutive steps whose loss was NaN or infinite."""
+    """Raised after too many consecutive steps whose loss or gradient was NaN or infinite."""
 
 
 class TrainingModule(L.LightningModule):
     """Shared training plumbing; subclasses implement :meth:`compute_loss` and expose :attr:`backbone`.
 
-    ``flops_per_batch`` (forward + backward of one per-device batch) feeds Lightning's ThroughputMonitor (MFU).
+    ``flops_per_batch`` (forward + backward of one per-device batch) feeds the MFU that
+    :class:`~pretrain.engine.step_metrics.StepThroughput` logs.
     """
 
     def __init__(
@@ -103,15 +104,17 @@ class TrainingModule(L.LightningModule):
         All ranks see the same sums, so they agree to skip a step whose loss or gradient is not finite (its NaN
         gradients already went through DDP's all-reduce, so every rank holds them) and hold the same counters.
         """
-        if self._tally is None:
-            return
+        if self._tally is None or self.trainer.fit_loop._should_accumulate():
+            return  # (DeepSpeed accumulates itself: Lightning calls this hook after every micro-batch)
         tally, micro_batches = all_reduce_sum(self._tally), self._micro_batches
         self._tally, self._micro_batches = None, 0
         norm = local_grad_norm(self.model)
         values = torch.cat([tally, (norm if norm is not None else tally.new_zeros(())).reshape(1)])
         non_finite, loss_sum, corrupt, grad_norm = values.tolist()
         self.corrupt_samples += round(corrupt)
-        if non_finite or not math.isfinite(grad_norm):
+        # fp16's grad scaler unscaled the gradients already: an overflow there is its routine, not a bad step.
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        if non_finite or (not scaled and not math.isfinite(grad_norm)):
             self._skip_step(optimizer)
             return
         self.bad_steps_in_a_row = 0
@@ -126,15 +129,16 @@ class TrainingModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
         # Under ZeRO-2/3 the gradients live in DeepSpeed's partitions: its engine reports the norm it clipped with.
-        at_step_end = (batch_idx + 1) % self.plan.accumulate == 0
+        at_step_end = not self.trainer.fit_loop._should_accumulate()
         if (
             isinstance(self.trainer.strategy, DeepSpeedStrategy)
             and at_step_end
             and log_due(self.trainer, self.global_step)
         ):
-            grad_norm = self.trainer.model.get_global_grad_norm()
-            if grad_norm is not None and math.isfinite(grad_norm):  # DeepSpeed reports inf for a skipped step
-                log_scalars(self.trainer, {"train/grad_norm": float(grad_norm)}, self.global_step - 1)
+            reported = self.trainer.model.get_global_grad_norm()
+            grad_norm = float(reported) if reported is not None else math.nan  # one read, on a logging step
+            if math.isfinite(grad_norm):  # DeepSpeed reports inf for a skipped step
+                log_scalars(self.trainer, {"train/grad_norm": grad_norm}, self.global_step - 1)
 
     def _counters(self) -> dict[str, float]:
         return {"data/corrupt_samples_skipped": self.corrupt_samples, "train/bad_steps": self.bad_steps_total}

@@ -48,7 +48,7 @@ def local_grad_norm(model: nn.Module) -> Tensor | None:
     grads = [param.grad for param in model.parameters() if param.grad is not None]
     if not grads:
         return None
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32)))
 
 
 class StepThroughput(Callback):
@@ -91,7 +91,7 @@ class StepThroughput(Callback):
         self.samples += self.batch_size_fn(batch)
         self.tokens += self.tokens_fn(batch) if self.tokens_fn is not None else 0
         self.micro_batches += 1
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+        if trainer.fit_loop._should_accumulate():  # Lightning's rule, which also ends a short last step of an epoch
             return
         self.steps += 1
         flops_per_batch = getattr(pl_module, "flops_per_batch", None)
@@ -103,11 +103,12 @@ class StepThroughput(Callback):
             flops=flops_per_batch * self.micro_batches if flops_per_batch else None,
         )
         self.micro_batches = 0
-        if not log_due(trainer, trainer.global_step):
+        steps_done = trainer.global_step
+        if not log_due(trainer, steps_done):
             return
         metrics = {f"train/{name}": value for name, value in self.throughput.compute().items()}
-        metrics["perf/data_wait_share"] = self.data_wait / max(now - self.logged_at, 1e-9)
+        metrics["perf/data_wait_share"] = self.data_wait / (now - self.logged_at)
         if trainer.strategy.root_device.type == "cuda":
             metrics["perf/peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         self.data_wait, self.logged_at = 0.0, now
-        log_scalars(trainer, metrics, trainer.global_step)
+        log_scalars(trainer, metrics, steps_done - 1)  # the index of the step just taken, as the loss's

@@ -28,6 +28,9 @@ def test_the_counter_sees_item_float_bool_tolist_and_numpy_but_not_device_work()
     with HostSyncCounter(CPU) as syncs:
         total.item(), float(total), bool(total > 0), values.tolist(), values.numpy()
     assert syncs.count == 5, syncs.sites
+    with HostSyncCounter(CPU) as syncs:
+        values.nonzero(), values.masked_select(values > 0)  # outputs sized by the data
+    assert syncs.count == 2, syncs.sites
 
 
 def test_the_counter_leaves_out_the_optimizer_step_counters_torch_keeps_on_the_host():
