@@ -19,6 +19,8 @@ import psutil
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from pretrain.engine.step_metrics import StepEnds
+
 log = logging.getLogger(__name__)
 
 
@@ -73,13 +75,15 @@ class LoaderAwareThreads(Callback):
         self.loader_cores: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._step_ends = StepEnds()
+        self._step_ends.start(trainer)
         self._steps = 0
         self._start: tuple[float, dict[int, float]] | None = None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.loader_cores is not None or trainer.fit_loop._should_accumulate():
+        if self.loader_cores is not None or not self._step_ends(trainer):
             return
         self._steps += 1
         if self._steps == 1:

@@ -19,7 +19,7 @@ from data_pipelines.seeding import seed_all, stable_seed
 from pretrain.engine.metadata import CHECKPOINT_META_KEY, BackboneMeta, counters_from_checkpoint, counters_to_checkpoint
 from pretrain.engine.optim import OptimConfig, build_optimizer
 from pretrain.engine.plan import RunPlan
-from pretrain.engine.step_metrics import all_reduce_sum, local_grad_norm, log_due, log_scalars
+from pretrain.engine.step_metrics import StepEnds, all_reduce_sum, local_grad_norm, log_due, log_scalars
 from pretrain.models.vit import VisionTransformer
 
 
@@ -57,6 +57,7 @@ class TrainingModule(L.LightningModule):
         self.corrupt_samples = 0
         self._tally: Tensor | None = None  # [non-finite micro-batches, loss sum, corrupt samples] of this step
         self._micro_batches = 0
+        self._step_ends = StepEnds()
 
     @property
     def backbone(self) -> VisionTransformer:
@@ -104,8 +105,8 @@ class TrainingModule(L.LightningModule):
         All ranks see the same sums, so they agree to skip a step whose loss or gradient is not finite (its NaN
         gradients already went through DDP's all-reduce, so every rank holds them) and hold the same counters.
         """
-        if self._tally is None or self.trainer.fit_loop._should_accumulate():
-            return  # (DeepSpeed accumulates itself: Lightning calls this hook after every micro-batch)
+        if self._tally is None or self._between_micro_batches():
+            return
         tally, micro_batches = all_reduce_sum(self._tally), self._micro_batches
         self._tally, self._micro_batches = None, 0
         norm = local_grad_norm(self.model)
@@ -129,7 +130,7 @@ class TrainingModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
         # Under ZeRO-2/3 the gradients live in DeepSpeed's partitions: its engine reports the norm it clipped with.
-        at_step_end = not self.trainer.fit_loop._should_accumulate()
+        at_step_end = self._step_ends(self.trainer)
         if (
             isinstance(self.trainer.strategy, DeepSpeedStrategy)
             and at_step_end
@@ -139,6 +140,15 @@ class TrainingModule(L.LightningModule):
             grad_norm = float(reported) if reported is not None else math.nan  # one read, on a logging step
             if math.isfinite(grad_norm):  # DeepSpeed reports inf for a skipped step
                 log_scalars(self.trainer, {"train/grad_norm": grad_norm}, self.global_step - 1)
+
+    def on_train_start(self) -> None:
+        self._step_ends.start(self.trainer)
+
+    def _between_micro_batches(self) -> bool:
+        """DeepSpeed accumulates gradients itself, so Lightning calls the step hooks after every micro-batch; the
+        engine knows which one closes the step."""
+        strategy = self.trainer.strategy
+        return isinstance(strategy, DeepSpeedStrategy) and not self.trainer.model.is_gradient_accumulation_boundary()
 
     def _counters(self) -> dict[str, float]:
         return {"data/corrupt_samples_skipped": self.corrupt_samples, "train/bad_steps": self.bad_steps_total}

@@ -29,6 +29,25 @@ def log_due(trainer: L.Trainer, steps_done: int) -> bool:
     return every > 0 and steps_done % every == 0
 
 
+class StepEnds:
+    """Tells, at ``on_train_batch_end``, whether the batch ended an optimizer step: the global step moved.
+
+    (Lightning decides when to step; with gradient accumulation, and for a short last step of an epoch, this
+    follows its decision without reading its loop's internals.)
+    """
+
+    def __init__(self) -> None:
+        self.last_step: int | None = None
+
+    def __call__(self, trainer: L.Trainer) -> bool:
+        moved = self.last_step is not None and trainer.global_step != self.last_step
+        self.last_step = trainer.global_step
+        return moved
+
+    def start(self, trainer: L.Trainer) -> None:
+        self.last_step = trainer.global_step
+
+
 def log_scalars(trainer: L.Trainer, metrics: Mapping[str, float], step: int) -> None:
     """Host numbers straight to the loggers: ``self.log`` would copy each onto the device first."""
     for logger in trainer.loggers:
@@ -75,6 +94,8 @@ class StepThroughput(Callback):
         self.throughput = Throughput(available_flops=available, world_size=trainer.world_size, window_size=self.window)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.step_ends = StepEnds()
+        self.step_ends.start(trainer)
         self.started = self.batch_ended = self.logged_at = time.perf_counter()
         self.samples = self.tokens = self.steps = self.micro_batches = 0
         self.data_wait = 0.0
@@ -91,7 +112,7 @@ class StepThroughput(Callback):
         self.samples += self.batch_size_fn(batch)
         self.tokens += self.tokens_fn(batch) if self.tokens_fn is not None else 0
         self.micro_batches += 1
-        if trainer.fit_loop._should_accumulate():  # Lightning's rule, which also ends a short last step of an epoch
+        if not self.step_ends(trainer):
             return
         self.steps += 1
         flops_per_batch = getattr(pl_module, "flops_per_batch", None)
