@@ -44,6 +44,13 @@ from pretrain.models.vit import VisionTransformer
 log = logging.getLogger("finetune")
 
 
+MISSING_CKPT = (
+    "finetune/run.py needs ckpt=: an exported backbone (ckpt=outputs/demo/backbone.safetensors), a checkpoint "
+    "(ckpt=RUN/checkpoints/step_000300.ckpt), timm/HF weights with their architecture (ckpt=vit_base.pth "
+    "model=vit_base), or ckpt=null model=vit_base for the randomly initialized baseline"
+)
+
+
 def load_pretrained(config: Mapping[str, Any]) -> tuple[VisionTransformer, BackboneMeta]:
     """The backbone of ``ckpt`` (random for ``ckpt=null``) at ``image_size``, and the checkpoint's metadata."""
     drop_path_rate = config["mode"]["drop_path_rate"]
@@ -115,6 +122,8 @@ def finetune(config: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] 
 
 @hydra.main(config_path="../conf", config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise SystemExit(MISSING_CKPT)
     run = HydraConfig.get()
     finetune(OmegaConf.to_container(cfg, resolve=True), Path(run.runtime.output_dir), list(run.overrides.task))
 

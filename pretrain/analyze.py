@@ -2,7 +2,7 @@
 
     python pretrain/analyze.py ckpt=outputs/pretrain/<run>      # its newest checkpoint: the five figures
     python pretrain/analyze.py ckpt=outputs/pretrain/<run>/backbone.safetensors logger=wandb  # four, to W&B too
-    python pretrain/analyze.py "ckpt='outputs/pretrain/<run>/checkpoints/step=000100.ckpt'"  # quote '=' for Hydra
+    python pretrain/analyze.py ckpt=outputs/pretrain/<run>/checkpoints/step_000100.ckpt
     python pretrain/analyze.py --help                          # every option
 
 Writes ``run_dir/figures/``: patch-embedding filters, position-embedding similarity, mean attention distance by

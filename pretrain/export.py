@@ -1,7 +1,7 @@
 """Export any pretraining checkpoint to one fp32 backbone file plus the JSON that rebuilds it.
 
     python pretrain/export.py CHECKPOINT OUT_DIR
-    python pretrain/export.py outputs/pretrain/2026-11-23_10-00-00/checkpoints/step=000300.ckpt exported/
+    python pretrain/export.py outputs/pretrain/2026-11-23_10-00-00/checkpoints/step_000300.ckpt exported/
 
 CHECKPOINT is a Lightning ``.ckpt`` file or a DeepSpeed checkpoint directory (ZeRO shards are consolidated).
 OUT_DIR receives ``backbone.safetensors`` (timm parameter names, loads with ``weights_only`` semantics: no

@@ -5,7 +5,7 @@
     python pretrain/run.py --help                           # config groups and every option
     python pretrain/run.py -m optim.base_lr=1e-4,3e-4       # a Hydra sweep
 
-Writes ``run_dir/checkpoints/step=N.ckpt`` while training (atomically), resumes from the newest one when
+Writes ``run_dir/checkpoints/step_N.ckpt`` while training (atomically), resumes from the newest one when
 started again on the same ``run_dir`` (``resume=auto``), and exports ``run_dir/backbone.safetensors`` +
 ``backbone.json`` at the end.
 """

@@ -68,6 +68,30 @@ def _deepspeed_state(directory: Path) -> tuple[dict[str, Tensor], BackboneMeta |
     return state, meta_from_checkpoint(torch.load(model_states[0], map_location="cpu", weights_only=False))
 
 
+class UnreadableWeightsError(ValueError):
+    """A weights file that is not what its name says."""
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own SafetensorError, which says nothing of the file
+        raise UnreadableWeightsError(
+            f"{path} is not a readable safetensors file ({error}): pass an exported backbone.safetensors, "
+            "a Lightning .ckpt, a DeepSpeed checkpoint folder, or a torch state dict (.pth/.pt/.bin)"
+        ) from error
+
+
+def _read_torch_weights(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's pickle errors name neither the file nor what would have worked
+        raise UnreadableWeightsError(
+            f"{path} is not a readable torch state dict ({type(error).__name__}: {error}): pass a state dict "
+            "saved with torch.save, an exported backbone.safetensors, a Lightning .ckpt, or a DeepSpeed folder"
+        ) from error
+
+
 def read_backbone_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], BackboneMeta | None]:
     """Backbone weights (our names, no head, no decoder) and their metadata when the source carries any."""
     path = Path(path)
@@ -79,14 +103,14 @@ def read_backbone_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], Bac
             return read_backbone_state(path / BACKBONE_FILE)
         state, meta = _deepspeed_state(path)
     elif path.suffix == ".safetensors":
-        state = load_file(str(path))
+        state = _read_safetensors(path)
         meta_path = path.with_name(META_FILE) if path.name == BACKBONE_FILE else path.with_suffix(".json")
         meta = read_meta_file(meta_path)
     elif path.suffix == ".ckpt":
         checkpoint = read_checkpoint(path)
         state, meta = checkpoint["state_dict"], meta_from_checkpoint(checkpoint)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_torch_weights(path)
         for key in ("model", "state_dict"):  # MAE-reference and generic training checkpoints nest the weights
             if isinstance(state.get(key), Mapping):
                 state = state[key]

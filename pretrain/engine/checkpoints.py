@@ -20,7 +20,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"  # below a run directory
-STEP_PATTERN = re.compile(r"step=(\d+)")
+STEP_PATTERN = re.compile(r"step[_=](\d+)")  # step_000300; step=000300 from runs before the rename
 
 
 class UnreadableCheckpointError(RuntimeError):
@@ -42,12 +42,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
-    """``checkpoint_dir/step=000300.ckpt``: the name of every checkpoint a run writes, periodic or on a signal."""
-    return checkpoint_dir / f"step={step:06d}.ckpt"
+    """``checkpoint_dir/step_000300.ckpt``: the name of every checkpoint a run writes, periodic or on a signal."""
+    return checkpoint_dir / f"step_{step:06d}.ckpt"
 
 
 def checkpoint_step(path: Path) -> int:
-    """Global step of a checkpoint: from its name (``step=N``) when present, else from its content."""
+    """Global step of a checkpoint: from its name (``step_N``, or the older ``step=N``) when present, else from its
+    content."""
     match = STEP_PATTERN.search(path.name)
     if match:
         return int(match.group(1))

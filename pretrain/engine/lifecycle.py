@@ -39,7 +39,7 @@ def was_requeued(trainer: L.Trainer) -> bool:
 
 
 def save_final_checkpoint(trainer: L.Trainer, run_dir: Path, every_n_steps: int) -> Path:
-    """``run_dir/checkpoints/step=N.ckpt`` for the last step, written unless the periodic checkpoint already was."""
+    """``run_dir/checkpoints/step_N.ckpt`` for the last step, written unless the periodic checkpoint already was."""
     final = checkpoint_path(run_dir / CHECKPOINT_SUBDIR, trainer.global_step)
     if trainer.global_step % every_n_steps:  # the same answer on every rank, so no rank waits alone in a barrier
         trainer.save_checkpoint(final)

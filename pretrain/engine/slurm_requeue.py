@@ -25,7 +25,7 @@ class SlurmRequeue(Callback):
     process of the step, so forked DataLoader workers run it too (stale checkpoints, more requeues). Here the
     handler only sets a flag, in the process that installed it; after the next optimizer step the ranks learn
     whether any of them got the signal, save one checkpoint together and stop, and rank 0 requeues the job.
-    ``resume=auto`` then picks that checkpoint, ``checkpoint_dir/step=N.ckpt``: it is the newest. ModelCheckpoint
+    ``resume=auto`` then picks that checkpoint, ``checkpoint_dir/step_N.ckpt``: it is the newest. ModelCheckpoint
     does not track it, so its rotation (``keep_checkpoints``) leaves it in place.
     """
 

@@ -118,7 +118,8 @@ def build_trainer(
     strategy = lookup(STRATEGIES, config["strategy"], "strategy")(config, plan)
     checkpointing = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_SUBDIR,
-        filename="{step:06d}",
+        filename="step_{step:06d}",  # no '=': Hydra's override grammar takes ckpt=.../step_000300.ckpt unquoted
+        auto_insert_metric_name=False,
         every_n_train_steps=config["checkpoint_every_n_steps"],
         monitor="step",
         mode="max",

@@ -49,11 +49,11 @@ ALL_FIGURES = [
 
 @pytest.fixture(scope="module")
 def pretraining_run(tmp_path_factory) -> Path:
-    """A run directory as `pretrain/run.py` leaves it: .hydra/config.yaml, checkpoints/step=N.ckpt, the export."""
+    """A run directory as `pretrain/run.py` leaves it: .hydra/config.yaml, checkpoints/step_N.ckpt, the export."""
     run_dir = tmp_path_factory.mktemp("pretraining-run")
     torch.manual_seed(0)
     mae = build_model(OBJECTIVE, OPTIONS)
-    checkpoint = run_dir / "checkpoints" / "step=000003.ckpt"
+    checkpoint = run_dir / "checkpoints" / "step_000003.ckpt"
     checkpoint.parent.mkdir()
     state = {f"model.{key}": value for key, value in mae.state_dict().items()}
     torch.save({"state_dict": state, "global_step": 3, "vitfm": LEGACY_META}, checkpoint)
@@ -122,14 +122,14 @@ def test_an_exported_backbone_gives_four_figures_and_the_log_says_why_not_the_fi
 
 def test_a_run_directory_stands_for_its_newest_checkpoint(pretraining_run, tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    for name in ("step=000003.ckpt", "step=000010.ckpt"):
-        shutil.copy(pretraining_run / "checkpoints" / "step=000003.ckpt", tmp_path / "checkpoints" / name)
+    for name in ("step_000003.ckpt", "step_000010.ckpt"):
+        shutil.copy(pretraining_run / "checkpoints" / "step_000003.ckpt", tmp_path / "checkpoints" / name)
 
-    assert resolve_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step=000010.ckpt"
+    assert resolve_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_000010.ckpt"
 
 
 def test_the_mae_is_rebuilt_with_the_runs_decoder_options_and_its_weights(pretraining_run):
-    checkpoint = pretraining_run / "checkpoints" / "step=000003.ckpt"
+    checkpoint = pretraining_run / "checkpoints" / "step_000003.ckpt"
 
     loaded = load_mae(checkpoint, META, objective=None)
 
@@ -140,14 +140,14 @@ def test_the_mae_is_rebuilt_with_the_runs_decoder_options_and_its_weights(pretra
 
 
 def test_a_checkpoint_moved_out_of_its_run_needs_the_objective_given(pretraining_run, tmp_path):
-    moved = tmp_path / "step=000003.ckpt"
-    shutil.copy(pretraining_run / "checkpoints" / "step=000003.ckpt", moved)
+    moved = tmp_path / "step_000003.ckpt"
+    shutil.copy(pretraining_run / "checkpoints" / "step_000003.ckpt", moved)
 
     assert "+objective=mae" in load_mae(moved, META, objective=None)
     assert load_mae(moved, META, objective=OBJECTIVE).decoder_pred.out_features == 4 * 4 * 3
 
 
 def test_a_supervised_checkpoint_has_no_decoder_to_load(pretraining_run):
-    reason = load_mae(pretraining_run / "checkpoints" / "step=000003.ckpt", META.updated(objective="supervised"), None)
+    reason = load_mae(pretraining_run / "checkpoints" / "step_000003.ckpt", META.updated(objective="supervised"), None)
 
-    assert reason == "step=000003.ckpt comes from objective='supervised' pretraining, which has no MAE decoder"
+    assert reason == "step_000003.ckpt comes from objective='supervised' pretraining, which has no MAE decoder"

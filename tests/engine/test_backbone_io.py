@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pretrain.engine.backbone_io import load_backbone, read_backbone_state, save_backbone
+from pretrain.engine.backbone_io import UnreadableWeightsError, load_backbone, read_backbone_state, save_backbone
 from pretrain.engine.metadata import BackboneMeta
 from pretrain.models.mae import MaskedAutoencoder
 from pretrain.models.vit import create_vit, preset_options
@@ -57,3 +57,11 @@ def test_weights_that_do_not_fit_raise_with_the_missing_keys(tmp_path):
     save_file(state, str(tmp_path / "partial.safetensors"))
     with pytest.raises(ValueError, match="blocks.3"):
         load_backbone(tmp_path / "partial.safetensors", preset_options("vit_test_patch4"))
+
+
+@pytest.mark.parametrize("name", ["backbone.safetensors", "weights.pth"])
+def test_an_unreadable_weights_file_is_named_with_what_would_work(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"not weights at all")
+    with pytest.raises(UnreadableWeightsError, match=rf"(?s){name} is not a readable .*pass .*backbone\.safetensors"):
+        read_backbone_state(path)

@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import pytest
 import torch
 
 from pretrain.engine.checkpoints import (
     AtomicCheckpointIO,
     UnreadableCheckpointError,
+    checkpoint_path,
     find_resume_checkpoint,
     read_checkpoint,
 )
@@ -11,7 +14,7 @@ from pretrain.engine.checkpoints import (
 
 def test_atomic_save_leaves_previous_file_intact_when_writing_fails(tmp_path, monkeypatch):
     io = AtomicCheckpointIO()
-    target = tmp_path / "step=000010.ckpt"
+    target = tmp_path / "step_000010.ckpt"
     io.save_checkpoint({"global_step": 10}, target)
 
     def crash(obj, handle):
@@ -28,9 +31,25 @@ def test_atomic_save_leaves_previous_file_intact_when_writing_fails(tmp_path, mo
 def test_resume_picks_highest_complete_step(tmp_path):
     io = AtomicCheckpointIO()
     for step in (5, 10):
-        io.save_checkpoint({"global_step": step}, tmp_path / f"step={step:06d}.ckpt")
-    (tmp_path / "step=000015.ckpt").write_bytes(b"PK\x03\x04truncated")
-    assert find_resume_checkpoint(tmp_path).name == "step=000010.ckpt"
+        io.save_checkpoint({"global_step": step}, tmp_path / f"step_{step:06d}.ckpt")
+    (tmp_path / "step_000015.ckpt").write_bytes(b"PK\x03\x04truncated")
+    assert find_resume_checkpoint(tmp_path).name == "step_000010.ckpt"
+
+
+def test_checkpoints_named_before_the_rename_still_count_by_their_step(tmp_path):
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 20}, tmp_path / "step=000020.ckpt")  # the name runs wrote before
+    io.save_checkpoint({"global_step": 10}, tmp_path / "step_000010.ckpt")
+    assert find_resume_checkpoint(tmp_path).name == "step=000020.ckpt"
+
+
+def test_checkpoint_names_pass_hydra_overrides_unquoted():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    name = checkpoint_path(Path("outputs/demo/checkpoints"), 300)
+    assert name.name == "step_000300.ckpt"
+    (override,) = OverridesParser.create().parse_overrides([f"ckpt={name}"])
+    assert override.value() == str(name)
 
 
 def test_resume_finds_nothing_in_an_empty_or_missing_dir(tmp_path):

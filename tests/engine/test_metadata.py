@@ -39,12 +39,12 @@ def test_format_one_backbone_json_still_loads(tmp_path):
         "step": 7,
         "optim": {"base_lr": 1.5e-4},
         "counters": {"bad_steps": 0, "corrupt_samples": 2},
-        "source_checkpoint": "run/step=000007.ckpt",
+        "source_checkpoint": "run/step_000007.ckpt",
     }
     (tmp_path / "backbone.json").write_text(json.dumps(legacy))
     loaded, meta = load_backbone(tmp_path / "backbone.safetensors")
     assert meta.step == 7 and meta.mean == (0.5, 0.4, 0.3) and meta.objective_config is None
-    assert meta.source_checkpoint == "run/step=000007.ckpt"
+    assert meta.source_checkpoint == "run/step_000007.ckpt"
     torch.testing.assert_close(loaded.pos_embed, model.pos_embed)
 
 

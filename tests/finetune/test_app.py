@@ -68,7 +68,7 @@ def test_default_linear_probe_on_the_demo_selects_on_validation_and_records_it(r
 
 def test_augmented_mae_linear_probe_leaves_the_backbone_untouched(run_app, pretrained: Path, tmp_path: Path) -> None:
     run_app("mode=linear_mae", "trainer.max_steps=3", "mode.batch_size=32")
-    checkpoint = torch.load(next((tmp_path / "checkpoints").glob("step=000003.ckpt")), weights_only=False)
+    checkpoint = torch.load(next((tmp_path / "checkpoints").glob("step_000003.ckpt")), weights_only=False)
     trained = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     original, _ = load_backbone(pretrained / "backbone.safetensors")
     assert all(torch.equal(trained[name], value) for name, value in original.state_dict().items() if name in trained)
@@ -94,7 +94,7 @@ def test_a_fine_tune_below_the_linear_probe_says_so(run_app, caplog) -> None:
 
 def test_lightning_checkpoint_and_exported_backbone_give_the_same_knn_accuracy(run_app, pretrained: Path) -> None:
     from_export = run_app("mode=knn")["metrics"]
-    checkpoint = next((pretrained / "checkpoints").glob("step=*.ckpt"))
+    checkpoint = next((pretrained / "checkpoints").glob("step_*.ckpt"))
     assert run_app("mode=knn", f"ckpt='{checkpoint}'")["metrics"] == from_export
 
 
@@ -109,7 +109,7 @@ def test_finetune_at_a_higher_resolution_saves_a_loadable_model(run_app, tmp_pat
         "mode=finetune", "mode.lr_grid=null", "image_size=48", "trainer.max_steps=2", "mode.batch_size=16"
     )
     assert results["image_size"] == 48 and all(value == value for value in results["metrics"].values())
-    model, meta = load_backbone(tmp_path / "checkpoints" / "step=000002.ckpt")
+    model, meta = load_backbone(tmp_path / "checkpoints" / "step_000002.ckpt")
     assert meta.options["img_size"] == 48 and model.pos_embed.shape[1] == 1 + 12 * 12
     assert torch.isfinite(model(torch.randn(1, 3, 48, 48))).all()
 
@@ -206,3 +206,10 @@ def test_multirun_over_tasks_and_modes_is_tabulated_by_the_report(tmp_path: Path
     assert "| checkpoint | mode | setting | cifar10 | flowers102 |" in table
     assert table.count("| mode.batch_size=4 trainer.max_steps=2 |") == 2  # one row per mode
     assert (tmp_path / "sweep" / "report.csv").read_text().startswith("checkpoint,mode,setting,cifar10,flowers102\n")
+
+
+def test_without_ckpt_the_app_says_what_to_pass(tmp_path: Path) -> None:
+    completed = run_cli("finetune/run.py", f"hydra.run.dir={tmp_path}")
+    assert completed.returncode != 0
+    message = completed.stderr[-2000:]
+    assert "needs ckpt=" in message and "ckpt=null model=vit_base" in message, message

@@ -56,7 +56,7 @@ def test_short_mae_run_lowers_loss_logs_to_wandb_and_exports(demo_shards, tmp_pa
     backbone, meta = load_backbone(run_dir / "backbone.safetensors")
     assert meta.step == 60 and meta.objective == "mae"
     assert torch.isfinite(backbone(torch.randn(1, 3, 32, 32))).all()
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step=000030.ckpt", "step=000060.ckpt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000030.ckpt", "step_000060.ckpt"]
 
 
 def test_supervised_objective_trains_with_csv_logger(demo_shards, tmp_path):
@@ -69,7 +69,7 @@ def test_supervised_objective_trains_with_csv_logger(demo_shards, tmp_path):
 
 
 def final_state(run_dir: Path) -> dict:
-    checkpoint = torch.load(run_dir / "checkpoints" / "step=000016.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints" / "step_000016.ckpt", map_location="cpu", weights_only=False)
     return checkpoint["state_dict"]
 
 
@@ -91,14 +91,14 @@ def test_killed_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(demo_
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    checkpoint = interrupted / "checkpoints" / "step=000008.ckpt"
+    checkpoint = interrupted / "checkpoints" / "step_000008.ckpt"
     deadline = time.monotonic() + 240
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert checkpoint.exists(), "the run never reached its step-8 checkpoint"
-    assert not (interrupted / "checkpoints" / "step=000016.ckpt").exists(), "the run finished before it was killed"
+    assert not (interrupted / "checkpoints" / "step_000016.ckpt").exists(), "the run finished before it was killed"
 
     resumed = run_app(app_overrides(demo_shards, interrupted, **settings))
     assert "resuming from" in resumed.stdout + resumed.stderr
@@ -113,7 +113,7 @@ def test_two_process_ddp_on_cpu(demo_shards, tmp_path):
     result = run_app(app_overrides(demo_shards, run_dir, trainer="ddp_cpu", logger="none", **{"trainer.max_steps": 6}))
     output = result.stdout + result.stderr
     assert "1 node(s) x 2 device(s) = 2 processes; global batch 32" in output
-    assert (run_dir / "checkpoints" / "step=000006.ckpt").exists()
+    assert (run_dir / "checkpoints" / "step_000006.ckpt").exists()
     assert (run_dir / "backbone.safetensors").exists()
 
 

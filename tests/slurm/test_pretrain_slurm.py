@@ -128,9 +128,9 @@ def test_pretrain_job_trains_with_ddp_on_two_cpu_tasks_and_exports_one_backbone(
     # One run directory, keyed by the job id, with one set of checkpoints (rank 0 writes) and one backbone.
     assert list((pretrained.repo / "runs" / "pretrain").iterdir()) == [run_dir]
     assert not (pretrained.repo / "outputs").exists()
-    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == ["step=000003.ckpt", "step=000006.ckpt"]
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == ["step_000003.ckpt", "step_000006.ckpt"]
     assert not list(run_dir.glob("hpc_ckpt_*"))
-    assert read_checkpoint(run_dir / "checkpoints" / "step=000006.ckpt")["global_step"] == 6
+    assert read_checkpoint(run_dir / "checkpoints" / "step_000006.ckpt")["global_step"] == 6
     assert steps_trained_by_last_run(run_dir) == 6
     assert [path.relative_to(pretrained.repo) for path in pretrained.repo.rglob("*.safetensors")] == [
         run_dir.relative_to(pretrained.repo) / "backbone.safetensors"
@@ -183,7 +183,7 @@ def test_interrupted_pretrain_job_requeues_resumes_and_stops_at_max_steps(
     )
     run_dir = repo / "runs" / "pretrain" / str(job_id)
     # Interrupt once training is under way: after the first periodic checkpoint, long before max_steps.
-    _wait_for_file(run_dir / "checkpoints" / f"step={every:06d}.ckpt", slurm_jobs, job_id, timeout_s=JOB_TIMEOUT_S)
+    _wait_for_file(run_dir / "checkpoints" / f"step_{every:06d}.ckpt", slurm_jobs, job_id, timeout_s=JOB_TIMEOUT_S)
     if interrupt == "warning_signal":
         # What `#SBATCH --signal=USR1@N` does before the time limit: signal every process of the srun step.
         slurm_command("scancel", "--signal=USR1", str(job_id))
@@ -202,7 +202,7 @@ def test_interrupted_pretrain_job_requeues_resumes_and_stops_at_max_steps(
     checkpoint = resumed.pop()
     assert f"Restored all states from the checkpoint at {checkpoint}" in output
     resumed_step = read_checkpoint(checkpoint)["global_step"]
-    assert checkpoint == run_dir / "checkpoints" / f"step={resumed_step:06d}.ckpt"
+    assert checkpoint == run_dir / "checkpoints" / f"step_{resumed_step:06d}.ckpt"
     if interrupt == "warning_signal":
         # ...written at the signal, at the step all ranks stopped after (maybe between two periodic checkpoints).
         assert every <= resumed_step < max_steps
@@ -213,7 +213,7 @@ def test_interrupted_pretrain_job_requeues_resumes_and_stops_at_max_steps(
     assert not list(run_dir.glob("hpc_ckpt_*"))
     # ...and trained each remaining step once: nothing before the checkpoint again, nothing past max_steps.
     assert steps_trained_by_last_run(run_dir) == max_steps - resumed_step
-    final = read_checkpoint(run_dir / "checkpoints" / f"step={max_steps:06d}.ckpt")
+    final = read_checkpoint(run_dir / "checkpoints" / f"step_{max_steps:06d}.ckpt")
     assert final["global_step"] == max_steps
     assert not [
         path for path in (run_dir / "checkpoints").iterdir() if read_checkpoint(path)["global_step"] > max_steps
