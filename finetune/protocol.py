@@ -237,7 +237,8 @@ def fit_and_test(
     log.info("%s on %s (%d images): %s", mode["name"], task.name, fit_split.num_samples, plan.describe())
     if fit_mode.caches_features and mode["cache_features"]:
         cache_training_features(trainer, module, data)
-    trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(resume, run_dir))
+    # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
+    trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(resume, run_dir), weights_only=False)
     if was_requeued(trainer):
         return None
     save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])

@@ -72,7 +72,9 @@ def pretrain(config: Mapping[str, Any], run_dir: Path) -> Path:
         tokens_fn=lambda batch: batch["image"].shape[0] * tokens,
         callbacks=_image_callbacks(config),
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_resume(str(config["resume"]), run_dir))
+    resume = resolve_resume(str(config["resume"]), run_dir)
+    # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=False)
     if was_requeued(trainer):
         return run_dir
     final = save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])
