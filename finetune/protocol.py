@@ -281,7 +281,8 @@ def select_lr(context: DownstreamContext, fit_mode: FitMode) -> tuple[float | No
         candidate_dir = context.run_dir / SELECTION_SUBDIR / f"lr={lr:g}"
         record = candidate_dir / CANDIDATE_FILE
         fingerprint = config_hash({**context.config, "mode": with_lr(mode, lr)})
-        if resume == "none" or not finished(record, fingerprint):
+        candidate = scored(record, fingerprint) if resume == "auto" else None
+        if candidate is None:
             result = fit_and_test(
                 context,
                 with_lr(mode, lr),
@@ -298,7 +299,8 @@ def select_lr(context: DownstreamContext, fit_mode: FitMode) -> tuple[float | No
                 write_json_atomic(record, {"lr": lr, "val_top1": result.metrics["top1"], "config_hash": fingerprint})
                 shutil.rmtree(candidate_dir / CHECKPOINT_SUBDIR, ignore_errors=True)  # its score is all we keep
             result.trainer.strategy.barrier()
-        candidates.append({key: value for key, value in json.loads(record.read_text()).items() if key != "config_hash"})
+            candidate = scored(record, fingerprint)  # rank 0 wrote it
+        candidates.append(candidate)
         log.info("lr %g: validation top-1 %.2f", lr, candidates[-1]["val_top1"])
     best = max(range(len(grid)), key=lambda index: (candidates[index]["val_top1"], -index))
     selection = {
@@ -311,9 +313,15 @@ def select_lr(context: DownstreamContext, fit_mode: FitMode) -> tuple[float | No
     return grid[best], selection
 
 
-def finished(record: Path, fingerprint: str) -> bool:
-    """A candidate fit already scored with exactly this config (a stale record of other settings is refit)."""
-    return record.is_file() and json.loads(record.read_text()).get("config_hash") == fingerprint
+def scored(record: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The candidate's ``{lr, val_top1}`` when it was scored with exactly this config, else None (a stale record
+    of other settings is refit)."""
+    if not record.is_file():
+        return None
+    candidate = json.loads(record.read_text())
+    if candidate.pop("config_hash", None) != fingerprint:
+        return None
+    return candidate
 
 
 def run_fit(context: DownstreamContext, fit_mode: FitMode) -> ModeOutcome | None:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.functional.classification import multiclass_accuracy
 
 from pretrain.engine.metadata import BackboneMeta
 from pretrain.engine.plan import RunPlan
@@ -28,13 +29,19 @@ class DownstreamRun:
     max_bad_steps: int
 
 
+def reported_ks(num_classes: int) -> tuple[int, ...]:
+    """Top-1, and top-5 when there are more than 5 classes."""
+    return (1, 5) if num_classes > 5 else (1,)
+
+
 class TopKAccuracy(nn.Module):
     """Top-1 and (more than 5 classes) top-5 accuracy in percent, synchronized over ranks when computed."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        ks = (1, 5) if num_classes > 5 else (1,)
-        self.metrics = nn.ModuleDict({f"top{k}": MulticlassAccuracy(num_classes, top_k=k, average="micro") for k in ks})
+        self.metrics = nn.ModuleDict(
+            {f"top{k}": MulticlassAccuracy(num_classes, top_k=k, average="micro") for k in reported_ks(num_classes)}
+        )
 
     def update(self, scores: Tensor, labels: Tensor) -> None:
         """``scores: [N, C]`` (logits or votes), ``labels: [N]``."""
@@ -52,12 +59,11 @@ class TopKAccuracy(nn.Module):
 def topk_accuracy(scores: Tensor, labels: Tensor) -> dict[str, float]:
     """Top-1 (and, with more than 5 classes, top-5) accuracy in percent of ``scores: [N, C]`` against ``labels``,
     on one process (the feature modes score gathered tables)."""
-    ranked = scores.topk(min(5, scores.shape[1]), dim=1).indices
-    correct = ranked == labels[:, None]
-    metrics = {"top1": round(100 * correct[:, 0].float().mean().item(), 4)}
-    if scores.shape[1] > 5:
-        metrics["top5"] = round(100 * correct.any(dim=1).float().mean().item(), 4)
-    return metrics
+    num_classes = scores.shape[1]
+    return {
+        f"top{k}": round(100 * multiclass_accuracy(scores, labels, num_classes, top_k=k, average="micro").item(), 4)
+        for k in reported_ks(num_classes)
+    }
 
 
 class ClassifierTest:

@@ -19,7 +19,7 @@ from data_pipelines.seeding import seed_all, stable_seed
 from pretrain.engine.metadata import CHECKPOINT_META_KEY, BackboneMeta, counters_from_checkpoint, counters_to_checkpoint
 from pretrain.engine.optim import OptimConfig, build_optimizer
 from pretrain.engine.plan import RunPlan
-from pretrain.engine.step_metrics import StepEnds, all_reduce_sum, local_grad_norm, log_due, log_scalars
+from pretrain.engine.step_metrics import all_reduce_sum, local_grad_norm, log_due, log_scalars
 from pretrain.models.vit import VisionTransformer
 
 
@@ -57,7 +57,7 @@ class TrainingModule(L.LightningModule):
         self.corrupt_samples = 0
         self._tally: Tensor | None = None  # [non-finite micro-batches, loss sum, corrupt samples] of this step
         self._micro_batches = 0
-        self._step_ends = StepEnds()
+        self._deepspeed_norm_due = False  # a logging step under ZeRO-2/3: read DeepSpeed's norm after the step
 
     @property
     def backbone(self) -> VisionTransformer:
@@ -76,10 +76,9 @@ class TrainingModule(L.LightningModule):
 
     def _offloaded(self) -> bool:
         """Whether DeepSpeed holds and steps the optimizer state on the CPU."""
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        if not isinstance(strategy, DeepSpeedStrategy):
+        if not self._under_deepspeed:
             return False
-        offload = strategy.config.get("zero_optimization", {}).get("offload_optimizer") or {}
+        offload = self.trainer.strategy.config.get("zero_optimization", {}).get("offload_optimizer") or {}
         return offload.get("device") == "cpu"
 
     def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -114,8 +113,7 @@ class TrainingModule(L.LightningModule):
         non_finite, loss_sum, corrupt, grad_norm = values.tolist()
         self.corrupt_samples += round(corrupt)
         # fp16's grad scaler unscaled the gradients already: an overflow there is its routine, not a bad step.
-        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
-        if non_finite or (not scaled and not math.isfinite(grad_norm)):
+        if non_finite or (not self._grad_scaler and not math.isfinite(grad_norm)):
             self._skip_step(optimizer)
             return
         self.bad_steps_in_a_row = 0
@@ -127,28 +125,31 @@ class TrainingModule(L.LightningModule):
             if norm is not None:
                 metrics["train/grad_norm"] = grad_norm
             log_scalars(self.trainer, metrics, self.global_step)
+            # Under ZeRO-2/3 the gradients live in DeepSpeed's partitions: its engine reports the norm after the step.
+            self._deepspeed_norm_due = norm is None and self._under_deepspeed
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
-        # Under ZeRO-2/3 the gradients live in DeepSpeed's partitions: its engine reports the norm it clipped with.
-        at_step_end = self._step_ends(self.trainer)
-        if (
-            isinstance(self.trainer.strategy, DeepSpeedStrategy)
-            and at_step_end
-            and log_due(self.trainer, self.global_step)
-        ):
-            reported = self.trainer.model.get_global_grad_norm()
-            grad_norm = float(reported) if reported is not None else math.nan  # one read, on a logging step
-            if math.isfinite(grad_norm):  # DeepSpeed reports inf for a skipped step
-                log_scalars(self.trainer, {"train/grad_norm": grad_norm}, self.global_step - 1)
+        if not self._deepspeed_norm_due:
+            return
+        self._deepspeed_norm_due = False
+        reported = self.trainer.model.get_global_grad_norm()
+        grad_norm = float(reported) if reported is not None else math.nan  # one read, on a logging step
+        if math.isfinite(grad_norm):  # DeepSpeed reports inf for a step it skipped
+            log_scalars(self.trainer, {"train/grad_norm": grad_norm}, self.global_step - 1)
 
-    def on_train_start(self) -> None:
-        self._step_ends.start(self.trainer)
+    @property
+    def _under_deepspeed(self) -> bool:
+        return self._trainer is not None and isinstance(self._trainer.strategy, DeepSpeedStrategy)
+
+    @property
+    def _grad_scaler(self) -> bool:
+        """fp16 mixed precision: the grad scaler finds non-finite gradients and skips the step itself."""
+        return getattr(self.trainer.precision_plugin, "scaler", None) is not None
 
     def _between_micro_batches(self) -> bool:
         """DeepSpeed accumulates gradients itself, so Lightning calls the step hooks after every micro-batch; the
         engine knows which one closes the step."""
-        strategy = self.trainer.strategy
-        return isinstance(strategy, DeepSpeedStrategy) and not self.trainer.model.is_gradient_accumulation_boundary()
+        return self._under_deepspeed and not self.trainer.model.is_gradient_accumulation_boundary()
 
     def _counters(self) -> dict[str, float]:
         return {"data/corrupt_samples_skipped": self.corrupt_samples, "train/bad_steps": self.bad_steps_total}
@@ -159,8 +160,7 @@ class TrainingModule(L.LightningModule):
         self.bad_steps_in_a_row += 1
         # DeepSpeed's ZeRO optimizers and fp16's grad scaler find the non-finite gradients themselves and skip the
         # step; torch optimizers leave parameters without gradients alone.
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if not isinstance(self.trainer.strategy, DeepSpeedStrategy) and scaler is None:
+        if not self._under_deepspeed and not self._grad_scaler:
             optimizer.zero_grad(set_to_none=True)
         log_scalars(self.trainer, self._counters(), self.global_step)
         if self.bad_steps_in_a_row >= self.max_bad_steps:

@@ -80,8 +80,11 @@ def test_two_ranks_with_two_workers_read_every_sample_exactly_once(demo_dir: Pat
 
 
 def test_unequal_epochs_across_ranks_are_warned_about(demo_dir: Path) -> None:
-    with pytest.warns(UserWarning, match="12 to 13 batches per epoch.*set batches_per_epoch=12 or resampled=True"):
-        loader(demo_dir / "train", rank=0, world_size=2)
+    expected = "12 to 13 batches per epoch.*set batches_per_epoch=12 or resampled=True"
+    with pytest.warns(UserWarning, match=expected) as seen:
+        rank_loader = loader(demo_dir / "train", rank=0, world_size=2)
+    assert sum("ranks get" in str(warning.message) for warning in seen) == 1  # one warning, not one per worker or shard
+    assert len(rank_loader) in (12, 13)  # this rank's share is one of the two counts the warning names
 
 
 @pytest.mark.filterwarnings("ignore:ranks get")

@@ -26,9 +26,9 @@ os.environ.setdefault(
     "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "vitfm" / "torch_extensions" / f"torch-{torch.__version__}")
 )
 
-import deepspeed  # noqa: E402
 import lightning as L  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from deepspeed_cpu_train import gathered_parameters  # noqa: E402
 from lightning.fabric.utilities.seed import reset_seed  # noqa: E402
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy  # noqa: E402
 from yaml_defaults import composed  # noqa: E402
@@ -85,13 +85,6 @@ def rank_batches(rank: int, count: int) -> list[dict[str, torch.Tensor]]:
         {"image": torch.rand(BATCH, 3, 32, 32, generator=generator), "corrupt_skipped": torch.tensor(1)}
         for _ in range(count)
     ]
-
-
-def full_parameters(engine: deepspeed.DeepSpeedEngine) -> dict[str, torch.Tensor]:
-    named = list(engine.module.named_parameters())
-    partitioned = engine.zero_optimization_stage() == 3
-    with deepspeed.zero.GatheredParameters([param for _, param in named], enabled=partitioned):
-        return {name: param.detach().float().clone() for name, param in named}
 
 
 def logged(run_dir: Path, name: str) -> list[float]:
@@ -160,7 +153,7 @@ def main() -> None:
     except NonFiniteLossError as error:
         stopped_by = str(error)
     engine = trainer.strategy.deepspeed_engine
-    parameters = full_parameters(engine)
+    parameters = gathered_parameters(engine)
     counters = [None] * trainer.world_size
     dist.all_gather_object(counters, {"bad_steps": module.bad_steps_total, "corrupt": module.corrupt_samples})
     if rank == 0:
