@@ -65,6 +65,7 @@ from data_pipelines.transforms import (
     open_image,
     read_label,
 )
+from data_pipelines.worker_signals import ignore_stop_signals
 
 __all__ = ["ShardLoader", "StreamConfig", "build_loader", "read_manifest"]
 
@@ -295,7 +296,14 @@ class ShardLoader(wds.WebLoader):
         # Its own generator: DataLoader draws a base seed per iteration, which must not advance the caller's
         # generator (a resumed run would otherwise see different model randomness); our workers never use it.
         generator = torch.Generator().manual_seed(stream.cfg.seed)
-        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, generator=generator)
+        super().__init__(
+            stream,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            generator=generator,
+            worker_init_fn=ignore_stop_signals,
+        )
         self.stream = stream
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:

@@ -30,6 +30,7 @@ from data_pipelines.shards import expand_shards, local_path
 from data_pipelines.sources.base import Item
 from data_pipelines.stream import StreamConfig, build_loader
 from data_pipelines.transforms import ImageTransform, Normalize, TransformOptions, build_transform
+from data_pipelines.worker_signals import ignore_stop_signals
 
 Batch = dict[str, Any]
 SIZE_SAMPLE = 32  # images whose size a listing reads to know its resolution
@@ -131,6 +132,7 @@ class ListingSplit:
             collate_fn=NormalizingCollate(spec.mean, spec.std),
             drop_last=spec.training,
             pin_memory=spec.pin_memory,
+            worker_init_fn=ignore_stop_signals,
         )
 
     def held_out(self, holdout: HoldOut) -> ListingSplit:

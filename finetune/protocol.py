@@ -41,9 +41,10 @@ from finetune.modes.linear_mae import build_linear
 from finetune.tasks import Task
 from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR
 from pretrain.engine.config import Settings, config_hash, settings
-from pretrain.engine.lifecycle import resolve_resume, save_final_checkpoint, was_requeued
+from pretrain.engine.lifecycle import resolve_resume, save_final_checkpoint
 from pretrain.engine.metadata import BackboneMeta
 from pretrain.engine.plan import RunPlan, plan_run
+from pretrain.engine.signals import stopped_by_signal
 from pretrain.engine.trainer import build_trainer
 from pretrain.models.vit import VisionTransformer
 
@@ -209,7 +210,7 @@ def fit_and_test(
 ) -> FitResult | None:
     """Fit the mode's module on ``fit_split`` (resuming per ``resume`` in ``run_dir``), then score ``test_split``.
 
-    None when the SLURM warning signal stopped the fit: the requeued job resumes it.
+    None when a signal stopped the fit: a requeued or restarted job resumes it.
     """
     config, task = context.config, context.task
     # The new head and the loaders' first shuffle depend on this fit alone, not on the fits run before it in the
@@ -239,7 +240,7 @@ def fit_and_test(
         cache_training_features(trainer, module, data)
     # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
     trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(resume, run_dir), weights_only=False)
-    if was_requeued(trainer):
+    if stopped_by_signal(trainer) is not None:
         return None
     save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])
     started = time.perf_counter()
@@ -269,7 +270,7 @@ def with_lr(mode: Mapping[str, Any], lr: float) -> Settings:
 
 def select_lr(context: DownstreamContext, fit_mode: FitMode) -> tuple[float | None, dict[str, Any] | None] | None:
     """The learning rate of ``mode.lr_grid`` with the best validation top-1 ((None, None) without a grid; None
-    when a candidate fit was requeued). Finished candidates are kept in ``run_dir/selection`` and not refit."""
+    when a signal stopped a candidate's fit). Finished candidates are kept in ``run_dir/selection`` and not refit."""
     mode, task = context.config["mode"], context.task
     grid = mode["lr_grid"]
     if not grid:
@@ -326,7 +327,7 @@ def scored(record: Path, fingerprint: str) -> dict[str, Any] | None:
 
 def run_fit(context: DownstreamContext, fit_mode: FitMode) -> ModeOutcome | None:
     """Choose the lr on validation (with ``mode.lr_grid``), fit on the training split, test; optionally the
-    selecting linear probe on the same labels for comparison. None when a fit was requeued."""
+    selecting linear probe on the same labels for comparison. None when a signal stopped a fit."""
     mode, task = context.config["mode"], context.task
     selected = select_lr(context, fit_mode)
     if selected is None:
@@ -377,7 +378,7 @@ def compare_with_linear_probe(context: DownstreamContext, metrics: Mapping[str, 
 
 @dataclass(frozen=True)
 class Mode:
-    """How a mode runs (``run(context)`` -> its outcome, None when requeued)."""
+    """How a mode runs (``run(context)`` -> its outcome, None when a signal stopped it)."""
 
     run: Callable[[DownstreamContext], ModeOutcome | None]
 

@@ -34,11 +34,12 @@ from finetune.results import RESULTS_FILE, git_commit
 from finetune.tasks import task_of
 from pretrain.engine.architecture import backbone_options
 from pretrain.engine.backbone_io import load_backbone
-from pretrain.engine.config import config_hash, optional_group, settings
+from pretrain.engine.config import Settings, config_hash, optional_group, settings
 from pretrain.engine.cpu_threads import set_cpu_threads
 from pretrain.engine.lifecycle import close_loggers
 from pretrain.engine.metadata import BackboneMeta
 from pretrain.engine.plan import devices_per_node
+from pretrain.engine.signals import handle_signals, stop_requested
 from pretrain.models.vit import VisionTransformer
 
 log = logging.getLogger("finetune")
@@ -80,17 +81,23 @@ def record(results: dict[str, Any], trainer: L.Trainer, run_dir: Path) -> None:
 
 def finetune(config: Mapping[str, Any], run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run the mode on the task per the resolved ``config``; returns what it writes to ``run_dir/results.json``
-    (empty when a SLURM requeue stopped it: the requeued job finishes the work).
+    (empty when a signal stopped it: SLURM's warning requeues the job, which finishes the work).
 
     ``overrides`` (the command line's) are recorded so that ``finetune/report.py`` can tell settings apart.
+    SIGTERM/SIGINT stop it after a checkpoint, without results, with exit code 128 + the signal's number.
     """
     config = settings(config)
+    with handle_signals(config["trainer"]):
+        return _finetune(config, run_dir, overrides)
+
+
+def _finetune(config: Settings, run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
     L.seed_everything(config["seed"], workers=True)
     mode = get_mode(config["mode"]["name"])
     set_cpu_threads(config["trainer"], devices_per_node(config["trainer"]))
     task = task_of(config)
     outcome = mode.run(DownstreamContext(config, task, run_dir, lambda: load_pretrained(config)))
-    if outcome is None:
+    if outcome is None or stop_requested():
         return {}
     meta = outcome.meta
     results = {

@@ -7,7 +7,7 @@
 
 Writes ``run_dir/checkpoints/step_N.ckpt`` while training (atomically), resumes from the newest one when
 started again on the same ``run_dir`` (``resume=auto``), and exports ``run_dir/backbone.safetensors`` +
-``backbone.json`` at the end.
+``backbone.json`` at the end. SIGTERM/SIGINT save a checkpoint and exit 128 + the signal number (143, 130).
 """
 
 from __future__ import annotations
@@ -27,14 +27,10 @@ from data_pipelines.manifest import read_manifest
 from pretrain.engine.backbone_io import export_checkpoint
 from pretrain.engine.config import settings
 from pretrain.engine.cpu_threads import set_cpu_threads
-from pretrain.engine.lifecycle import (
-    close_loggers,
-    resolve_resume,
-    save_final_checkpoint,
-    was_requeued,
-)
+from pretrain.engine.lifecycle import close_loggers, resolve_resume, save_final_checkpoint
 from pretrain.engine.plan import RunPlan, devices_per_node, plan_run
 from pretrain.engine.shard_data import ShardDataModule
+from pretrain.engine.signals import handle_signals, stop_requested, stopped_by_signal
 from pretrain.engine.trainer import build_trainer
 from pretrain.objectives.build import build_module, stream_config, tokens_per_image
 from pretrain.objectives.mae import ReconstructionLogger
@@ -43,8 +39,18 @@ log = logging.getLogger("pretrain")
 
 
 def pretrain(config: Mapping[str, Any], run_dir: Path) -> Path:
-    """Train per the resolved ``config`` in ``run_dir`` and return it."""
+    """Train per the resolved ``config`` in ``run_dir`` and return it.
+
+    SIGTERM or SIGINT: checkpoint after the current step, export nothing, exit 128 + the signal's number; SLURM's
+    warning signal: checkpoint and requeue (:mod:`pretrain.engine.signals`).
+    """
     config = settings(config)
+    with handle_signals(config["trainer"]):
+        _pretrain(config, run_dir)
+    return run_dir
+
+
+def _pretrain(config: Mapping[str, Any], run_dir: Path) -> None:
     L.seed_everything(config["seed"], workers=True)
     data, objective = config["data"], config["objective"]
     if data["make_demo"]:
@@ -75,14 +81,12 @@ def pretrain(config: Mapping[str, Any], run_dir: Path) -> Path:
     resume = resolve_resume(str(config["resume"]), run_dir)
     # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=False)
-    if was_requeued(trainer):
-        return run_dir
-    final = save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])
-    if config["export_backbone"] and trainer.is_global_zero:
-        export_checkpoint(final, run_dir)
-        log.info("exported the backbone to %s", run_dir / "backbone.safetensors")
+    if stopped_by_signal(trainer) is None:
+        final = save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])
+        if config["export_backbone"] and trainer.is_global_zero and not stop_requested():
+            export_checkpoint(final, run_dir)
+            log.info("exported the backbone to %s", run_dir / "backbone.safetensors")
     close_loggers(trainer)
-    return run_dir
 
 
 def pretraining_plan(config: Mapping[str, Any], manifest: Mapping[str, Any]) -> RunPlan:

@@ -1,5 +1,5 @@
-"""What every app does around ``trainer.fit``: the checkpoint to resume from, the final checkpoint,
-SLURM requeue, and closing loggers. Shared by the pretraining and the downstream app."""
+"""What every app does around ``trainer.fit``: the checkpoint to resume from, the final checkpoint and closing
+loggers (stopping on signals: :mod:`pretrain.engine.signals`). Shared by the pretraining and the downstream app."""
 
 from __future__ import annotations
 
@@ -30,19 +30,11 @@ def resolve_resume(resume: str, run_dir: Path) -> str | None:
     return resume
 
 
-def was_requeued(trainer: L.Trainer) -> bool:
-    """True when the SLURM warning signal stopped the fit: the requeued job finishes the work, not this one."""
-    requeued = any(getattr(callback, "requeued", False) for callback in trainer.callbacks)
-    if requeued:
-        log.info("stopped at step %d: the requeued job resumes from its checkpoint", trainer.global_step)
-    return requeued
-
-
 def save_final_checkpoint(trainer: L.Trainer, run_dir: Path, every_n_steps: int) -> Path:
     """``run_dir/checkpoints/step_N.ckpt`` for the last step, written unless the periodic checkpoint already was."""
     final = checkpoint_path(run_dir / CHECKPOINT_SUBDIR, trainer.global_step)
     if trainer.global_step % every_n_steps:  # the same answer on every rank, so no rank waits alone in a barrier
-        trainer.save_checkpoint(final)
+        trainer.save_checkpoint(final, weights_only=False)  # the whole training state; saying so is quiet
     return final
 
 

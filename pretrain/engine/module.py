@@ -19,6 +19,7 @@ from data_pipelines.seeding import seed_all, stable_seed
 from pretrain.engine.metadata import CHECKPOINT_META_KEY, BackboneMeta, counters_from_checkpoint, counters_to_checkpoint
 from pretrain.engine.optim import OptimConfig, build_optimizer
 from pretrain.engine.plan import RunPlan
+from pretrain.engine.signals import active_signals
 from pretrain.engine.step_metrics import all_reduce_sum, local_grad_norm, log_due, log_scalars
 from pretrain.models.vit import VisionTransformer
 
@@ -33,6 +34,8 @@ class TrainingModule(L.LightningModule):
     ``flops_per_batch`` (forward + backward of one per-device batch) feeds the MFU that
     :class:`~pretrain.engine.step_metrics.StepThroughput` logs.
     """
+
+    votes_on_signals = True  # the ranks agree on stop signals in this module's step reduction (engine.signals)
 
     def __init__(
         self,
@@ -98,19 +101,23 @@ class TrainingModule(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The step's one host synchronisation: non-finite micro-batches, loss and corrupt samples summed over ranks
-        in one all-reduce, read together with the gradient norm.
+        """The step's one host synchronisation: non-finite micro-batches, loss, corrupt samples and stop-signal
+        votes summed over ranks in one all-reduce, read together with the gradient norm.
 
         All ranks see the same sums, so they agree to skip a step whose loss or gradient is not finite (its NaN
         gradients already went through DDP's all-reduce, so every rank holds them) and hold the same counters.
         """
         if self._tally is None or self._between_micro_batches():
             return
-        tally, micro_batches = all_reduce_sum(self._tally), self._micro_batches
+        signals = active_signals()
+        votes = signals.vote(self._tally) if signals is not None else self._tally.new_zeros(0)
+        tally, micro_batches = all_reduce_sum(torch.cat([self._tally, votes])), self._micro_batches
         self._tally, self._micro_batches = None, 0
         norm = local_grad_norm(self.model)
-        values = torch.cat([tally, (norm if norm is not None else tally.new_zeros(())).reshape(1)])
-        non_finite, loss_sum, corrupt, grad_norm = values.tolist()
+        values = torch.cat([tally, (norm if norm is not None else tally.new_zeros(())).reshape(1)]).tolist()
+        (non_finite, loss_sum, corrupt), signal_counts, grad_norm = values[:3], values[3:-1], values[-1]
+        if signals is not None:
+            signals.agree(signal_counts)
         self.corrupt_samples += round(corrupt)
         # fp16's grad scaler unscaled the gradients already: an overflow there is its routine, not a bad step.
         if non_finite or (not self._grad_scaler and not math.isfinite(grad_norm)):

@@ -1,8 +1,8 @@
 """The one trainer factory: every app (pretrain, finetune) gets its Lightning ``Trainer`` from here.
 
 It turns the ``trainer`` and ``logger`` config groups into a strategy (ddp / deepspeed), precision, logger,
-checkpointing, throughput and learning-rate monitoring, and SLURM requeue handling. The run's length and layout
-come in as a :class:`~pretrain.engine.plan.RunPlan`, settled before the Trainer exists.
+checkpointing, throughput and learning-rate monitoring, and stopping on signals (SLURM requeue included). The run's
+length and layout come in as a :class:`~pretrain.engine.plan.RunPlan`, settled before the Trainer exists.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR, AtomicCheckpointIO
 from pretrain.engine.config import plain
 from pretrain.engine.cpu_threads import LoaderAwareThreads, cores_per_process
 from pretrain.engine.plan import RunPlan
-from pretrain.engine.slurm_requeue import SlurmRequeue
+from pretrain.engine.signals import StopOnSignal, active_signals
 from pretrain.engine.step_metrics import StepThroughput
 
 log = logging.getLogger(__name__)
@@ -133,10 +133,11 @@ def build_trainer(
     all_callbacks = [checkpointing, *(monitors if logger is not None else []), *callbacks]
     plugins: list[Any] = [] if isinstance(strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
-        # Lightning's own auto-requeue checkpoints inside its signal handler; SlurmRequeue does it between steps.
+        # Lightning's own auto-requeue checkpoints inside its signal handler; StopOnSignal does it between steps.
         plugins.append(SLURMEnvironment(auto_requeue=False))
-        if config["slurm_auto_requeue"]:
-            all_callbacks.append(SlurmRequeue(run_dir / CHECKPOINT_SUBDIR))
+    signals = active_signals()
+    if signals is not None:
+        all_callbacks.append(StopOnSignal(signals, run_dir / CHECKPOINT_SUBDIR))
     if config["accelerator"] == "cpu":
         check_name(str(config["precision"]), CPU_PRECISIONS, "precision on CPU")
         if config["cpu_threads"] is None:

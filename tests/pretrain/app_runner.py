@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,3 +39,22 @@ def run_app(
     )
     assert result.returncode == 0, f"{script} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
+
+
+def start_app(overrides: list[str], script: str = "pretrain/run.py") -> subprocess.Popen:
+    """Start an app in the background (its output discarded), to signal or kill it mid-run."""
+    return subprocess.Popen(
+        [sys.executable, script, *overrides],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait until ``path`` exists, failing if the process ends first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the app ended (exit {process.returncode}) before writing {path}"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.05)

@@ -4,12 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from app_runner import REPO_ROOT, app_overrides, run_app
+from app_runner import REPO_ROOT, app_overrides, run_app, start_app, wait_for_file
 from wandb_offline import read_offline_run
 
 from pretrain.engine.backbone_io import load_backbone
@@ -85,16 +84,9 @@ def test_killed_run_resumes_to_the_same_parameters_as_an_uninterrupted_one(demo_
     run_app(app_overrides(demo_shards, straight, **settings))
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(
-        [sys.executable, "pretrain/run.py", *app_overrides(demo_shards, interrupted, **settings)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_app(app_overrides(demo_shards, interrupted, **settings))
     checkpoint = interrupted / "checkpoints" / "step_000008.ckpt"
-    deadline = time.monotonic() + 240
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_file(checkpoint, process)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert checkpoint.exists(), "the run never reached its step-8 checkpoint"

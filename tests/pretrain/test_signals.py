@@ -1,0 +1,92 @@
+"""Real signals sent to real pretraining runs: SIGTERM and SIGINT checkpoint after the current step, export nothing
+and exit 128 + the signal number; the resumed run ends where an uninterrupted one does; a second signal exits at
+once; in a 2-process DDP run a signal to rank 0 alone stops both ranks together."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from app_runner import app_overrides, run_app, start_app, wait_for_file
+
+from pretrain.engine.checkpoints import checkpoint_step, find_resume_checkpoint
+
+pytestmark = pytest.mark.slow
+
+MAX_STEPS = 24
+SETTINGS = {
+    "trainer.max_steps": MAX_STEPS,
+    "trainer.checkpoint_every_n_steps": 4,
+    "trainer.keep_checkpoints": -1,
+    "logger": "none",
+    "data.batches_per_epoch": 6,
+}
+
+
+def signalled_run(demo_shards: Path, run_dir: Path, *signals: int, **extra) -> int:
+    """Start a run, send ``signals`` (50 ms apart) once its step-4 checkpoint exists; its exit code."""
+    process = start_app(app_overrides(demo_shards, run_dir, **SETTINGS, **extra))
+    wait_for_file(run_dir / "checkpoints" / "step_000004.ckpt", process)
+    for signum in signals:
+        os.kill(process.pid, signum)
+        time.sleep(0.05)
+    return process.wait(timeout=120)
+
+
+def newest_step(run_dir: Path) -> int:
+    newest = find_resume_checkpoint(run_dir / "checkpoints")
+    assert newest is not None
+    return checkpoint_step(newest)
+
+
+def parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    path = run_dir / "checkpoints" / f"step_{MAX_STEPS:06d}.ckpt"
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_sigterm_checkpoints_exits_143_and_the_resumed_run_equals_an_uninterrupted_one(demo_shards, tmp_path):
+    straight = tmp_path / "straight"
+    run_app(app_overrides(demo_shards, straight, **SETTINGS))
+
+    interrupted = tmp_path / "interrupted"
+    assert signalled_run(demo_shards, interrupted, signal.SIGTERM) == 128 + signal.SIGTERM
+    stopped_at = newest_step(interrupted)
+    assert 4 <= stopped_at < MAX_STEPS
+    assert not (interrupted / "backbone.safetensors").exists(), "an interrupted run exported a backbone"
+
+    resumed = run_app(app_overrides(demo_shards, interrupted, **SETTINGS))
+    assert f"step_{stopped_at:06d}.ckpt" in resumed.stdout + resumed.stderr  # "resuming from ..."
+    assert (interrupted / "backbone.safetensors").exists()
+    expected, actual = parameters(straight), parameters(interrupted)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_sigint_checkpoints_and_exits_130(demo_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    assert signalled_run(demo_shards, run_dir, signal.SIGINT) == 128 + signal.SIGINT
+    assert 4 <= newest_step(run_dir) < MAX_STEPS
+    assert not (run_dir / "backbone.safetensors").exists()
+
+
+def test_a_second_signal_exits_at_once_with_its_own_code(demo_shards, tmp_path):
+    # Ctrl-C after a SIGTERM: the second stop signal does not wait for the step or the checkpoint.
+    run_dir = tmp_path / "run"
+    assert signalled_run(demo_shards, run_dir, signal.SIGTERM, signal.SIGINT) == 128 + signal.SIGINT
+    assert not (run_dir / "backbone.safetensors").exists()
+
+
+def test_sigterm_to_rank_0_of_two_ddp_processes_stops_both_at_one_checkpoint(demo_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    ddp = {"trainer": "ddp_cpu", "data.batch_size": 8}
+    assert signalled_run(demo_shards, run_dir, signal.SIGTERM, **ddp) == 128 + signal.SIGTERM
+    stopped_at = newest_step(run_dir)
+    assert 4 <= stopped_at < MAX_STEPS
+    assert not (run_dir / "backbone.safetensors").exists()
+
+    run_app(app_overrides(demo_shards, run_dir, **SETTINGS, **ddp))
+    assert newest_step(run_dir) == MAX_STEPS
+    assert (run_dir / "backbone.safetensors").exists()
