@@ -25,12 +25,13 @@ from webdataset.tariterators import base_plus_ext
 
 from data_pipelines.holdout import HoldOut, KeySelection
 from data_pipelines.manifest import read_manifest
-from data_pipelines.seeding import stable_seed
+from data_pipelines.seeding import seeded_rng, stable_seed
 from data_pipelines.shards import expand_shards, local_path
 from data_pipelines.sources.base import Item
 from data_pipelines.stream import StreamConfig, build_loader
 from data_pipelines.transforms import ImageTransform, Normalize, TransformOptions, build_transform
 from data_pipelines.worker_signals import ignore_stop_signals
+from pretrain.engine.plan import RunPlan
 
 Batch = dict[str, Any]
 SIZE_SAMPLE = 32  # images whose size a listing reads to know its resolution
@@ -60,7 +61,9 @@ class TaskSplit(Protocol):
 
     def max_label(self) -> int: ...
 
-    def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int) -> Any: ...
+    def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int, skip_batches: int = 0) -> Any:
+        """This rank's batches of ``epoch``, after its first ``skip_batches`` (a resumed training epoch)."""
+        ...
 
     def held_out(self, holdout: HoldOut) -> TaskSplit:
         """The part of this split on ``holdout.side`` of the hold-out."""
@@ -72,11 +75,16 @@ class TaskSplit(Protocol):
 
 
 class ItemDataset(Dataset):
-    """Items of an official-format listing (files or decoded arrays) -> (uint8 [3, S, S], label)."""
+    """Items of an official-format listing (files or decoded arrays) -> (uint8 [3, S, S], label).
 
-    def __init__(self, items: Sequence[Item], transform: ImageTransform) -> None:
+    Each item's augmentation draws from its own seed, ``(seed, index)``: a resumed epoch that skips its first
+    batches gives the rest the same pixels as an uninterrupted one, whichever worker decodes them.
+    """
+
+    def __init__(self, items: Sequence[Item], transform: ImageTransform, seed: int) -> None:
         self.items = items
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.items)
@@ -85,7 +93,8 @@ class ItemDataset(Dataset):
         item = self.items[index]
         # The item's own bytes (a JPEG stays a JPEG, so the transforms' reduced-size decoding applies).
         image = Image.open(io.BytesIO(item.encode("png").data))
-        return self.transform(image), item.label, item.key
+        with seeded_rng(stable_seed(self.seed, index)):
+            return self.transform(image), item.label, item.key
 
 
 class NormalizingCollate:
@@ -117,13 +126,15 @@ class ListingSplit:
             raise ValueError("the split has unlabeled images; downstream tasks need a label for every image")
         return max(labels)
 
-    def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int) -> DataLoader:
-        dataset = ItemDataset(self.items, build_transform(spec.transform, spec.options, spec.mean))
+    def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int, skip_batches: int = 0) -> DataLoader:
+        transform = build_transform(spec.transform, spec.options, spec.mean)
+        dataset = ItemDataset(self.items, transform, stable_seed(spec.seed, epoch))
         if spec.training:
-            sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=spec.seed, drop_last=True)
-            sampler.set_epoch(epoch)
+            shuffled = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=spec.seed, drop_last=True)
+            shuffled.set_epoch(epoch)
+            sampler = list(shuffled)[skip_batches * spec.batch_size :]
         else:
-            sampler = range(rank, len(dataset), world_size)
+            sampler = range(rank, len(dataset), world_size)[skip_batches * spec.batch_size :]
         return DataLoader(
             dataset,
             batch_size=spec.batch_size,
@@ -175,7 +186,7 @@ class ShardSplit:
             raise ValueError(f"the shards {self.urls[0]}... list no classes in their manifest: are they labeled?")
         return len(self.classes) - 1
 
-    def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int) -> Any:
+    def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int, skip_batches: int = 0) -> Any:
         common = dict(
             shards=self.urls,
             batch_size=spec.batch_size,
@@ -200,11 +211,12 @@ class ShardSplit:
                     shuffle_buffer=spec.shuffle_buffer,
                     resampled=True,
                     batches_per_epoch=batches,
+                    skip_batches=skip_batches,
                 )
             )
         # Each shard is read by one worker of one rank; never ask for more readers than there are shards.
         workers = min(spec.num_workers, len(self.urls) // world_size)
-        return build_loader(StreamConfig(**common, num_workers=workers, shuffle_buffer=0))
+        return build_loader(StreamConfig(**common, num_workers=workers, shuffle_buffer=0, skip_batches=skip_batches))
 
 
 def shard_keys(urls: Sequence[str]) -> list[str]:
@@ -244,29 +256,43 @@ class FeatureSplit:
     def max_label(self) -> int:
         return int(self.labels.max())
 
-    def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int) -> DataLoader:
+    def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int, skip_batches: int = 0) -> DataLoader:
         # per_rank is the smallest share over the ranks (shards split unevenly): equal batch counts per rank.
         generator = torch.Generator().manual_seed(stable_seed(spec.seed, epoch, rank))
-        order = torch.randperm(len(self.labels), generator=generator)[: self.per_rank]
+        order = torch.randperm(len(self.labels), generator=generator)[skip_batches * spec.batch_size : self.per_rank]
         batches = BatchSampler(order.tolist(), spec.batch_size, drop_last=True)
         return DataLoader(FeatureBatches(self.features, self.labels), sampler=batches, batch_size=None)
 
 
 class TaskDataModule(L.LightningDataModule):
     """Training batches of the current epoch, the test loader, and the training images with the test transform
-    (what frozen features are computed of)."""
+    (what frozen features are computed of).
 
-    def __init__(self, train: TaskSplit, test: TaskSplit, train_spec: LoaderSpec | None, test_spec: LoaderSpec) -> None:
+    The training epoch and the batches of it already consumed follow from the global step and ``plan``: a run
+    resumed mid-epoch reads the rest of that epoch, as the uninterrupted run does.
+    """
+
+    def __init__(
+        self,
+        train: TaskSplit,
+        test: TaskSplit,
+        train_spec: LoaderSpec | None,
+        test_spec: LoaderSpec,
+        plan: RunPlan | None = None,
+    ) -> None:
+        """``train_spec`` and ``plan`` are for training; without them the module only evaluates."""
         super().__init__()
         self.train: TaskSplit | FeatureSplit = train  # a FeatureSplit once training features are cached
         self.test = test
         self.train_spec, self.test_spec = train_spec, test_spec
+        self.plan = plan
 
     def train_dataloader(self) -> Any:
-        if self.train_spec is None:
+        if self.train_spec is None or self.plan is None:
             raise RuntimeError("this data module reads its splits for evaluation only")
         trainer = self.trainer
-        return self.train.loader(self.train_spec, trainer.global_rank, trainer.world_size, trainer.current_epoch)
+        epoch, skip = self.plan.resume_position(trainer.global_step)
+        return self.train.loader(self.train_spec, trainer.global_rank, trainer.world_size, epoch, skip)
 
     def predict_dataloader(self) -> Any:
         trainer = self.trainer

@@ -222,7 +222,7 @@ def fit_and_test(
     plan = downstream_plan(config, mode, fit_split, trains=True)
     run = DownstreamRun(task.num_classes, plan, config["seed"], meta, config["trainer"]["max_bad_steps"])
     module = fit_mode.build(backbone, mode, run)
-    data = TaskDataModule(fit_split, test_split, train_spec, eval_spec)
+    data = TaskDataModule(fit_split, test_split, train_spec, eval_spec, plan)
     trainer_config = dict(config["trainer"])
     if mode["gradient_clip_val"] is not None:  # a recipe's clipping (the ViT paper clips at global norm 1)
         trainer_config["gradient_clip_val"] = mode["gradient_clip_val"]

@@ -66,7 +66,7 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path) -> None:
             "supervised pretraining needs labeled shards (a manifest with classes) or objective.num_classes"
         )
     module = build_module(config, plan, num_classes)
-    datamodule = ShardDataModule(stream_config(config, plan), plan.accumulate)
+    datamodule = ShardDataModule(stream_config(config, plan), plan)
     tokens = tokens_per_image(objective, config["model"])
     trainer = build_trainer(
         config["trainer"],

@@ -38,6 +38,15 @@ class RunPlan:
     def steps_per_epoch(self) -> int:
         return self.batches_per_epoch // self.accumulate
 
+    def resume_position(self, global_step: int) -> tuple[int, int]:
+        """``(epoch, batches of it this rank already consumed)`` after ``global_step`` optimizer steps.
+
+        Lightning also steps on an epoch's last batch when accumulation is not finished, so an epoch holds
+        ``ceil(batches_per_epoch / accumulate)`` steps.
+        """
+        steps_per_epoch = -(-self.batches_per_epoch // self.accumulate)
+        return global_step // steps_per_epoch, global_step % steps_per_epoch * self.accumulate
+
     def steps_for_epochs(self, epochs: float) -> int:
         return round(epochs * self.steps_per_epoch)
 

@@ -12,32 +12,27 @@ from typing import Any
 import lightning as L
 
 from data_pipelines.stream import StreamConfig, build_loader
-
-
-def resume_position(global_step: int, accumulate_grad_batches: int, batches_per_epoch: int) -> tuple[int, int]:
-    """``(epoch, batches already consumed in it)`` after ``global_step`` optimizer steps."""
-    consumed = global_step * accumulate_grad_batches
-    return consumed // batches_per_epoch, consumed % batches_per_epoch
+from pretrain.engine.plan import RunPlan
 
 
 class ShardDataModule(L.LightningDataModule):
     """Builds this rank's loader for the current epoch, skipping what a resumed run already consumed."""
 
-    def __init__(self, stream: StreamConfig, accumulate_grad_batches: int = 1) -> None:
+    def __init__(self, stream: StreamConfig, plan: RunPlan) -> None:
         super().__init__()
         if not stream.batches_per_epoch:
             raise ValueError("the pretraining stream needs batches_per_epoch (a fixed epoch length per rank)")
-        if stream.batches_per_epoch % accumulate_grad_batches:
+        if stream.batches_per_epoch % plan.accumulate:
             raise ValueError(
                 f"data.batches_per_epoch={stream.batches_per_epoch} is not a multiple of "
-                f"trainer.accumulate_grad_batches={accumulate_grad_batches}: an epoch would end mid-accumulation"
+                f"trainer.accumulate_grad_batches={plan.accumulate}: an epoch would end mid-accumulation"
             )
         self.stream = stream
-        self.accumulate_grad_batches = accumulate_grad_batches
+        self.plan = plan
 
     def train_dataloader(self) -> Any:
         trainer = self.trainer
-        epoch, skip = resume_position(trainer.global_step, self.accumulate_grad_batches, self.stream.batches_per_epoch)
+        epoch, skip = self.plan.resume_position(trainer.global_step)
         config = replace(
             self.stream,
             epoch=epoch,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from wandb_offline import read_offline_run
 
 from finetune.run import RESULTS_FILE, finetune
 from pretrain.engine.backbone_io import load_backbone
+from pretrain.engine.checkpoints import checkpoint_step, find_resume_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTRACT_FIELDS = {  # results.json, as the design fixes it
@@ -213,3 +217,66 @@ def test_without_ckpt_the_app_says_what_to_pass(tmp_path: Path) -> None:
     assert completed.returncode != 0
     message = completed.stderr[-2000:]
     assert "needs ckpt=" in message and "ckpt=null model=vit_base" in message, message
+
+
+@pytest.mark.slow
+def test_a_fine_tune_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_parameters(
+    tmp_path: Path, pretrained: Path
+) -> None:
+    # 200 CIFAR-10 images in batches of 8: 25 steps an epoch, so the stop lands mid-epoch and the resumed run
+    # crosses an epoch boundary. Random crops, flips and drop path all have to come out the same.
+    data_root = write_cifar10(tmp_path / "data", per_class=20)
+    steps = 40
+
+    def arguments(run_dir: Path) -> list[str]:
+        return [
+            "finetune/run.py",
+            "task=cifar10",
+            "mode=finetune",
+            f"data_root={data_root}",
+            f"ckpt={pretrained / 'backbone.safetensors'}",
+            f"run_dir={run_dir}",
+            "logger=none",
+            "num_workers=1",
+            "mode.batch_size=8",
+            "mode.lr_grid=null",
+            "mode.compare_with_linear_probe=false",
+            "mode.train_transform=mae",
+            "mode.crop_scale=[0.35,1]",
+            "mode.crop_ratio=[0.75,1.33]",
+            "mode.drop_path_rate=0.1",
+            f"trainer.max_steps={steps}",
+            "trainer.checkpoint_every_n_steps=10",
+            "trainer.keep_checkpoints=-1",
+        ]
+
+    straight = run_cli(*arguments(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, *arguments(interrupted)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    first = interrupted / "checkpoints" / "step_000010.ckpt"
+    deadline = time.monotonic() + 300
+    while not first.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the fine-tune ended before step 10"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    assert not (interrupted / RESULTS_FILE).exists(), "a stopped fine-tune wrote results"
+    stopped_at = checkpoint_step(find_resume_checkpoint(interrupted / "checkpoints"))
+    assert 10 <= stopped_at < 25, "the stop should land inside the first epoch"
+
+    resumed = run_cli(*arguments(interrupted))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = f"checkpoints/step_{steps:06d}.ckpt"
+    expected = torch.load(tmp_path / "straight" / final, weights_only=False)["state_dict"]
+    actual = torch.load(interrupted / final, weights_only=False)["state_dict"]
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+    assert (
+        json.loads((interrupted / RESULTS_FILE).read_text())["metrics"]
+        == json.loads((tmp_path / "straight" / RESULTS_FILE).read_text())["metrics"]
+    )
