@@ -21,11 +21,12 @@ Resume: `skip_batches=k` yields exactly what an uninterrupted loader yields from
 are read from the tar but never decoded. Non-resampled streams with several workers need the manifest's per-shard
 counts for this (see data_pipelines.resume).
 
-Corrupt data: a sample whose image or label cannot be decoded, or a tar member that cannot be read, is skipped
-and counted, never fatal. Each batch carries `corrupt_skipped`, the number of skips its worker made since its
-previous batch, so summing `batch["corrupt_skipped"]` over every batch a rank receives gives that rank's total
-(all-reduce with sum across ranks for the global count). A skipped sample leaves its batch smaller rather than
-shifting later batch boundaries, so resume stays exact over corrupt data.
+Corrupt data: a sample whose image or label cannot be decoded, or that a damaged tar lost, is skipped and
+counted, never fatal. Each batch carries `corrupt_skipped`, the samples skipped in its place (see `read_shards`
+and `BatchDecoder`), so summing `batch["corrupt_skipped"]` over every batch a rank receives gives that rank's
+total, each skip counted once, also across a resume (all-reduce with sum across ranks for the global count). A
+skipped sample leaves its batch smaller rather than shifting later batch boundaries, so resume stays exact over
+corrupt data (a batch with no decodable sample at all is the exception: it is not yielded).
 
 Epoch length: non-resampled streams read every sample of the selected shards exactly once per epoch across all
 ranks and workers; ranks may then get different batch counts, which multi-rank training must not have, so use
@@ -41,7 +42,7 @@ import math
 import tarfile
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,22 +157,58 @@ def share(items: Sequence[str], index: int, count: int) -> list[str]:
 
 
 class CorruptCounter:
-    """Skips of one worker since it last reported them in a batch."""
+    """Samples one worker lost to damaged data and has not yet handed over with a sample or a batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, counts_known: bool) -> None:
         self.pending = 0
+        self.counts_known = counts_known  # the manifest's counts tell how many samples a damaged shard lost
 
     def tar_error(self, error: Exception) -> bool:
-        """webdataset handler: count damaged tar data and go on; raise anything else (e.g. a missing shard)."""
+        """webdataset handler: go on after damaged tar data; raise anything else (e.g. a missing shard).
+
+        Without per-shard counts, each error counts as one lost sample (at least one sample lost per damaged spot).
+        """
         if not isinstance(error, CORRUPT_TAR_ERRORS):
             raise error
         logger.warning("skipping unreadable tar data: %s", error)
-        self.pending += 1
+        if not self.counts_known:
+            self.pending += 1
         return True
 
     def take(self) -> int:
         taken, self.pending = self.pending, 0
         return taken
+
+
+def read_shards(
+    shards: Iterator[dict[str, Any]],
+    counts: dict[str, int] | None,
+    counter: CorruptCounter,
+    keep: Callable[[dict[str, Any]], bool] | None,
+) -> Iterator[dict[str, Any]]:
+    """The samples of each shard in turn (webdataset's tar reading), those ``keep`` accepts (a hold-out side).
+
+    Samples a damaged shard lost are counted per sample: its manifest count less the samples read from it. Every
+    sample carries in ``__lost__`` the losses found since the sample before it, and the worker's last sample also
+    those found after it, so each loss travels into a batch with a sample: counted once, when that batch is
+    consumed, and dropped with it when a resumed stream skips the batch (it was counted before the checkpoint).
+    """
+    held = None
+    for shard in shards:
+        read = 0
+        for sample in wds.tariterators.tarfile_samples([shard], handler=counter.tar_error):
+            read += 1
+            if keep is not None and not keep(sample):
+                continue
+            if held is not None:
+                held["__lost__"] = counter.take()
+                yield held
+            held = sample
+        if counts is not None:
+            counter.pending += max(0, counts[shard["url"]] - read)
+    if held is not None:
+        held["__lost__"] = counter.take()
+        yield held
 
 
 def number_samples(samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -182,27 +219,47 @@ def number_samples(samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]
 
 
 class BatchDecoder:
-    """A group of raw samples -> one batch: decode, transform, collate, normalize; corrupt samples are dropped."""
+    """Groups of raw samples -> batches: decode, transform, collate, normalize; corrupt samples are dropped.
 
-    def __init__(
-        self, transform: ImageTransform, normalize: Normalize | None, counter: CorruptCounter, seed: int
-    ) -> None:
+    Each batch's ``corrupt_skipped`` counts its own corrupt and lost samples. A group with no decodable sample
+    yields no batch; its count goes to the worker's next batch, or at the worker's end to its last one (each batch
+    is held until the next is decoded), so no count is lost.
+    """
+
+    def __init__(self, transform: ImageTransform, normalize: Normalize | None, seed: int) -> None:
         self.transform = transform
         self.normalize = normalize
-        self.counter = counter
         self.seed = seed
 
-    def __call__(self, group: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def __call__(self, groups: Iterator[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        held, pending = None, 0
+        for group in groups:
+            batch, skipped = self.decode_group(group)
+            pending += skipped
+            if batch is None:
+                continue
+            if held is not None:
+                yield held
+            batch["corrupt_skipped"] = torch.tensor(pending, dtype=torch.long)
+            held, pending = batch, 0
+        if held is not None:
+            held["corrupt_skipped"] += pending
+            yield held
+
+    def decode_group(self, group: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, int]:
+        """(the batch of the group's decodable samples or None, the corrupt and lost samples it accounts for)."""
+        lost = sum(sample["__lost__"] for sample in group)
         decoded = [pair for pair in map(self.decode, group) if pair is not None]
+        skipped = lost + len(group) - len(decoded)
         if not decoded:
-            return None  # nothing to yield; the skips are reported with this worker's next batch
+            return None, skipped
         images = torch.stack([image for image, _, _ in decoded])
-        return {
+        batch = {
             "image": images if self.normalize is None else self.normalize(images),
             "label": torch.tensor([label for _, label, _ in decoded], dtype=torch.long),
-            "corrupt_skipped": torch.tensor(self.counter.take(), dtype=torch.long),
             "key": [key for _, _, key in decoded],
         }
+        return batch, skipped
 
     def decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int, str] | None:
         try:
@@ -211,7 +268,6 @@ class BatchDecoder:
                 image = self.transform(open_image(sample))
         except CORRUPT_SAMPLE_ERRORS as error:
             logger.warning("skipping corrupt sample %s of %s: %s", sample.get("__key__"), sample.get("__url__"), error)
-            self.counter.pending += 1
             return None
         return image, label, sample["__key__"]
 
@@ -265,19 +321,19 @@ class ShardStream(torch.utils.data.IterableDataset):
     def pipeline(self, role: int) -> wds.DataPipeline:
         """The declared stages of worker role `role` for this epoch."""
         cfg = self.cfg
-        counter = CorruptCounter()
+        counter = CorruptCounter(counts_known=self.counts is not None)
         seed = stable_seed(cfg.seed, self.epoch, self.rank, role)
         shuffle = wds.shuffle(cfg.shuffle_buffer, seed=stable_seed(seed, "samples")) if cfg.shuffle_buffer > 1 else None
         transform = build_transform(cfg.transform, cfg.augment, cfg.mean)
+        keep = cfg.holdout.keeps_sample if cfg.holdout is not None else None
         return wds.DataPipeline(
             self.shard_source(role, seed),
-            wds.tarfile_to_samples(handler=counter.tar_error),
-            wds.select(cfg.holdout.keeps_sample) if cfg.holdout is not None else None,
+            lambda shards: read_shards(shards, self.counts, counter, keep),
             shuffle,
             number_samples,
             wds.batched(cfg.batch_size, collation_fn=None, partial=True),
             wds.slice(self.skip_plan.skips[role], None),
-            wds.map(BatchDecoder(transform, Normalize(cfg.mean, cfg.std) if cfg.normalize else None, counter, seed)),
+            BatchDecoder(transform, Normalize(cfg.mean, cfg.std) if cfg.normalize else None, seed),
         )
 
     def shard_source(self, role: int, seed: int) -> wds.ResampledShards | wds.SimpleShardList:

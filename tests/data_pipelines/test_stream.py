@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,42 @@ def test_truncated_shard_is_skipped_and_counted_without_failing(tmp_path: Path) 
     keys = {key for batch in batches for key in batch["key"]}
     assert {f"good{index:03d}" for index in range(10, 16)} <= keys and len(keys) < 12
     assert sum(int(batch["corrupt_skipped"]) for batch in batches) >= 1
+
+
+def damaged_copy(demo_dir: Path, tmp_path: Path) -> Path:
+    """The demo training shards with their manifest, the first shard cut in half."""
+    shards = tmp_path / "train"
+    shutil.copytree(demo_dir / "train", shards)
+    victim = sorted(shards.glob("*.tar"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2 + 100])
+    return shards
+
+
+def test_samples_a_damaged_shard_lost_are_counted_one_by_one(demo_dir: Path, tmp_path: Path) -> None:
+    shards = damaged_copy(demo_dir, tmp_path)
+    batches = list(loader(shards, transform="eval", num_workers=2))
+    read = sum(len(batch["key"]) for batch in batches)
+    lost = DEMO_TRAIN - read
+    assert lost > 1  # half a shard: one tar error, many samples
+    assert sum(int(batch["corrupt_skipped"]) for batch in batches) == lost
+
+
+def test_a_resumed_stream_counts_each_skip_once(demo_dir: Path, tmp_path: Path) -> None:
+    shards = damaged_copy(demo_dir, tmp_path)
+    settings = dict(transform="eval", num_workers=2, resampled=True, batches_per_epoch=30)
+    straight = [int(batch["corrupt_skipped"]) for batch in loader(shards, **settings)]
+    assert sum(straight) > 0
+    for skip in (1, 7, 12):
+        resumed = [int(batch["corrupt_skipped"]) for batch in loader(shards, skip_batches=skip, **settings)]
+        assert resumed == straight[skip:], skip  # the skipped batches took their counts with them
+
+
+def test_skips_after_a_workers_last_batch_are_counted_with_that_batch(tmp_path: Path) -> None:
+    bad = [{"__key__": f"bad{index}", "png": b"broken", "cls": b"0"} for index in range(4)]
+    shard = write_tar(tmp_path / "bad-000000.tar", [*map(good_sample, range(4)), *bad])
+    batches = list(loader(shard, num_workers=0, transform="eval", batch_size=4, shuffle_buffer=0))
+    assert [int(batch["corrupt_skipped"]) for batch in batches] == [4]
 
 
 def test_unlabeled_samples_have_label_minus_one(class_folder: Path, tmp_path: Path) -> None:
