@@ -32,6 +32,7 @@ from data_pipelines.stream import StreamConfig, build_loader
 from data_pipelines.transforms import ImageTransform, Normalize, TransformOptions, build_transform
 from data_pipelines.worker_signals import ignore_stop_signals
 from pretrain.engine.plan import RunPlan
+from pretrain.engine.positioned_loader import StepPositionedLoader
 
 Batch = dict[str, Any]
 SIZE_SAMPLE = 32  # images whose size a listing reads to know its resolution
@@ -292,7 +293,8 @@ class TaskDataModule(L.LightningDataModule):
             raise RuntimeError("this data module reads its splits for evaluation only")
         trainer = self.trainer
         epoch, skip = self.plan.resume_position(trainer.global_step)
-        return self.train.loader(self.train_spec, trainer.global_rank, trainer.world_size, epoch, skip)
+        loader = self.train.loader(self.train_spec, trainer.global_rank, trainer.world_size, epoch, skip)
+        return StepPositionedLoader(loader, self.plan.data_layout(self.train_spec.seed))
 
     def predict_dataloader(self) -> Any:
         trainer = self.trainer

@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from torch import Tensor, nn
 
 from finetune.modes.common import ClassifierTest, DownstreamRun, TopKAccuracy
+from pretrain.engine.architecture import classifier_flops_per_batch
 from pretrain.engine.classification import MixedLabelLoss, require_labels
 from pretrain.engine.config import from_settings
 from pretrain.engine.metadata import BackboneMeta
@@ -84,7 +85,9 @@ def build_finetune(backbone: VisionTransformer, mode: Mapping[str, Any], run: Do
         meta=run.meta,
         seed=run.seed,
         max_bad_steps=run.max_bad_steps,
-        flops_per_batch=None,
+        flops_per_batch=classifier_flops_per_batch(
+            {**run.meta.options, "num_classes": run.num_classes}, run.plan.batch_size
+        ),
     )
 
 

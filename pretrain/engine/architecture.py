@@ -12,6 +12,9 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+from lightning.fabric.utilities.throughput import measure_flops
+
 from pretrain.models.vit import PRESET_KEYS, VisionTransformer, preset_options
 
 
@@ -38,3 +41,13 @@ def _suggested_preset(preset: str, key: str, value: Any) -> str:
     if key == "patch_size" and "_patch" in preset:
         return f"{preset.rsplit('_patch', 1)[0]}_patch{value}"
     return "another preset"
+
+
+def classifier_flops_per_batch(options: Mapping[str, Any], batch_size: int) -> int:
+    """Forward + backward FLOPs of the classifier ``VisionTransformer(**options)`` on one per-device batch, counted
+    on the meta device (no memory, no compute): what MFU is measured against."""
+    with torch.device("meta"):
+        model = VisionTransformer(**options)
+        side = model.patch_embed.img_size
+        images = torch.empty(batch_size, model.patch_embed.proj.in_channels, side, side)
+    return measure_flops(model, lambda: model(images), lambda logits: logits.sum())

@@ -9,7 +9,13 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR, checkpoint_path, find_resume_checkpoint, read_checkpoint
+from pretrain.engine.checkpoints import (
+    CHECKPOINT_SUBDIR,
+    UnreadableCheckpointError,
+    checkpoint_path,
+    find_resume_checkpoint,
+    is_complete,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +31,11 @@ def resolve_resume(resume: str, run_dir: Path) -> str | None:
         return str(newest) if newest is not None else None
     if not Path(resume).exists():
         raise FileNotFoundError(f"resume={resume}: no such checkpoint (use resume=auto or resume=none)")
-    if Path(resume).is_file():
-        read_checkpoint(resume)  # fails early with a clear message when unreadable
+    if not is_complete(Path(resume)):  # fails early with a clear message, without loading it an extra time
+        raise UnreadableCheckpointError(
+            f"cannot read checkpoint {resume}: it is not a complete Lightning checkpoint (a zip archive written by "
+            "torch.save) or DeepSpeed checkpoint directory; use resume=auto to take the newest complete one"
+        )
     return resume
 
 

@@ -47,6 +47,16 @@ class RunPlan:
         steps_per_epoch = -(-self.batches_per_epoch // self.accumulate)
         return global_step // steps_per_epoch, global_step % steps_per_epoch * self.accumulate
 
+    def data_layout(self, seed: int) -> dict[str, int]:
+        """What decides which batches each rank reads at a given step (what a resume must keep to be exact)."""
+        return {
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "accumulate": self.accumulate,
+            "batches_per_epoch": self.batches_per_epoch,
+            "seed": seed,
+        }
+
     def steps_for_epochs(self, epochs: float) -> int:
         return round(epochs * self.steps_per_epoch)
 

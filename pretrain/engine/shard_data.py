@@ -13,6 +13,7 @@ import lightning as L
 
 from data_pipelines.stream import StreamConfig, build_loader
 from pretrain.engine.plan import RunPlan
+from pretrain.engine.positioned_loader import StepPositionedLoader
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -40,4 +41,4 @@ class ShardDataModule(L.LightningDataModule):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
         )
-        return build_loader(config)
+        return StepPositionedLoader(build_loader(config), self.plan.data_layout(self.stream.seed))

@@ -130,7 +130,8 @@ def stop_requested() -> bool:
 
 def requeue_signal(trainer: Mapping[str, Any]) -> int | None:
     """USR1 in a SLURM job with ``trainer.slurm_auto_requeue``, else None."""
-    return signal.SIGUSR1 if trainer["slurm_auto_requeue"] and SLURMEnvironment.detect() else None
+    in_job = "SLURM_JOB_ID" in os.environ  # checked first: detect() warns outside srun, also outside any job
+    return signal.SIGUSR1 if trainer["slurm_auto_requeue"] and in_job and SLURMEnvironment.detect() else None
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strateg
 from data_pipelines.registry import check_name, lookup
 from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR, AtomicCheckpointIO
 from pretrain.engine.config import plain
+from pretrain.engine.console import RunProgressBar, quiet_lightning
 from pretrain.engine.cpu_threads import LoaderAwareThreads, cores_per_process
 from pretrain.engine.plan import RunPlan
 from pretrain.engine.signals import StopOnSignal, active_signals
@@ -115,6 +116,7 @@ def build_trainer(
     Raises when Lightning would lay the run out differently from ``plan`` (the schedule was computed from it).
     """
     run_dir = Path(run_dir)
+    quiet_lightning()
     strategy = lookup(STRATEGIES, config["strategy"], "strategy")(config, plan)
     checkpointing = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_SUBDIR,
@@ -131,6 +133,8 @@ def build_trainer(
         StepThroughput(config["throughput_window"], batch_size_fn, tokens_fn),
     ]
     all_callbacks = [checkpointing, *(monitors if logger is not None else []), *callbacks]
+    if config["progress_bar"]:
+        all_callbacks.append(RunProgressBar(plan))
     plugins: list[Any] = [] if isinstance(strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         # Lightning's own auto-requeue checkpoints inside its signal handler; StopOnSignal does it between steps.

@@ -15,7 +15,7 @@ from lightning.fabric.utilities.throughput import measure_flops
 from data_pipelines.registry import lookup
 from data_pipelines.stream import StreamConfig
 from data_pipelines.transforms import TransformOptions
-from pretrain.engine.architecture import backbone_options
+from pretrain.engine.architecture import backbone_options, classifier_flops_per_batch
 from pretrain.engine.classification import MixedLabelLoss
 from pretrain.engine.config import config_hash, from_settings, plain
 from pretrain.engine.metadata import BackboneMeta
@@ -81,12 +81,12 @@ def build_module(config: Mapping[str, Any], plan: RunPlan, num_classes: int) -> 
 
 def flops_per_batch(objective: Mapping[str, Any], backbone: Mapping[str, Any], batch_size: int) -> int:
     """Forward + backward FLOPs of one per-device batch, counted on the meta device (no memory, no compute)."""
+    if objective["name"] != "mae":
+        return classifier_flops_per_batch(backbone, batch_size)
     with torch.device("meta"):
         model = build_model(objective, backbone)
         images = torch.empty(batch_size, backbone["in_chans"], backbone["img_size"], backbone["img_size"])
-    if isinstance(model, MaskedAutoencoder):
-        return measure_flops(model, lambda: model(images).loss, lambda loss: loss)
-    return measure_flops(model, lambda: model(images), lambda logits: logits.sum())
+    return measure_flops(model, lambda: model(images).loss, lambda loss: loss)
 
 
 def tokens_per_image(objective: Mapping[str, Any], model: Mapping[str, Any]) -> int:

@@ -62,3 +62,14 @@ def test_unreadable_checkpoint_error_says_what_was_expected(tmp_path):
     bad.write_text("not a checkpoint")
     with pytest.raises(UnreadableCheckpointError, match="Expected a Lightning .ckpt"):
         read_checkpoint(bad)
+
+
+def test_choosing_a_checkpoint_reads_its_directory_not_its_data(tmp_path):
+    # Every rank chooses the checkpoint to resume from: a CRC scan would read all of it once more per rank.
+    psutil = pytest.importorskip("psutil")
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 7, "weights": torch.randn(4_000_000)}, tmp_path / "step_000007.ckpt")
+    process = psutil.Process()
+    before = process.io_counters().read_chars
+    assert find_resume_checkpoint(tmp_path).name == "step_000007.ckpt"
+    assert process.io_counters().read_chars - before < 1_000_000  # of a 16 MB file

@@ -114,6 +114,18 @@ def test_finetune_mode_builds_from_its_yaml_with_warmup_in_epochs() -> None:
     assert module.optim_config.layer_decay == mode["optim"]["layer_decay"]
 
 
+def test_fine_tune_modules_count_their_flops_for_mfu() -> None:
+    mode = composed("finetune", "ckpt=null", "mode=finetune")["mode"]
+    flops = {}
+    for batch_size in (8, 16):
+        plan = RunPlan(
+            num_nodes=1, devices=1, batch_size=batch_size, accumulate=1, batches_per_epoch=10, total_steps=10
+        )
+        run = DownstreamRun(num_classes=10, plan=plan, seed=0, meta=META, max_bad_steps=5)
+        flops[batch_size] = build_finetune(create_vit("vit_test_patch4"), mode, run).flops_per_batch
+    assert flops[8] > 0 and flops[16] == 2 * flops[8]
+
+
 def test_higher_resolution_resamples_positions_and_stays_loadable(tmp_path) -> None:
     options = {**preset_options("vit_test_patch4"), "pos_embed": "learn"}
     save_backbone(tmp_path, create_vit("vit_test_patch4", pos_embed="learn"), BackboneMeta.for_architecture(options))

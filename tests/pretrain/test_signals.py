@@ -29,6 +29,7 @@ def signalled_run(demo_shards: Path, run_dir: Path, *signals: int, **extra) -> i
     """Start a run, send ``signals`` (50 ms apart) once its step-4 checkpoint exists; its exit code."""
     process = start_app(app_overrides(demo_shards, run_dir, **SETTINGS, **extra))
     wait_for_file(run_dir / "checkpoints" / "step_000004.ckpt", process)
+    assert process.poll() is None, "the run finished before it could be signalled"
     for signum in signals:
         os.kill(process.pid, signum)
         time.sleep(0.05)
@@ -57,7 +58,10 @@ def test_sigterm_checkpoints_exits_143_and_the_resumed_run_equals_an_uninterrupt
     assert not (interrupted / "backbone.safetensors").exists(), "an interrupted run exported a backbone"
 
     resumed = run_app(app_overrides(demo_shards, interrupted, **SETTINGS))
-    assert f"step_{stopped_at:06d}.ckpt" in resumed.stdout + resumed.stderr  # "resuming from ..."
+    output = resumed.stdout + resumed.stderr
+    assert f"step_{stopped_at:06d}.ckpt" in output  # "resuming from ..."
+    for noise in ("not resumable", "litlogger", "weights_only", "another data layout"):
+        assert noise not in output, noise  # an exact resume says nothing misleading about itself
     assert (interrupted / "backbone.safetensors").exists()
     expected, actual = parameters(straight), parameters(interrupted)
     assert expected.keys() == actual.keys()
