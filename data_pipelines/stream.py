@@ -232,10 +232,14 @@ class BatchDecoder:
         self.seed = seed
 
     def __call__(self, groups: Iterator[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        return self.decode_batches((group, 0) for group in groups)
+
+    def decode_batches(self, groups: Iterator[tuple[list[dict[str, Any]], int]]) -> Iterator[dict[str, Any]]:
+        """Batches of ``(group, samples lost in its place before it was read)`` pairs."""
         held, pending = None, 0
-        for group in groups:
+        for group, lost in groups:
             batch, skipped = self.decode_group(group)
-            pending += skipped
+            pending += skipped + lost
             if batch is None:
                 continue
             if held is not None:

@@ -41,7 +41,7 @@ from finetune.modes.linear_mae import build_linear
 from finetune.tasks import Task
 from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR
 from pretrain.engine.config import Settings, config_hash, settings
-from pretrain.engine.lifecycle import resolve_resume, save_final_checkpoint
+from pretrain.engine.lifecycle import resume_checkpoint, save_final_checkpoint
 from pretrain.engine.metadata import BackboneMeta
 from pretrain.engine.plan import RunPlan, plan_run
 from pretrain.engine.signals import stopped_by_signal
@@ -239,7 +239,7 @@ def fit_and_test(
     if fit_mode.caches_features and mode["cache_features"]:
         cache_training_features(trainer, module, data)
     # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
-    trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(resume, run_dir), weights_only=False)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(trainer, resume, run_dir), weights_only=False)
     if stopped_by_signal(trainer) is not None:
         return None
     save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])

@@ -27,8 +27,8 @@ from data_pipelines.manifest import read_manifest
 from pretrain.engine.backbone_io import export_checkpoint
 from pretrain.engine.config import settings
 from pretrain.engine.cpu_threads import set_cpu_threads
-from pretrain.engine.lifecycle import close_loggers, resolve_resume, save_final_checkpoint
-from pretrain.engine.plan import RunPlan, devices_per_node, plan_run
+from pretrain.engine.lifecycle import close_loggers, resume_checkpoint, save_final_checkpoint
+from pretrain.engine.plan import RunPlan, accumulation, devices_per_node, plan_run
 from pretrain.engine.shard_data import ShardDataModule
 from pretrain.engine.signals import handle_signals, stop_requested, stopped_by_signal
 from pretrain.engine.trainer import build_trainer
@@ -66,7 +66,7 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path) -> None:
             "supervised pretraining needs labeled shards (a manifest with classes) or objective.num_classes"
         )
     module = build_module(config, plan, num_classes)
-    datamodule = ShardDataModule(stream_config(config, plan), plan)
+    datamodule = ShardDataModule(stream_config(config, plan), plan, data["order"], data["shuffle_shards"])
     tokens = tokens_per_image(objective, config["model"])
     trainer = build_trainer(
         config["trainer"],
@@ -78,7 +78,7 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path) -> None:
         tokens_fn=lambda batch: batch["image"].shape[0] * tokens,
         callbacks=_image_callbacks(config),
     )
-    resume = resolve_resume(str(config["resume"]), run_dir)
+    resume = resume_checkpoint(trainer, str(config["resume"]), run_dir)
     # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=False)
     if stopped_by_signal(trainer) is None:
@@ -91,12 +91,13 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path) -> None:
 
 def pretraining_plan(config: Mapping[str, Any], manifest: Mapping[str, Any]) -> RunPlan:
     """``epochs`` (``trainer.max_steps`` caps them) of ``data.batches_per_epoch`` per rank (null: the shards'
-    images divided by the per-step batch of all ranks)."""
+    images divided by the global batch, in whole steps)."""
     data, trainer = config["data"], config["trainer"]
     batches = data["batches_per_epoch"]
-    if batches is None:  # resampled shards: at least one batch per epoch, however few the images
-        processes = trainer["num_nodes"] * devices_per_node(trainer)
-        batches = max(1, manifest["total"] // (data["batch_size"] * processes))
+    if batches is None:  # whole optimizer steps, at least one per epoch however few the images
+        per_step = data["batch_size"] * trainer["num_nodes"] * devices_per_node(trainer)
+        accumulate = accumulation(trainer, data["batch_size"])
+        batches = max(1, manifest["total"] // (per_step * accumulate)) * accumulate
     return plan_run(trainer, data["batch_size"], batches_per_epoch=batches, epochs=config["epochs"])
 
 

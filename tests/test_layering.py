@@ -70,9 +70,15 @@ def test_only_the_apps_read_hydra(folder):
     assert offending(below_apps, ("hydra", "omegaconf")) == {}
 
 
-def test_no_code_writes_lightning_loop_internals():
+# The one adapter of Lightning's loop state: an elastic resume re-expresses the saved progress in its own layout.
+LOOP_STATE_ADAPTER = REPO_ROOT / "pretrain" / "engine" / "loop_progress.py"
+
+
+def test_no_code_but_the_one_adapter_touches_lightning_loop_internals():
     for path in modules("pretrain") + modules("finetune"):
         source = path.read_text()
+        if path == LOOP_STATE_ADAPTER:
+            continue
         assert "fit_loop" not in source and "epoch_loop" not in source, path
 
 

@@ -16,6 +16,7 @@ from pretrain.engine.checkpoints import (
     find_resume_checkpoint,
     is_complete,
 )
+from pretrain.engine.universal_checkpoint import prepare_universal_resume
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,15 @@ def resolve_resume(resume: str, run_dir: Path) -> str | None:
             "torch.save) or DeepSpeed checkpoint directory; use resume=auto to take the newest complete one"
         )
     return resume
+
+
+def resume_checkpoint(trainer: L.Trainer, resume: str, run_dir: Path) -> str | None:
+    """:func:`resolve_resume`, made loadable by ``trainer``: a DeepSpeed checkpoint of another number of processes
+    is resumed from its universal form (:mod:`pretrain.engine.universal_checkpoint`)."""
+    path = resolve_resume(resume, run_dir)
+    if path is not None:
+        prepare_universal_resume(trainer, Path(path))
+    return path
 
 
 def save_final_checkpoint(trainer: L.Trainer, run_dir: Path, every_n_steps: int) -> Path:

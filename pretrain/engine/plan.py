@@ -47,8 +47,11 @@ class RunPlan:
         steps_per_epoch = -(-self.batches_per_epoch // self.accumulate)
         return global_step // steps_per_epoch, global_step % steps_per_epoch * self.accumulate
 
-    def data_layout(self, seed: int) -> dict[str, int]:
-        """What decides which batches each rank reads at a given step (what a resume must keep to be exact)."""
+    def data_layout(self, seed: int, elastic: bool = False) -> dict[str, int]:
+        """What decides which batches each rank reads at a given step (what a resume must keep to be exact): with
+        an elastic order the global batch and the epoch length, whatever the number of processes."""
+        if elastic:
+            return {"global_batch": self.global_batch, "steps_per_epoch": self.steps_per_epoch, "seed": seed}
         return {
             "world_size": self.world_size,
             "batch_size": self.batch_size,
@@ -85,6 +88,33 @@ def devices_per_node(trainer: Mapping[str, Any]) -> int:
     raise ValueError(f"trainer.devices={devices!r}: give a positive number of devices per node, a list, or auto")
 
 
+def accumulation(trainer: Mapping[str, Any], batch_size: int) -> int:
+    """Micro-batches per optimizer step: ``trainer.accumulate_grad_batches``, or what ``trainer.global_batch_size``
+    takes on this many processes."""
+    configured, global_batch = int(trainer["accumulate_grad_batches"]), trainer["global_batch_size"]
+    if global_batch is None:
+        return configured
+    processes = int(trainer["num_nodes"]) * devices_per_node(trainer)
+    per_step = batch_size * processes
+    if global_batch % per_step:
+        fix = (
+            f"choose a data.batch_size that divides {global_batch // processes}"
+            if global_batch % processes == 0
+            else f"it cannot be split over {processes} processes"
+        )
+        raise ValueError(
+            f"trainer.global_batch_size={global_batch} is not a whole number of {batch_size} per device x "
+            f"{processes} processes: {fix}"
+        )
+    accumulate = global_batch // per_step
+    if configured not in (1, accumulate):
+        raise ValueError(
+            f"trainer.accumulate_grad_batches={configured} disagrees with trainer.global_batch_size={global_batch} "
+            f"({accumulate} on {processes} processes of {batch_size}): leave the accumulation at 1"
+        )
+    return accumulate
+
+
 def plan_run(
     trainer: Mapping[str, Any],
     batch_size: int,
@@ -104,7 +134,7 @@ def plan_run(
         if samples_per_epoch is None:
             raise ValueError("the epoch length is unknown: give the number of samples or of batches per epoch")
         batches_per_epoch = samples_per_epoch // (batch_size * num_nodes * devices)
-    accumulate = int(trainer["accumulate_grad_batches"])
+    accumulate = accumulation(trainer, batch_size)
     steps_per_epoch = batches_per_epoch // accumulate
     total_steps = steps if steps is not None else round(epochs * steps_per_epoch)
     if trainer["max_steps"] is not None:

@@ -1,26 +1,35 @@
-"""Lightning data module over the shard stream of :mod:`data_pipelines`.
+"""Lightning data module over the shard streams of :mod:`data_pipelines`.
 
-Epochs have a fixed number of batches per rank (resampled shards), so every rank steps in lockstep and a resumed
-run knows from the global step alone which epoch it is in and how many batches of it were already consumed.
+Epochs have a fixed number of batches per rank, so every rank steps in lockstep and a resumed run knows from the
+global step alone which epoch it is in and how many batches of it were already consumed. Two orders: resampled
+shards (:mod:`data_pipelines.stream`), or the elastic order (:mod:`data_pipelines.elastic`), whose epochs read
+every sample once in the same order on any number of processes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
 import lightning as L
 
+from data_pipelines.elastic import build_elastic_loader
+from data_pipelines.registry import check_name
 from data_pipelines.stream import StreamConfig, build_loader
 from pretrain.engine.plan import RunPlan
 from pretrain.engine.positioned_loader import StepPositionedLoader
+
+ORDERS = ("resampled", "elastic")
 
 
 class ShardDataModule(L.LightningDataModule):
     """Builds this rank's loader for the current epoch, skipping what a resumed run already consumed."""
 
-    def __init__(self, stream: StreamConfig, plan: RunPlan) -> None:
+    def __init__(self, stream: StreamConfig, plan: RunPlan, order: str, shuffle_shards: int) -> None:
+        """``order``: one of :data:`ORDERS`; ``shuffle_shards``: the elastic order's shuffle block, in shards."""
         super().__init__()
+        check_name(order, ORDERS, "data.order")
         if not stream.batches_per_epoch:
             raise ValueError("the pretraining stream needs batches_per_epoch (a fixed epoch length per rank)")
         if stream.batches_per_epoch % plan.accumulate:
@@ -28,8 +37,9 @@ class ShardDataModule(L.LightningDataModule):
                 f"data.batches_per_epoch={stream.batches_per_epoch} is not a multiple of "
                 f"trainer.accumulate_grad_batches={plan.accumulate}: an epoch would end mid-accumulation"
             )
-        self.stream = stream
+        self.stream = replace(stream, resampled=order == "resampled")
         self.plan = plan
+        self.order, self.shuffle_shards = order, shuffle_shards
 
     def train_dataloader(self) -> Any:
         trainer = self.trainer
@@ -41,4 +51,8 @@ class ShardDataModule(L.LightningDataModule):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
         )
-        return StepPositionedLoader(build_loader(config), self.plan.data_layout(self.stream.seed))
+        elastic = self.order == "elastic"
+        loader: Iterable[Any] = (
+            build_elastic_loader(config, self.plan.accumulate, self.shuffle_shards) if elastic else build_loader(config)
+        )
+        return StepPositionedLoader(loader, self.plan.data_layout(self.stream.seed, elastic))

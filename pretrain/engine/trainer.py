@@ -26,6 +26,7 @@ from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR, AtomicCheckpointIO
 from pretrain.engine.config import plain
 from pretrain.engine.console import RunProgressBar, quiet_lightning
 from pretrain.engine.cpu_threads import LoaderAwareThreads, cores_per_process
+from pretrain.engine.loop_progress import LayoutChange
 from pretrain.engine.plan import RunPlan
 from pretrain.engine.signals import StopOnSignal, active_signals
 from pretrain.engine.step_metrics import StepThroughput
@@ -40,9 +41,12 @@ def _ddp(config: Mapping[str, Any], plan: RunPlan) -> Strategy:
     return DDPStrategy(process_group_backend=backend)
 
 
-def _deepspeed(config: Mapping[str, Any], plan: RunPlan) -> Strategy:
+def deepspeed_strategy(
+    config: Mapping[str, Any], plan: RunPlan, strategy_class: type[DeepSpeedStrategy] = DeepSpeedStrategy
+) -> DeepSpeedStrategy:
+    """Lightning's DeepSpeed strategy for the ``trainer`` group (``strategy_class``: a subclass, e.g. for tests)."""
     # The micro-batch is the plan's: Lightning would read it off the loader's batch sampler, which streams lack.
-    return DeepSpeedStrategy(
+    return strategy_class(
         stage=config["zero_stage"],
         offload_optimizer=config["offload_optimizer"],
         logging_batch_size_per_gpu=plan.batch_size,
@@ -52,7 +56,7 @@ def _deepspeed(config: Mapping[str, Any], plan: RunPlan) -> Strategy:
 STRATEGIES: dict[str, Callable[[Mapping[str, Any], RunPlan], Strategy | str]] = {
     "auto": lambda config, plan: "auto",
     "ddp": _ddp,
-    "deepspeed": _deepspeed,
+    "deepspeed": deepspeed_strategy,
 }
 
 
@@ -132,7 +136,7 @@ def build_trainer(
         LearningRateMonitor(logging_interval="step"),
         StepThroughput(config["throughput_window"], batch_size_fn, tokens_fn),
     ]
-    all_callbacks = [checkpointing, *(monitors if logger is not None else []), *callbacks]
+    all_callbacks = [checkpointing, LayoutChange(plan), *(monitors if logger is not None else []), *callbacks]
     if config["progress_bar"]:
         all_callbacks.append(RunProgressBar(plan))
     plugins: list[Any] = [] if isinstance(strategy, DeepSpeedStrategy) else [AtomicCheckpointIO()]

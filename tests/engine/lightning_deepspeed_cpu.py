@@ -8,13 +8,14 @@ device (``../shared/stack-facts.md``). Everything else is the product: the modul
 ``build_module``, the Trainer from ``build_trainer`` with our callbacks and CSV logger. Each rank trains on its own
 fixed batches, ``--batches-per-epoch`` of them, repeated every epoch. Writes into ``--output-dir``: ``results.json``
 (per-rank counters, the stop message, the loss dtypes, the optimizer DeepSpeed stepped, the logged grad norms) and
-``parameters.pt`` (every parameter in full after the last step).
+``parameters.pt`` (every parameter in full after the last step; ``start_parameters.pt``: before the first).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 from pathlib import Path
@@ -37,9 +38,11 @@ from pretrain.engine import trainer as trainer_factory  # noqa: E402
 from pretrain.engine.config import settings  # noqa: E402
 from pretrain.engine.module import NonFiniteLossError  # noqa: E402
 from pretrain.engine.plan import plan_run  # noqa: E402
+from pretrain.engine.universal_checkpoint import prepare_universal_resume  # noqa: E402
 from pretrain.objectives.build import build_module  # noqa: E402
 
 BATCH = 4
+GLOBAL_BATCH = 8  # 2 processes x 4, or 1 process x 4 x 2 accumulated
 
 
 class CpuDeepSpeedStrategy(DeepSpeedStrategy):
@@ -72,6 +75,9 @@ class Probe(L.Callback):
             images[0, 0, 0, 0] = float("nan")
             batch["image"] = images
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start_parameters = gathered_parameters(trainer.strategy.deepspeed_engine)  # after any restore
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.loss_dtypes.add(str(outputs["loss"].dtype))
         if self.stop_after is not None and trainer.global_step == self.stop_after:
@@ -88,7 +94,10 @@ def rank_batches(rank: int, count: int) -> list[dict[str, torch.Tensor]]:
 
 
 def logged(run_dir: Path, name: str) -> list[float]:
-    rows = csv.DictReader((run_dir / "csv" / "metrics.csv").open())
+    metrics = run_dir / "csv" / "metrics.csv"
+    if not metrics.is_file():  # a resumed run with no step left to train
+        return []
+    rows = csv.DictReader(metrics.open())
     return [float(row[name]) for row in rows if row.get(name)]
 
 
@@ -104,12 +113,11 @@ def main() -> None:
     parser.add_argument("--max-bad-steps", type=int, default=3)
     parser.add_argument("--stop-after", type=int, help="checkpoint and stop once this many steps are done")
     parser.add_argument("--resume", type=Path, help="a checkpoint of --stop-after to resume from")
+    parser.add_argument("--processes", type=int, default=2, help="as many as torch.distributed.run starts")
     args = parser.parse_args()
 
-    trainer_factory.STRATEGIES["deepspeed"] = lambda config, plan: CpuDeepSpeedStrategy(
-        stage=config["zero_stage"],
-        offload_optimizer=config["offload_optimizer"],
-        logging_batch_size_per_gpu=plan.batch_size,
+    trainer_factory.STRATEGIES["deepspeed"] = functools.partial(
+        trainer_factory.deepspeed_strategy, strategy_class=CpuDeepSpeedStrategy
     )
     overrides = (
         "objective.decoder_embed_dim=32",
@@ -118,7 +126,8 @@ def main() -> None:
         "warmup_epochs=0",
         f"trainer=deepspeed_zero{args.zero_stage}",
         "trainer.accelerator=cpu",
-        "trainer.devices=2",
+        f"trainer.devices={args.processes}",
+        f"trainer.global_batch_size={GLOBAL_BATCH}",
         f"trainer.precision={args.precision}",
         f"trainer.offload_optimizer={str(args.offload_optimizer).lower()}",
         f"trainer.max_bad_steps={args.max_bad_steps}",
@@ -129,7 +138,8 @@ def main() -> None:
     )
     config = settings(composed("pretrain", *overrides))
     run_dir = args.output_dir / "run"
-    plan = plan_run(config["trainer"], BATCH, batches_per_epoch=args.batches_per_epoch, steps=args.steps)
+    accumulate = GLOBAL_BATCH // (BATCH * args.processes)
+    plan = plan_run(config["trainer"], BATCH, batches_per_epoch=args.batches_per_epoch * accumulate, steps=args.steps)
     L.seed_everything(config["seed"])  # as the app: the same initial weights on every rank and run
     module = build_module(config, plan, num_classes=0)
     logger_config = {**composed("pretrain", "logger=csv")["logger"]}
@@ -146,9 +156,12 @@ def main() -> None:
         callbacks=[probe],
     )
     rank = trainer.global_rank
-    loader = torch.utils.data.DataLoader(rank_batches(rank, args.batches_per_epoch), batch_size=None)
+    batches = args.batches_per_epoch * plan.accumulate
+    loader = torch.utils.data.DataLoader(rank_batches(rank, batches), batch_size=None)
     stopped_by = None
     try:
+        if args.resume:
+            prepare_universal_resume(trainer, args.resume)  # as the apps do, when the number of processes changed
         trainer.fit(module, train_dataloaders=loader, ckpt_path=str(args.resume) if args.resume else None)
     except NonFiniteLossError as error:
         stopped_by = str(error)
@@ -158,12 +171,14 @@ def main() -> None:
     dist.all_gather_object(counters, {"bad_steps": module.bad_steps_total, "corrupt": module.corrupt_samples})
     if rank == 0:
         torch.save(parameters, args.output_dir / "parameters.pt")
+        torch.save(probe.start_parameters, args.output_dir / "start_parameters.pt")
         results = {
             "global_step": trainer.global_step,
             "counters_per_rank": counters,
             "stopped_by": stopped_by,
             "loss_dtypes": sorted(probe.loss_dtypes),
             "optimizer": type(engine.basic_optimizer).__name__,
+            "optimizer_steps": sorted({int(state["step"]) for state in engine.basic_optimizer.state.values()}),
             "deepspeed_skipped_steps": engine.skipped_steps,
             "grad_norms": logged(run_dir, "train/grad_norm"),
             "losses": logged(run_dir, "train/loss"),

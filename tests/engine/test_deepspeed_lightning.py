@@ -1,6 +1,7 @@
 """DeepSpeed's edge paths through our module, Lightning's strategy and our trainer factory, on 2 CPU processes:
 the non-finite-step skip under ZeRO-2 and ZeRO-3, grad norms logged from DeepSpeed, optimizer offload with
-DeepSpeedCPUAdam, the loss in fp32 under bf16, and a ZeRO-3 run resumed to the parameters of an uninterrupted one.
+DeepSpeedCPUAdam, the loss in fp32 under bf16, a ZeRO-3 run resumed to the parameters of an uninterrupted one,
+and ZeRO-2/3 checkpoints resumed on another number of processes (through DeepSpeed's universal checkpoint).
 
 Each case is one ``torch.distributed.run`` of ``lightning_deepspeed_cpu.py`` (about 15 s; the first offload run
 on a machine also compiles DeepSpeedCPUAdam into ``TORCH_EXTENSIONS_DIR``, about a minute).
@@ -27,9 +28,10 @@ RUN_TIMEOUT_S = 600
 NAN_STEPS = (1, 3, 4, 5)  # one bad step the run survives, then max_bad_steps=3 in a row
 
 
-def run(output_dir: Path, *arguments: str) -> dict:
+def run(output_dir: Path, *arguments: str, processes: int = 2) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+    arguments = (*arguments, f"--processes={processes}")
     rendezvous = ["--master_addr=127.0.0.1", f"--master_port={free_port()}"]
     command = [*launcher, *rendezvous, str(SCRIPT), f"--output-dir={output_dir}", *arguments]
     paths = [str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH")]
@@ -79,3 +81,26 @@ def test_a_zero3_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_run
     assert any(not torch.equal(full[name], part[name]) for name in full), "the resumed steps changed nothing"
     for name, expected in full.items():
         torch.testing.assert_close(after[name], expected, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("stage", "before", "after"), [(2, 2, 1), (3, 2, 1), (2, 1, 2)], ids=["zero2-2to1", "zero3-2to1", "zero2-1to2"]
+)
+def test_a_zero_checkpoint_resumes_on_another_number_of_processes_with_the_same_global_batch(
+    tmp_path, stage, before, after
+):
+    # Global batch 8: 2 processes x 4, or 1 process x 4 x 2 accumulated. Every micro-batch counts one corrupt
+    # sample, so the count tells how many micro-batches each step took.
+    common = (f"--zero-stage={stage}", "--steps=6", "--batches-per-epoch=3")
+    stopped = run(tmp_path / "part", *common, "--stop-after=3", processes=before)
+    checkpoint = tmp_path / "part" / "stopped.ckpt"
+    resumed = run(tmp_path / "resumed", *common, f"--resume={checkpoint}", processes=after)
+    assert (checkpoint / "latest_universal").is_file()  # converted once, by rank 0
+    saved = torch.load(tmp_path / "part" / "parameters.pt")
+    loaded = torch.load(tmp_path / "resumed" / "start_parameters.pt")
+    for name, expected in saved.items():  # the resumed engine starts from exactly the saved state
+        torch.testing.assert_close(loaded[name], expected, rtol=0, atol=0, msg=name)
+    assert stopped["optimizer_steps"] == [3] and resumed["optimizer_steps"] == [6]  # moments kept, not restarted
+    assert resumed["global_step"] == 6 and len(resumed["losses"]) == 3
+    micro_batches_per_step = 8 // 4
+    assert resumed["counters_per_rank"][0]["corrupt"] == 6 * micro_batches_per_step

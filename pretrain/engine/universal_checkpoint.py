@@ -1,0 +1,90 @@
+"""Resuming a DeepSpeed ZeRO checkpoint on another number of processes, through DeepSpeed's universal checkpoint.
+
+A ZeRO checkpoint holds one optimizer partition per process, and DeepSpeed refuses to load it on another number of
+processes ("Automatic adjustment of ZeRO's optimizer state partitioning with a new world size is not currently
+supported"). Its universal form (``deepspeed.checkpoint.ds_to_universal``) stores every parameter's full fp32
+weights and optimizer moments, which any number of processes can partition again. Rank 0 converts once, beside the
+original (``<tag>_universal/`` and ``latest_universal``, written last), the other ranks wait for it, and the engine
+is told to load the universal form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy
+
+log = logging.getLogger(__name__)
+UNIVERSAL_TAG_FILE = "latest_universal"  # DeepSpeed's name, written once the conversion is complete
+CONVERSION_TIMEOUT_S = 3600  # how long other ranks wait for rank 0 to convert a checkpoint
+
+
+def saved_world_size(checkpoint: Path) -> int | None:
+    """The number of processes a DeepSpeed ZeRO checkpoint directory was written by (None: not one)."""
+    tag_file = checkpoint / "latest"
+    if not checkpoint.is_dir() or not tag_file.is_file():
+        return None
+    partitions = list((checkpoint / tag_file.read_text().strip()).glob("*zero_pp_rank_*_optim_states.pt"))
+    return len(partitions) or None
+
+
+def convert_to_universal(checkpoint: Path) -> None:
+    """Write the universal form of ``checkpoint`` beside it (DeepSpeed's converter; minutes for large models)."""
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    tag = (checkpoint / "latest").read_text().strip()
+    arguments = argparse.Namespace(
+        input_folder=str(checkpoint / tag),
+        output_folder=str(checkpoint / f"{tag}_universal"),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # a plain (not Megatron) model lacks the layout hints; DeepSpeed derives them
+    )
+    ds_to_universal(arguments)
+
+
+def prepare_universal_resume(trainer: L.Trainer, checkpoint: Path) -> None:
+    """When ``checkpoint`` is a ZeRO checkpoint of another number of processes than ``trainer`` runs, make its
+    universal form (rank 0; the others wait) and have the DeepSpeed engine load that."""
+    if not isinstance(trainer.strategy, DeepSpeedStrategy):
+        return
+    saved = saved_world_size(checkpoint)
+    if saved is None or saved == trainer.world_size:
+        return
+    done = checkpoint / UNIVERSAL_TAG_FILE
+    if not done.is_file():
+        if trainer.global_rank == 0:
+            log.info("converting %s (%d processes) to DeepSpeed's universal checkpoint", checkpoint, saved)
+            convert_to_universal(checkpoint)
+        else:
+            _wait_for(done)
+    log.info("resuming a run of %d processes on %d from %s's universal form", saved, trainer.world_size, checkpoint)
+    trainer.strategy.config["checkpoint"] = {"load_universal": True}
+    trainer.callbacks.append(SeparateStepCounters())
+
+
+class SeparateStepCounters(Callback):
+    """DeepSpeed's ZeRO-3 universal load gives every parameter group's Adam state one shared ``step`` tensor,
+    which torch's Adam then advances once per group per step (bias correction for too many steps: 3 + 2 x 3 = 9
+    after 3 steps with 2 groups). Each group gets its own copy back before training."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for state in trainer.strategy.deepspeed_engine.basic_optimizer.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
+
+
+def _wait_for(path: Path) -> None:
+    deadline = time.monotonic() + CONVERSION_TIMEOUT_S
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank 0 did not convert the checkpoint to its universal form ({path} is missing)")
+        time.sleep(1)
