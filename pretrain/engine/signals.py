@@ -111,11 +111,16 @@ class RunSignals:
         with 0, because its launcher kills every process, the first one included, when one exits non-zero."""
         stop = self.stop_signal
         assert stop is not None
-        launched = os.environ.get(LAUNCHER_ENV, str(os.getpid())) != str(os.getpid())
-        return 0 if launched else exit_code(stop)
+        return 0 if launched_by_a_rank() else exit_code(stop)
 
 
 _active: RunSignals | None = None
+
+
+def launched_by_a_rank() -> bool:
+    """Whether this process is a rank that the first process of the run started (Lightning's launcher for
+    ``trainer.devices > 1`` outside torchrun/SLURM)."""
+    return os.environ.get(LAUNCHER_ENV) == str(os.getppid())
 
 
 def active_signals() -> RunSignals | None:
@@ -142,7 +147,9 @@ def handle_signals(trainer: Mapping[str, Any]) -> Iterator[RunSignals]:
     """
     global _active
     signals = RunSignals(requeue_signal(trainer))
-    os.environ.setdefault(LAUNCHER_ENV, str(os.getpid()))
+    first = not launched_by_a_rank()
+    if first:  # the ranks this process launches inherit it; it goes with the run (later subprocesses are not ranks)
+        os.environ[LAUNCHER_ENV] = str(os.getpid())
     signals.install()
     _active = signals
     try:
@@ -153,6 +160,8 @@ def handle_signals(trainer: Mapping[str, Any]) -> Iterator[RunSignals]:
     finally:
         _active = None
         signals.restore()
+        if first:
+            os.environ.pop(LAUNCHER_ENV, None)
     if signals.stop_signal is not None:
         log.info("stopped by signal %d: resume with the same run_dir (resume=auto)", signals.stop_signal)
         raise SystemExit(signals.exit_code())

@@ -50,10 +50,16 @@ def test_a_run_without_signals_leaves_quietly_and_restores_the_handlers():
 
 
 def test_rank_processes_launched_from_the_first_one_report_to_it_with_0(monkeypatch):
-    monkeypatch.setenv(LAUNCHER_ENV, str(os.getpid() + 1))
+    monkeypatch.setenv(LAUNCHER_ENV, str(os.getppid()))  # as the ranks Lightning starts from the first process
     with pytest.raises(SystemExit) as leaving, handle_signals(TRAINER) as signals:
         signals.agree([0, 1])  # rank 0 got SIGTERM; this rank learns it from the step's reduction
     assert leaving.value.code == 0
+
+
+def test_a_run_in_this_process_leaves_no_trace_that_would_make_later_subprocesses_ranks():
+    with handle_signals(TRAINER):
+        assert os.environ[LAUNCHER_ENV] == str(os.getpid())
+    assert LAUNCHER_ENV not in os.environ
 
 
 def test_in_a_slurm_job_the_warning_signal_is_handled_for_the_whole_job_and_exits_0(in_slurm_job):
