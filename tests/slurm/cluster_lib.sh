@@ -4,6 +4,19 @@
 # Daemon state, PID files and logs of the test cluster.
 STATE_DIR=${VITFM_SLURM_DIR:-/var/lib/vitfm-slurm}
 
+# Two compute nodes, each slurmd in a network namespace of its own. Every address below exists only on the veth
+# ends this project creates (or on a namespace's own loopback) and is used only between these namespaces:
+#   root <-> node i   veth vitfm-ci (root end, 10.213.i.1/24) and eth0 in vitfm-ni (10.213.i.2/24)
+#   node 1 <-> node 2 eth1 in both (10.213.3.1/24, 10.213.3.2/24): the link the job's ranks talk over
+#   node i's address  10.213.0.i/32 on its loopback, routed to from the root namespace and from the other node,
+#                     so that one name in /etc/hosts works from everywhere; no namespace forwards packets
+#   the controller    10.213.1.1 (root end of the link to node 1; node 2 routes to it over its own link)
+NODES=(vitfm-node1 vitfm-node2)
+CONTROLLER_ADDR=10.213.1.1
+HOSTS_MARKER="# vitfm test cluster (tests/slurm)"
+node_namespace() { echo "vitfm-n$1"; }
+node_addr() { echo "10.213.0.$1"; }
+
 die() {
   echo "$(basename "$0"): $*" >&2
   exit 1
@@ -20,14 +33,16 @@ munge_works() {
   munge -n 2>/dev/null | unmunge >/dev/null 2>&1
 }
 
-# node_is_up: the node answers and takes jobs (a node recovering jobs after a restart may be busy, not idle).
-node_is_up() {
-  [[ $(sinfo -h -N -o '%T' 2>/dev/null | head -n 1) =~ ^(idle|mixed|allocated|completing)$ ]]
+# nodes_are_up: both nodes answer and take jobs (a node recovering jobs after a restart may be busy, not idle).
+nodes_are_up() {
+  local states
+  states=$(sinfo -h -N -o '%T' 2>/dev/null | grep -cE '^(idle|mixed|allocated|completing)$')
+  [[ $states -eq ${#NODES[@]} ]]
 }
 
 print_daemon_logs() {
   local log
-  for log in /var/log/munge/munged.log "$STATE_DIR/slurmctld.log" "$STATE_DIR/slurmd.log"; do
+  for log in /var/log/munge/munged.log "$STATE_DIR/slurmctld.log" "$STATE_DIR"/slurmd-*.log; do
     if [[ -f $log ]]; then
       echo "---- last lines of $log" >&2
       tail -n 30 "$log" >&2
@@ -47,4 +62,19 @@ wait_for() {
     fi
     sleep 0.2
   done
+}
+
+# remove_network: the namespaces (their veth ends go with them), the root ends, the routes and the hosts lines.
+remove_network() {
+  local i
+  for i in 1 2; do
+    ip netns del "$(node_namespace "$i")" 2>/dev/null || true
+    ip link del "vitfm-c$i" 2>/dev/null || true
+    ip route del "$(node_addr "$i")/32" 2>/dev/null || true
+  done
+  if grep -q "$HOSTS_MARKER" /etc/hosts; then
+    grep -v "$HOSTS_MARKER" /etc/hosts >/etc/hosts.vitfm-tmp
+    cat /etc/hosts.vitfm-tmp >/etc/hosts # in place: /etc/hosts may be a bind mount
+    rm -f /etc/hosts.vitfm-tmp
+  fi
 }

@@ -38,7 +38,7 @@ def test_two_srun_tasks_join_one_gloo_all_reduce(slurm_jobs: SlurmJobs, tmp_path
         f"#!/bin/bash\nset -euo pipefail\nsource {REPO_ROOT}/slurm/job_env.sh\nsrun {sys.executable} all_reduce.py\n"
     )
 
-    job_id = slurm_jobs.submit(script, "--ntasks=2", "--cpus-per-task=1", "--time=5")
+    job_id = slurm_jobs.submit(script, "--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--time=5")
     info = slurm_jobs.wait_until_finished(job_id, timeout_s=120)
 
     output = slurm_jobs.output(job_id)

@@ -1,7 +1,8 @@
-"""The launch scripts run the real apps on the test cluster (issue 7, section 5): `sbatch slurm/pretrain.sh`
-trains with DDP over two CPU tasks (gloo) and exports one backbone; a job interrupted mid-run (the time-limit
-warning signal, or `scontrol requeue`) is requeued, resumes from its newest checkpoint and stops at
-trainer.max_steps; `sbatch slurm/finetune.sh` evaluates the exported backbone.
+"""The launch scripts run the real apps on the test cluster: `sbatch slurm/pretrain.sh` trains with DDP over two
+CPU tasks (gloo) and exports one backbone; a job interrupted mid-run (the time-limit warning signal, or
+`scontrol requeue`) is requeued, resumes from its newest checkpoint and stops at trainer.max_steps; the same on
+two nodes, where a task killed on one node fails the job at once and a rerun resumes; `sbatch slurm/finetune.sh`
+evaluates the exported backbone.
 
 Each job runs in a stand-in for the repository under tmp_path (the real `slurm/` scripts, links to `pretrain/`,
 `finetune/` and `conf/`; the package itself is imported from its editable install), so its `logs/` and
@@ -12,9 +13,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +31,11 @@ pytestmark = pytest.mark.slurm
 
 # Two tasks of one CPU each on one node, DDP over gloo: the scripts' CPU-only form (docs/cluster.md).
 CPU_JOB = ("--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0", "--time=10")
-CPU_ENV = {"VITFM_TRAINER": "ddp_cpu", "VITFM_PYTHON": sys.executable}
+# GLOO_SOCKET_IFNAME: the test cluster's nodes reach each other over eth1 (tests/slurm/cluster_lib.sh); the machine's
+# own hostname resolves to 127.0.0.1, which gloo would otherwise announce to the other node.
+CPU_ENV = {"VITFM_TRAINER": "ddp_cpu", "VITFM_PYTHON": sys.executable, "GLOO_SOCKET_IFNAME": "eth1"}
+# One CPU task on each of the cluster's two nodes: DDP over gloo between two network namespaces.
+TWO_NODE_JOB = ("--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-node=0", "--time=10")
 BATCH_PER_DEVICE = 16
 JOB_TIMEOUT_S = 240
 
@@ -257,3 +265,100 @@ def test_finetune_job_evaluates_the_exported_backbone(pretrained: PretrainJob, d
     assert info["StdOut"] == f"{repo}/logs/vitfm-finetune-{job_id}.out"
     results = json.loads((repo / "runs" / "finetune" / str(job_id) / "results.json").read_text())
     assert results["task"] == "demo" and results["metrics"], results
+
+
+def _namespace_of(node: str) -> str:
+    return "vitfm-n" + node.removeprefix("vitfm-node")  # tests/slurm/cluster_lib.sh
+
+
+def _app_pids_on(node: str) -> list[int]:
+    """The pretraining processes (not their DataLoader workers) running on a test-cluster node."""
+    pids = slurm_command("ip", "netns", "pids", _namespace_of(node)).split()
+    found = []
+    for pid in map(int, pids):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent_command = Path(f"/proc/{parent}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if any(part.endswith(b"pretrain/run.py") for part in command) and b"pretrain/run.py" not in parent_command:
+            found.append(pid)
+    return found
+
+
+def test_a_two_node_job_trains_on_both_requeues_on_the_warning_signal_and_resumes_on_both(
+    slurm_jobs: SlurmJobs, tmp_path: Path, demo_root: Path
+) -> None:
+    max_steps, every = 30, 5
+    repo = make_repo(tmp_path)
+    job_id = slurm_jobs.submit(
+        repo / "slurm" / "pretrain.sh",
+        *TWO_NODE_JOB,
+        cwd=repo,
+        env=CPU_ENV,
+        script_args=tiny_pretraining(
+            demo_root / "demo" / "train",
+            f"trainer.max_steps={max_steps}",
+            f"trainer.checkpoint_every_n_steps={every}",
+            "trainer.keep_checkpoints=-1",
+        ),
+    )
+    run_dir = repo / "runs" / "pretrain" / str(job_id)
+    _wait_for_file(run_dir / "checkpoints" / f"step_{every:06d}.ckpt", slurm_jobs, job_id, timeout_s=JOB_TIMEOUT_S)
+    slurm_command("scancel", "--signal=USR1", str(job_id))  # the time-limit warning, to both nodes' tasks
+    _start_requeued_job_now(slurm_jobs, job_id)
+    info = slurm_jobs.wait_until_finished(job_id, timeout_s=JOB_TIMEOUT_S)
+
+    output = slurm_jobs.output(job_id)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", output[-5000:]
+    for restart in (0, 1):  # both runs on both nodes, the rendezvous taken from the node list
+        assert (
+            f"job {job_id} restart {restart} on vitfm-node[1-2]: 2 nodes x 1 devices = 2 processes, master "
+            "vitfm-node1:" in output
+        ), output[-5000:]
+    # Each run: both ranks, one per node, in one process group of 2 (each rank logs the plan).
+    assert output.count("2 node(s) x 1 device(s) = 2 processes; global batch 32") == 4, output[-5000:]
+    assert output.count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 2
+    assert "requeued SLURM job" in output
+    resumed = {Path(path) for path in re.findall(r"\[pretrain[.a-z_]*\]\[INFO\] - resuming from (\S+)", output)}
+    assert len(resumed) == 1, output[-5000:]  # every rank resumed from the same checkpoint
+    resumed_step = read_checkpoint(resumed.pop())["global_step"]
+    assert every <= resumed_step < max_steps
+    assert steps_trained_by_last_run(run_dir) == max_steps - resumed_step
+    assert (run_dir / "backbone.safetensors").is_file()
+
+
+def test_a_task_killed_on_one_node_fails_the_job_at_once_and_a_rerun_resumes(
+    slurm_jobs: SlurmJobs, tmp_path: Path, demo_root: Path
+) -> None:
+    max_steps, every = 30, 5
+    repo = make_repo(tmp_path)
+    run_dir = repo / "runs" / "pretrain" / "shared"  # both jobs: a rerun is a new job, with a new id
+    arguments = tiny_pretraining(
+        demo_root / "demo" / "train",
+        f"trainer.max_steps={max_steps}",
+        f"trainer.checkpoint_every_n_steps={every}",
+        f"run_dir={run_dir}",
+    )
+    job_id = slurm_jobs.submit(
+        repo / "slurm" / "pretrain.sh", *TWO_NODE_JOB, "--no-requeue", cwd=repo, env=CPU_ENV, script_args=arguments
+    )
+    _wait_for_file(run_dir / "checkpoints" / f"step_{every:06d}.ckpt", slurm_jobs, job_id, timeout_s=JOB_TIMEOUT_S)
+    (victim,) = _app_pids_on("vitfm-node2")
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    info = slurm_jobs.wait_until_finished(job_id, timeout_s=120)
+    # srun --kill-on-bad-exit ends the other node's task: nobody waits in a collective for the dead rank.
+    assert info["JobState"] == "FAILED", info
+    assert time.monotonic() - killed_at < 60
+
+    rerun = slurm_jobs.submit(
+        repo / "slurm" / "pretrain.sh", *TWO_NODE_JOB, cwd=repo, env=CPU_ENV, script_args=arguments
+    )
+    info = slurm_jobs.wait_until_finished(rerun, timeout_s=JOB_TIMEOUT_S)
+    output = slurm_jobs.output(rerun)
+    assert info["JobState"] == "COMPLETED", output[-5000:]
+    resumed = set(re.findall(r"\[pretrain[.a-z_]*\]\[INFO\] - resuming from (\S+)", output))
+    assert len(resumed) == 1 and read_checkpoint(resumed.pop())["global_step"] >= every, output[-5000:]
+    assert read_checkpoint(run_dir / "checkpoints" / f"step_{max_steps:06d}.ckpt")["global_step"] == max_steps
