@@ -1,6 +1,6 @@
 """Fixtures for tests that run jobs on a real SLURM cluster.
 
-Start a single-node cluster with `tests/slurm/start_cluster.sh` (root, Debian). Without one these tests skip,
+Start the two-node test cluster with `tests/slurm/start_cluster.sh` (root, Debian). Without one these tests skip,
 unless VITFM_REQUIRE_SLURM=1 (set in CI), where they fail instead so that CI cannot pass without running them.
 """
 
@@ -19,7 +19,7 @@ from slurm_jobs import SlurmJobs, slurm_command
 def _cluster_problem() -> str | None:
     """Why no job can run here, or None when a node is ready."""
     if shutil.which("sbatch") is None:
-        return "sbatch not found: start a single-node cluster with tests/slurm/start_cluster.sh"
+        return "sbatch not found: start the test cluster with tests/slurm/start_cluster.sh"
     try:
         nodes = slurm_command("sinfo", "-h", "-N", "-o", "%N %T").split()
     except (RuntimeError, subprocess.TimeoutExpired) as error:
