@@ -160,11 +160,18 @@ def handle_signals(trainer: Mapping[str, Any]) -> Iterator[RunSignals]:
     finally:
         _active = None
         signals.restore()
+        if signals.stop_signal is not None:  # on the way out: another stop signal still ends the process at once
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, _exit_now)
         if first:
             os.environ.pop(LAUNCHER_ENV, None)
     if signals.stop_signal is not None:
         log.info("stopped by signal %d: resume with the same run_dir (resume=auto)", signals.stop_signal)
         raise SystemExit(signals.exit_code())
+
+
+def _exit_now(signum: int, frame: Any) -> None:
+    os._exit(exit_code(signum))
 
 
 def requeue_slurm_job() -> None:

@@ -24,6 +24,15 @@ def first_process(monkeypatch):
     monkeypatch.delenv(LAUNCHER_ENV, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def pytests_own_handlers():
+    """A stopped run leaves exit-at-once handlers behind (the process is on its way out); pytest is not."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
 def test_sigterm_is_recorded_and_leaving_the_run_exits_143():
     with pytest.raises(SystemExit) as leaving, handle_signals(TRAINER) as signals:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -31,6 +40,14 @@ def test_sigterm_is_recorded_and_leaving_the_run_exits_143():
         assert stop_requested()
     assert leaving.value.code == 128 + signal.SIGTERM
     assert active_signals() is None
+
+
+def test_after_a_stop_another_stop_signal_ends_the_process_at_once():
+    with pytest.raises(SystemExit), handle_signals(TRAINER):
+        os.kill(os.getpid(), signal.SIGTERM)
+    # Leaving the run restored the handlers the run found, except that SIGINT/SIGTERM now exit at once.
+    assert signal.getsignal(signal.SIGINT) is signal.getsignal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGINT) not in (signal.SIG_DFL, signal.default_int_handler)
 
 
 def test_a_library_exiting_0_after_sigterm_still_exits_143():
