@@ -40,7 +40,7 @@ from data_pipelines.transforms import Normalize, build_transform
 from data_pipelines.worker_signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
-OPEN_SHARDS = 64  # shards a worker keeps open (and indexed) at once; a block reads its shards in turn
+OPEN_SHARDS = 64  # at least this many shards a worker keeps open (and indexed); at least two blocks' worth
 
 Members = list[tuple[str, int, int]]  # (extension, data offset, size) of one sample's tar members
 
@@ -102,8 +102,9 @@ def index_shard(path: str) -> list[tuple[str, Members]]:
 class SampleReader:
     """Samples by (shard, index), keeping the most recently used shards open and indexed."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int) -> None:
         self.open: OrderedDict[str, tuple[BinaryIO, list[tuple[str, Members]]]] = OrderedDict()
+        self.capacity = capacity
 
     def read(self, url: str) -> tuple[BinaryIO, list[tuple[str, Members]]]:
         if url in self.open:
@@ -112,7 +113,7 @@ class SampleReader:
         path = str(local_path(url))
         shard = (open(path, "rb"), index_shard(path))
         self.open[url] = shard
-        if len(self.open) > OPEN_SHARDS:
+        if len(self.open) > self.capacity:
             self.open.popitem(last=False)[1][0].close()
         return shard
 
@@ -181,7 +182,7 @@ class ElasticStream(torch.utils.data.IterableDataset):
 
     def groups(self, micro_batches: range) -> Iterator[tuple[list[dict[str, Any]], int]]:
         order = EpochOrder(self.urls, self.counts, self.cfg.seed, self.epoch, self.block_shards)
-        reader = SampleReader()
+        reader = SampleReader(max(OPEN_SHARDS, 2 * self.block_shards))  # a block reads its shards at random
         for micro_batch in micro_batches:
             group, lost = [], 0
             for position in self.positions(micro_batch):
@@ -191,7 +192,18 @@ class ElasticStream(torch.utils.data.IterableDataset):
                     continue
                 sample["__position__"], sample["__lost__"] = position, 0
                 group.append(sample)
+            if not group:
+                raise ValueError(self._nothing_readable(micro_batch))
             yield group, lost
+
+    def _nothing_readable(self, micro_batch: int) -> str:
+        # Every rank must yield every micro-batch, or the others wait for it in the step's all-reduce.
+        positions = self.positions(micro_batch)
+        return (
+            f"epoch {self.epoch}: no sample of micro-batch {micro_batch} (positions {positions.start}-"
+            f"{positions.stop - 1}) could be read: rewrite the damaged shards from the source "
+            "(python -m data_pipelines.write_shards), or use data.order=resampled"
+        )
 
 
 class ElasticLoader(torch.utils.data.DataLoader):
@@ -230,8 +242,15 @@ def build_elastic_loader(cfg: StreamConfig, accumulate: int, block_shards: int) 
     if counts is None:
         raise ValueError("data.order=elastic needs the shards' manifest.json (per-shard sample counts)")
     stream = ElasticStream(cfg, urls, counts, accumulate, block_shards)
-    if stream.batches_per_epoch() == 0:
+    total = sum(counts.values())
+    available = total // stream.global_batch * accumulate
+    if available == 0:
+        raise ValueError(f"the shards' {total} samples are fewer than one global batch of {stream.global_batch}")
+    if cfg.batches_per_epoch is not None and cfg.batches_per_epoch > available:
         raise ValueError(
-            f"the shards' {sum(counts.values())} samples are fewer than one global batch of {stream.global_batch}"
+            f"data.batches_per_epoch={cfg.batches_per_epoch}, but an elastic epoch of {total} samples has "
+            f"{available} micro-batches per rank: lower it, or leave it null"
         )
+    if cfg.holdout is not None:
+        raise ValueError("data.order=elastic reads whole epochs; a hold-out split needs data.order=resampled")
     return ElasticLoader(stream)

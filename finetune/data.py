@@ -294,7 +294,7 @@ class TaskDataModule(L.LightningDataModule):
         trainer = self.trainer
         epoch, skip = self.plan.resume_position(trainer.global_step)
         loader = self.train.loader(self.train_spec, trainer.global_rank, trainer.world_size, epoch, skip)
-        return StepPositionedLoader(loader, self.plan.data_layout(self.train_spec.seed))
+        return StepPositionedLoader(loader, self.plan.data_layout(self.train_spec.seed), self.plan.batches_per_epoch)
 
     def predict_dataloader(self) -> Any:
         trainer = self.trainer

@@ -14,6 +14,7 @@ The test split is scored once, for the chosen setting; it never chooses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -41,6 +42,7 @@ from finetune.modes.linear_mae import build_linear
 from finetune.tasks import Task
 from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR
 from pretrain.engine.config import Settings, config_hash, settings
+from pretrain.engine.console import frozen_parts_expected
 from pretrain.engine.lifecycle import resume_checkpoint, save_final_checkpoint
 from pretrain.engine.metadata import BackboneMeta
 from pretrain.engine.plan import RunPlan, plan_run
@@ -180,11 +182,11 @@ def no_callbacks(mode: Mapping[str, Any]) -> list[Callback]:
 
 @dataclass(frozen=True)
 class FitMode:
-    """A fitting mode: how its module and callbacks are built, and whether it may train on cached features."""
+    """A fitting mode: how its module and callbacks are built, and whether its backbone stays frozen."""
 
     build: ModuleBuilder
     callbacks: Callable[[Mapping[str, Any]], list[Callback]]
-    caches_features: bool
+    frozen_backbone: bool  # only the head trains: it may train on features computed once (mode.cache_features)
 
 
 @dataclass
@@ -236,10 +238,12 @@ def fit_and_test(
         callbacks=fit_mode.callbacks(mode),
     )
     log.info("%s on %s (%d images): %s", mode["name"], task.name, fit_split.num_samples, plan.describe())
-    if fit_mode.caches_features and mode["cache_features"]:
+    if fit_mode.frozen_backbone and mode["cache_features"]:
         cache_training_features(trainer, module, data)
     # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
-    trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(trainer, resume, run_dir), weights_only=False)
+    checkpoint = resume_checkpoint(trainer, resume, run_dir, config["trainer"]["universal_checkpoint_wait_s"])
+    with frozen_parts_expected() if fit_mode.frozen_backbone else contextlib.nullcontext():
+        trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=False)
     if stopped_by_signal(trainer) is not None:
         return None
     save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])
@@ -383,11 +387,11 @@ class Mode:
     run: Callable[[DownstreamContext], ModeOutcome | None]
 
 
-FINE_TUNING = FitMode(build_finetune, ema_callbacks, caches_features=False)
+FINE_TUNING = FitMode(build_finetune, ema_callbacks, frozen_backbone=False)
 MODES: dict[str, Mode] = {
     "linear": Mode(run_linear),
     "knn": Mode(run_knn),
-    "linear_mae": Mode(partial(run_fit, fit_mode=FitMode(build_linear, no_callbacks, caches_features=True))),
+    "linear_mae": Mode(partial(run_fit, fit_mode=FitMode(build_linear, no_callbacks, frozen_backbone=True))),
     "finetune": Mode(partial(run_fit, fit_mode=FINE_TUNING)),
     "finetune_mae": Mode(partial(run_fit, fit_mode=FINE_TUNING)),
 }

@@ -78,7 +78,9 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path) -> None:
         tokens_fn=lambda batch: batch["image"].shape[0] * tokens,
         callbacks=_image_callbacks(config),
     )
-    resume = resume_checkpoint(trainer, str(config["resume"]), run_dir)
+    resume = resume_checkpoint(
+        trainer, str(config["resume"]), run_dir, config["trainer"]["universal_checkpoint_wait_s"]
+    )
     # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=False)
     if stopped_by_signal(trainer) is None:

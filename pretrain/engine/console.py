@@ -3,47 +3,49 @@ of, or useless for, this pipeline's runs (each is listed below with the reason).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
+from collections.abc import Iterator
 
 from lightning.pytorch.callbacks import RichProgressBar
 
 from pretrain.engine.plan import RunPlan
 
-# Messages of Lightning's that do not hold for these runs, with why.
-UNTRUE_WARNINGS = {
+# Lightning's messages that do not hold for these runs or that no user of the pipeline can act on, with why.
+SUPPRESSED_WARNINGS = {
     # The fine-tune module's on_before_batch_transfer (mixup, cutmix) is the one meant to run; its data module has
     # none, so there is nothing to choose between.
     r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a `LightningDataModule`",
-    # Frozen backbones (the MAE linear probe's) are in eval mode on purpose: no drop path, fixed statistics.
-    r"Found \d+ module\(s\) in eval mode at the start of training",
     # Lightning's own tree utilities against torch's newer API: nothing a user of the pipeline can act on.
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 }
-UNTRUE_INFO = (
+SUPPRESSED_INFO = (
     "💡 Tip: For seamless cloud logging",  # an advertisement, printed by every Trainer
     "`weights_only` was not set",  # our checkpoints hold the whole training state (optimizer, loops) on purpose
 )
+# Lightning's warning when a fit starts with modules in eval mode: expected of modules with a frozen part.
+EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
 
 
-class _DropUntrueInfo(logging.Filter):
+class _DropSuppressedInfo(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(UNTRUE_INFO)
+        return not str(record.msg).startswith(SUPPRESSED_INFO)
 
 
-_DROP_UNTRUE_INFO = _DropUntrueInfo()
+_DROP_SUPPRESSED_INFO = _DropSuppressedInfo()
 
 
 def quiet_lightning() -> None:
-    """Leave Lightning's untrue messages out of the run's output (idempotent)."""
-    for pattern in UNTRUE_WARNINGS:
+    """Leave those messages of Lightning's out of the run's output (idempotent)."""
+    for pattern in SUPPRESSED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     for name in LIGHTNING_LOGGERS:
         logger = logging.getLogger(name)
-        if _DROP_UNTRUE_INFO not in logger.filters:
-            logger.addFilter(_DROP_UNTRUE_INFO)
+        if _DROP_SUPPRESSED_INFO not in logger.filters:
+            logger.addFilter(_DROP_SUPPRESSED_INFO)
 
 
 class RunProgressBar(RichProgressBar):
@@ -55,8 +57,17 @@ class RunProgressBar(RichProgressBar):
 
     def __init__(self, plan: RunPlan) -> None:
         super().__init__()
-        steps_per_epoch = math.ceil(plan.batches_per_epoch / plan.accumulate)
+        steps_per_epoch = plan.steps_per_epoch
         self.epochs = max(1, math.ceil(plan.total_steps / steps_per_epoch)) if steps_per_epoch else 1
 
     def _get_train_description(self, current_epoch: int) -> str:  # Lightning's hook for the bar's label
         return f"Epoch {current_epoch + 1}/{self.epochs}"
+
+
+@contextlib.contextmanager
+def frozen_parts_expected() -> Iterator[None]:
+    """A fit of a module that keeps a part in eval mode on purpose (the MAE linear probe's frozen backbone: no
+    drop path, fixed statistics), without Lightning's warning about it; other modules still get the warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING)
+        yield

@@ -40,12 +40,13 @@ def resolve_resume(resume: str, run_dir: Path) -> str | None:
     return resume
 
 
-def resume_checkpoint(trainer: L.Trainer, resume: str, run_dir: Path) -> str | None:
+def resume_checkpoint(trainer: L.Trainer, resume: str, run_dir: Path, conversion_wait_s: float) -> str | None:
     """:func:`resolve_resume`, made loadable by ``trainer``: a DeepSpeed checkpoint of another number of processes
-    is resumed from its universal form (:mod:`pretrain.engine.universal_checkpoint`)."""
+    is resumed from its universal form (:mod:`pretrain.engine.universal_checkpoint`; ranks wait up to
+    ``conversion_wait_s`` for rank 0 to convert it)."""
     path = resolve_resume(resume, run_dir)
     if path is not None:
-        prepare_universal_resume(trainer, Path(path))
+        prepare_universal_resume(trainer, Path(path), conversion_wait_s)
     return path
 
 

@@ -8,7 +8,7 @@ finish building.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -36,16 +36,13 @@ class RunPlan:
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.batches_per_epoch // self.accumulate
+        """Optimizer steps an epoch: Lightning also steps on an epoch's last batch when accumulation is not
+        finished, so ``ceil(batches_per_epoch / accumulate)``."""
+        return -(-self.batches_per_epoch // self.accumulate)
 
     def resume_position(self, global_step: int) -> tuple[int, int]:
-        """``(epoch, batches of it this rank already consumed)`` after ``global_step`` optimizer steps.
-
-        Lightning also steps on an epoch's last batch when accumulation is not finished, so an epoch holds
-        ``ceil(batches_per_epoch / accumulate)`` steps.
-        """
-        steps_per_epoch = -(-self.batches_per_epoch // self.accumulate)
-        return global_step // steps_per_epoch, global_step % steps_per_epoch * self.accumulate
+        """``(epoch, batches of it this rank already consumed)`` after ``global_step`` optimizer steps."""
+        return global_step // self.steps_per_epoch, global_step % self.steps_per_epoch * self.accumulate
 
     def data_layout(self, seed: int, elastic: bool = False) -> dict[str, int]:
         """What decides which batches each rank reads at a given step (what a resume must keep to be exact): with
@@ -134,9 +131,8 @@ def plan_run(
         if samples_per_epoch is None:
             raise ValueError("the epoch length is unknown: give the number of samples or of batches per epoch")
         batches_per_epoch = samples_per_epoch // (batch_size * num_nodes * devices)
-    accumulate = accumulation(trainer, batch_size)
-    steps_per_epoch = batches_per_epoch // accumulate
-    total_steps = steps if steps is not None else round(epochs * steps_per_epoch)
+    plan = RunPlan(num_nodes, devices, batch_size, accumulation(trainer, batch_size), batches_per_epoch, 0)
+    total_steps = steps if steps is not None else plan.steps_for_epochs(epochs)
     if trainer["max_steps"] is not None:
         total_steps = min(total_steps, trainer["max_steps"])
-    return RunPlan(num_nodes, devices, batch_size, accumulate, batches_per_epoch, int(total_steps))
+    return replace(plan, total_steps=int(total_steps))

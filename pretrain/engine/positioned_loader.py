@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -19,16 +19,18 @@ class StepPositionedLoader:
     accumulation, epoch length, seed) is told that it will not read what the interrupted run would have.
     """
 
-    def __init__(self, loader: Iterable[Any], layout: Mapping[str, Any]) -> None:
+    def __init__(self, loader: Iterable[Any], layout: Mapping[str, Any], batches_per_epoch: int) -> None:
         self.loader = loader
         self.layout = dict(layout)
+        self.batches_per_epoch = batches_per_epoch
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.loader)
 
     def __len__(self) -> int:
-        assert isinstance(self.loader, Sized)
-        return len(self.loader)
+        """The whole epoch's batches, although a resumed epoch yields only the rest: Lightning counts a resumed
+        epoch's batches on from those already consumed and ends the epoch when the count reaches this length."""
+        return self.batches_per_epoch
 
     def state_dict(self) -> dict[str, Any]:
         return {"layout": dict(self.layout)}

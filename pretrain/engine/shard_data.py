@@ -37,7 +37,7 @@ class ShardDataModule(L.LightningDataModule):
                 f"data.batches_per_epoch={stream.batches_per_epoch} is not a multiple of "
                 f"trainer.accumulate_grad_batches={plan.accumulate}: an epoch would end mid-accumulation"
             )
-        self.stream = replace(stream, resampled=order == "resampled")
+        self.stream = stream
         self.plan = plan
         self.order, self.shuffle_shards = order, shuffle_shards
 
@@ -55,4 +55,5 @@ class ShardDataModule(L.LightningDataModule):
         loader: Iterable[Any] = (
             build_elastic_loader(config, self.plan.accumulate, self.shuffle_shards) if elastic else build_loader(config)
         )
-        return StepPositionedLoader(loader, self.plan.data_layout(self.stream.seed, elastic))
+        layout = self.plan.data_layout(self.stream.seed, elastic)
+        return StepPositionedLoader(loader, layout, self.plan.batches_per_epoch)

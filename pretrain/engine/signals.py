@@ -3,9 +3,10 @@
 SIGTERM and SIGINT (``kill``, Ctrl-C, a job runner stopping its job) ask the run to stop: after the current optimizer
 step every rank agrees, one checkpoint is saved together, nothing is exported, and the app exits with 128 + the
 signal number, so ``a && b`` chains, Kubernetes Jobs and CI runners see a failure and ``resume=auto`` continues the
-run. A second SIGTERM or SIGINT exits at once, with the same kind of code. On SLURM with ``trainer.slurm_auto_requeue``
-the time-limit warning (USR1, ``#SBATCH --signal=USR1@120``) stops the same way and requeues the job; its handler
-stays installed for the whole job, export and test included, so a late warning never kills the job.
+run. A second SIGTERM or SIGINT ends the process at once (killed by it; the shell reports 128 + n as well). On SLURM
+with ``trainer.slurm_auto_requeue`` the time-limit warning (USR1, ``#SBATCH --signal=USR1@120``) stops the same way
+and requeues the job; its handler stays installed for the whole job, export and test included, so a late warning
+never kills the job.
 
 The handlers only record the signal, in the process that installed them: forked DataLoader workers inherit them and
 get the signal too (Ctrl-C signals the whole process group, SLURM every process of the step). The ranks agree at a
@@ -39,7 +40,8 @@ from pretrain.engine.step_metrics import StepEnds
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # in order of precedence when ranks got different ones
-# Set by the first process of a run; the rank processes Lightning launches from it inherit it (see exit_code).
+# Set by the first process of a run; the rank processes Lightning launches from it inherit it
+# (see RunSignals.process_exit_code).
 LAUNCHER_ENV = "VITFM_LAUNCHER_PID"
 
 
@@ -66,6 +68,16 @@ class RunSignals:
         for signum in self.handled:
             previous = signal.signal(signum, self._on_signal)
             self._previous.setdefault(signum, previous)
+        if self.received in STOP_SIGNALS:
+            self._arm_second_signal()
+
+    def _arm_second_signal(self) -> None:
+        """After a stop signal the next one ends the process at once. Without ranks of its own to end first, the
+        default action does it, even while the process is stuck in a collective or in native code (where no
+        Python handler runs); the signal's code is then the shell's 128 + n."""
+        if self.on_exit_now is None:
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
 
     def restore(self) -> None:
         for signum, previous in self._previous.items():
@@ -75,13 +87,17 @@ class RunSignals:
     def _on_signal(self, signum: int, frame: Any) -> None:
         if os.getpid() != self._pid:
             return  # a DataLoader worker: its rank decides
-        if signum in STOP_SIGNALS and (self.received in STOP_SIGNALS or self.agreed in STOP_SIGNALS):
+        # Only this process's own second stop signal: the other ranks' first ones arrive milliseconds apart, maybe
+        # after the step in which they agreed, and must not end a rank in the middle of the shared checkpoint.
+        if signum in STOP_SIGNALS and self.received in STOP_SIGNALS:
             os.write(2, f"signal {signum} again: exiting now, without a checkpoint\n".encode())
             if self.on_exit_now is not None:
                 self.on_exit_now()
             os._exit(exit_code(signum))
         if self.received is None or (signum in STOP_SIGNALS and self.received not in STOP_SIGNALS):
             self.received = signum  # a stop outranks a requeue
+        if signum in STOP_SIGNALS:
+            self._arm_second_signal()
 
     def vote(self, like: Tensor) -> Tensor:
         """This process's signal as a one-hot over :attr:`handled`, on ``like``'s device (no host copy)."""
@@ -106,7 +122,7 @@ class RunSignals:
                 return signum
         return None
 
-    def exit_code(self) -> int:
+    def process_exit_code(self) -> int:
         """Ranks that Lightning launched from the first process report to it, which reports to the user: they end
         with 0, because its launcher kills every process, the first one included, when one exits non-zero."""
         stop = self.stop_signal
@@ -162,16 +178,12 @@ def handle_signals(trainer: Mapping[str, Any]) -> Iterator[RunSignals]:
         signals.restore()
         if signals.stop_signal is not None:  # on the way out: another stop signal still ends the process at once
             for signum in STOP_SIGNALS:
-                signal.signal(signum, _exit_now)
+                signal.signal(signum, signal.SIG_DFL)
         if first:
             os.environ.pop(LAUNCHER_ENV, None)
     if signals.stop_signal is not None:
         log.info("stopped by signal %d: resume with the same run_dir (resume=auto)", signals.stop_signal)
-        raise SystemExit(signals.exit_code())
-
-
-def _exit_now(signum: int, frame: Any) -> None:
-    os._exit(exit_code(signum))
+        raise SystemExit(signals.process_exit_code())
 
 
 def requeue_slurm_job() -> None:
@@ -194,9 +206,11 @@ class StopOnSignal(Callback):
     track it, so its rotation (``keep_checkpoints``) leaves it in place.
     """
 
-    def __init__(self, signals: RunSignals, checkpoint_dir: Path) -> None:
+    def __init__(self, signals: RunSignals, checkpoint_dir: Path, checkpoint_every_n_steps: int) -> None:
+        """``checkpoint_every_n_steps``: the periodic checkpoints' interval (a stop at such a step has one)."""
         self.signals = signals
         self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self.stopped_for: int | None = None
         self._step_ends = StepEnds()
 
@@ -224,7 +238,8 @@ class StopOnSignal(Callback):
         signum = self.signals.agreed if getattr(pl_module, "votes_on_signals", False) else self._agree(trainer)
         if signum is None:
             return
-        trainer.save_checkpoint(checkpoint_path(self.checkpoint_dir, trainer.global_step), weights_only=False)
+        if trainer.global_step % self.checkpoint_every_n_steps:  # else ModelCheckpoint just wrote this step
+            trainer.save_checkpoint(checkpoint_path(self.checkpoint_dir, trainer.global_step), weights_only=False)
         trainer.should_stop = True
         self.stopped_for = signum
         log.info("signal %d: checkpointed step %d and stopped", signum, trainer.global_step)

@@ -145,7 +145,7 @@ def build_trainer(
         plugins.append(SLURMEnvironment(auto_requeue=False))
     signals = active_signals()
     if signals is not None:
-        all_callbacks.append(StopOnSignal(signals, run_dir / CHECKPOINT_SUBDIR))
+        all_callbacks.append(StopOnSignal(signals, run_dir / CHECKPOINT_SUBDIR, config["checkpoint_every_n_steps"]))
     if config["accelerator"] == "cpu":
         check_name(str(config["precision"]), CPU_PRECISIONS, "precision on CPU")
         if config["cpu_threads"] is None:

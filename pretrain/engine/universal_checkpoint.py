@@ -22,7 +22,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 
 log = logging.getLogger(__name__)
 UNIVERSAL_TAG_FILE = "latest_universal"  # DeepSpeed's name, written once the conversion is complete
-CONVERSION_TIMEOUT_S = 3600  # how long other ranks wait for rank 0 to convert a checkpoint
+FAILURE_FILE = "universal_conversion_failed"  # rank 0's error, for the ranks waiting on it
 
 
 def saved_world_size(checkpoint: Path) -> int | None:
@@ -51,23 +51,28 @@ def convert_to_universal(checkpoint: Path) -> None:
     ds_to_universal(arguments)
 
 
-def prepare_universal_resume(trainer: L.Trainer, checkpoint: Path) -> None:
+def prepare_universal_resume(trainer: L.Trainer, checkpoint: Path, wait_s: float) -> None:
     """When ``checkpoint`` is a ZeRO checkpoint of another number of processes than ``trainer`` runs, make its
-    universal form (rank 0; the others wait) and have the DeepSpeed engine load that."""
+    universal form (rank 0; the others wait up to ``wait_s``) and have the DeepSpeed engine load that."""
     if not isinstance(trainer.strategy, DeepSpeedStrategy):
         return
     saved = saved_world_size(checkpoint)
     if saved is None or saved == trainer.world_size:
         return
-    done = checkpoint / UNIVERSAL_TAG_FILE
+    done, failed = checkpoint / UNIVERSAL_TAG_FILE, checkpoint / FAILURE_FILE
     if not done.is_file():
         if trainer.global_rank == 0:
             log.info("converting %s (%d processes) to DeepSpeed's universal checkpoint", checkpoint, saved)
-            convert_to_universal(checkpoint)
+            failed.unlink(missing_ok=True)
+            try:
+                convert_to_universal(checkpoint)
+            except Exception as error:
+                failed.write_text(f"{type(error).__name__}: {error}")
+                raise
         else:
-            _wait_for(done)
+            _wait_for(done, failed, wait_s)
     log.info("resuming a run of %d processes on %d from %s's universal form", saved, trainer.world_size, checkpoint)
-    trainer.strategy.config["checkpoint"] = {"load_universal": True}
+    trainer.strategy.config.setdefault("checkpoint", {})["load_universal"] = True
     trainer.callbacks.append(SeparateStepCounters())
 
 
@@ -82,9 +87,14 @@ class SeparateStepCounters(Callback):
                 state["step"] = state["step"].clone()
 
 
-def _wait_for(path: Path) -> None:
-    deadline = time.monotonic() + CONVERSION_TIMEOUT_S
-    while not path.is_file():
+def _wait_for(done: Path, failed: Path, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while not done.is_file():
+        if failed.is_file():
+            raise RuntimeError(f"rank 0 could not convert the checkpoint to its universal form: {failed.read_text()}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"rank 0 did not convert the checkpoint to its universal form ({path} is missing)")
+            raise TimeoutError(
+                f"rank 0 did not convert the checkpoint within {wait_s} s ({done} is missing): raise "
+                "trainer.universal_checkpoint_wait_s for large models"
+            )
         time.sleep(1)

@@ -99,7 +99,8 @@ def tokens_per_image(objective: Mapping[str, Any], model: Mapping[str, Any]) -> 
 
 
 def stream_config(config: Mapping[str, Any], plan: RunPlan) -> StreamConfig:
-    """The training stream of the ``data`` group: resampled shards, ``plan.batches_per_epoch`` per rank."""
+    """The training stream of the ``data`` group, ``plan.batches_per_epoch`` per rank (resampled shards, or the
+    elastic order's whole epochs: ``data.order``)."""
     data, objective = config["data"], config["objective"]
     return StreamConfig(
         shards=data["shards"],
@@ -119,6 +120,6 @@ def stream_config(config: Mapping[str, Any], plan: RunPlan) -> StreamConfig:
         shuffle_buffer=data["shuffle_buffer"],
         manifest=data["manifest"],
         pin_memory=data["pin_memory"],
-        resampled=True,
+        resampled=data["order"] == "resampled",
         batches_per_epoch=plan.batches_per_epoch,
     )

@@ -3,6 +3,7 @@ number of ranks (same global batch) reads the rest of the epoch exactly once, wi
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,20 @@ def test_epochs_have_their_own_order(demo_dir):
 def test_shards_it_cannot_read_by_position_are_refused_with_the_way_out(demo_dir):
     with pytest.raises(ValueError, match="local uncompressed .tar shards.*data.order=resampled"):
         elastic(f"pipe:cat {demo_dir / 'train'}/demo-000000.tar", 0, 1, 1)
+
+
+def test_a_micro_batch_with_nothing_readable_fails_with_the_way_out_instead_of_hanging_the_other_ranks(
+    demo_dir, tmp_path
+):
+    shards = tmp_path / "train"
+    shutil.copytree(demo_dir / "train", shards)
+    for shard in sorted(shards.glob("*.tar"))[:4]:  # the first block, gone
+        shard.write_bytes(b"")
+    with pytest.raises(ValueError, match="could be read: rewrite the damaged shards"):
+        list(elastic(shards, 0, 1, 1, batch_size=1))
+
+
+def test_an_epoch_cap_beyond_the_data_is_refused(demo_dir):
+    shards = demo_dir / "train"
+    with pytest.raises(ValueError, match="19 micro-batches per rank"):
+        elastic(shards, 0, 2, 1, batches_per_epoch=20)

@@ -161,7 +161,8 @@ def main() -> None:
     stopped_by = None
     try:
         if args.resume:
-            prepare_universal_resume(trainer, args.resume)  # as the apps do, when the number of processes changed
+            # as the apps do, when the number of processes changed
+            prepare_universal_resume(trainer, args.resume, config["trainer"]["universal_checkpoint_wait_s"])
         trainer.fit(module, train_dataloaders=loader, ckpt_path=str(args.resume) if args.resume else None)
     except NonFiniteLossError as error:
         stopped_by = str(error)

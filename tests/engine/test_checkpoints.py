@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -66,7 +67,6 @@ def test_unreadable_checkpoint_error_says_what_was_expected(tmp_path):
 
 def test_choosing_a_checkpoint_reads_its_directory_not_its_data(tmp_path):
     # Every rank chooses the checkpoint to resume from: a CRC scan would read all of it once more per rank.
-    psutil = pytest.importorskip("psutil")
     io = AtomicCheckpointIO()
     io.save_checkpoint({"global_step": 7, "weights": torch.randn(4_000_000)}, tmp_path / "step_000007.ckpt")
     process = psutil.Process()

@@ -24,9 +24,7 @@ def app_overrides(demo_shards: Path, run_dir: Path, **extra) -> list[str]:
     return [f"{key}={value}" for key, value in settings.items()]
 
 
-def run_app(
-    overrides: list[str], timeout: int = 300, script: str = "pretrain/run.py", **popen
-) -> subprocess.CompletedProcess:
+def run_app(overrides: list[str], timeout: int = 300, script: str = "pretrain/run.py") -> subprocess.CompletedProcess:
     """Run an app as users do (a fresh interpreter), failing with its output when it fails."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
@@ -41,13 +39,15 @@ def run_app(
     return result
 
 
-def start_app(overrides: list[str], script: str = "pretrain/run.py") -> subprocess.Popen:
-    """Start an app in the background (its output discarded), to signal or kill it mid-run."""
+def start_app(overrides: list[str], script: str = "pretrain/run.py", new_session: bool = False) -> subprocess.Popen:
+    """Start an app in the background (its output discarded), to signal or kill it mid-run; ``new_session``: in a
+    process group of its own (with its DataLoader workers), as a terminal runs a foreground job."""
     return subprocess.Popen(
         [sys.executable, script, *overrides],
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=new_session,
     )
 
 

@@ -22,7 +22,7 @@ TIMEOUT_S=${VITFM_SLURM_TIMEOUT:-60}
 
 install_packages() {
   local tool missing=""
-  for tool in slurmctld slurmd sbatch munged; do
+  for tool in slurmctld slurmd sbatch munged ip nsenter; do
     command -v "$tool" >/dev/null || missing+=" $tool"
   done
   if [[ -z $missing ]]; then
@@ -39,14 +39,15 @@ install_packages() {
     apt-get update -qq >"$STATE_DIR/apt.log" 2>&1 || { cat "$STATE_DIR/apt.log" >&2; die "apt-get update failed"; }
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    slurmctld slurmd slurm-client munge >>"$STATE_DIR/apt.log" 2>&1 ||
+    slurmctld slurmd slurm-client munge iproute2 util-linux >>"$STATE_DIR/apt.log" 2>&1 ||
     { tail -n 30 "$STATE_DIR/apt.log" >&2; die "apt-get install of slurm and munge failed"; }
 }
 
 # create_network: the two namespaces, their links and routes, and the nodes' names in /etc/hosts.
 create_network() {
   local i other
-  if ip netns list | grep -q "^$(node_namespace 1)\b" && ip link show vitfm-c1 >/dev/null 2>&1; then
+  if ip netns list | grep -q "^$(node_namespace 1)\b" && ip netns list | grep -q "^$(node_namespace 2)\b" &&
+    ip link show vitfm-c1 >/dev/null 2>&1 && ip link show vitfm-c2 >/dev/null 2>&1; then
     return
   fi
   remove_network
