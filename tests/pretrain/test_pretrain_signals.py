@@ -22,7 +22,7 @@ SETTINGS = {
     "trainer.checkpoint_every_n_steps": 4,
     "trainer.keep_checkpoints": -1,
     "logger": "none",
-    "data.batches_per_epoch": 6,
+    "data.batches_per_epoch": 12,  # 5 demo epochs: 60 steps, capped at MAX_STEPS
 }
 
 
