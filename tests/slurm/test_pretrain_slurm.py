@@ -171,34 +171,45 @@ def _start_requeued_job_now(jobs: SlurmJobs, job_id: int) -> None:
         )
 
 
-@pytest.mark.parametrize("interrupt", ["warning_signal", "scontrol_requeue"])
-def test_interrupted_pretrain_job_requeues_resumes_and_stops_at_max_steps(
-    slurm_jobs: SlurmJobs, tmp_path: Path, demo_root: Path, interrupt: str
-) -> None:
-    max_steps, every = 30, 5
-    repo = make_repo(tmp_path)
-    job_id = slurm_jobs.submit(
+INTERRUPTED_STEPS, INTERRUPTED_EVERY = 30, 5  # max_steps and checkpoint interval of the interrupted jobs
+
+
+def _interrupted_training(
+    jobs: SlurmJobs, repo: Path, demo_root: Path, layout: tuple[str, ...], interrupt: str
+) -> tuple[int, Path, dict[str, str]]:
+    """Submit a pretraining job, interrupt it after its first periodic checkpoint (the time-limit warning or
+    `scontrol requeue`), let the requeued job start at once and finish: (job id, run directory, final state)."""
+    job_id = jobs.submit(
         repo / "slurm" / "pretrain.sh",
-        *CPU_JOB,
+        *layout,
         cwd=repo,
         env=CPU_ENV,
         script_args=tiny_pretraining(
             demo_root / "demo" / "train",
-            f"trainer.max_steps={max_steps}",
-            f"trainer.checkpoint_every_n_steps={every}",
+            f"trainer.max_steps={INTERRUPTED_STEPS}",
+            f"trainer.checkpoint_every_n_steps={INTERRUPTED_EVERY}",
             "trainer.keep_checkpoints=-1",
         ),
     )
     run_dir = repo / "runs" / "pretrain" / str(job_id)
     # Interrupt once training is under way: after the first periodic checkpoint, long before max_steps.
-    _wait_for_file(run_dir / "checkpoints" / f"step_{every:06d}.ckpt", slurm_jobs, job_id, timeout_s=JOB_TIMEOUT_S)
+    _wait_for_file(run_dir / "checkpoints" / f"step_{INTERRUPTED_EVERY:06d}.ckpt", jobs, job_id, JOB_TIMEOUT_S)
     if interrupt == "warning_signal":
         # What `#SBATCH --signal=USR1@N` does before the time limit: signal every process of the srun step.
         slurm_command("scancel", "--signal=USR1", str(job_id))
     else:
         slurm_command("scontrol", "requeue", str(job_id))
-    _start_requeued_job_now(slurm_jobs, job_id)
-    info = slurm_jobs.wait_until_finished(job_id, timeout_s=JOB_TIMEOUT_S)
+    _start_requeued_job_now(jobs, job_id)
+    return job_id, run_dir, jobs.wait_until_finished(job_id, timeout_s=JOB_TIMEOUT_S)
+
+
+@pytest.mark.parametrize("interrupt", ["warning_signal", "scontrol_requeue"])
+def test_interrupted_pretrain_job_requeues_resumes_and_stops_at_max_steps(
+    slurm_jobs: SlurmJobs, tmp_path: Path, demo_root: Path, interrupt: str
+) -> None:
+    max_steps, every = INTERRUPTED_STEPS, INTERRUPTED_EVERY
+    repo = make_repo(tmp_path)
+    job_id, run_dir, info = _interrupted_training(slurm_jobs, repo, demo_root, CPU_JOB, interrupt)
 
     output = slurm_jobs.output(job_id)
     assert info["JobState"] == "COMPLETED", output[-5000:]
@@ -287,25 +298,9 @@ def _app_pids_on(node: str) -> list[int]:
 def test_a_two_node_job_trains_on_both_requeues_on_the_warning_signal_and_resumes_on_both(
     slurm_jobs: SlurmJobs, tmp_path: Path, demo_root: Path
 ) -> None:
-    max_steps, every = 30, 5
+    max_steps, every = INTERRUPTED_STEPS, INTERRUPTED_EVERY
     repo = make_repo(tmp_path)
-    job_id = slurm_jobs.submit(
-        repo / "slurm" / "pretrain.sh",
-        *TWO_NODE_JOB,
-        cwd=repo,
-        env=CPU_ENV,
-        script_args=tiny_pretraining(
-            demo_root / "demo" / "train",
-            f"trainer.max_steps={max_steps}",
-            f"trainer.checkpoint_every_n_steps={every}",
-            "trainer.keep_checkpoints=-1",
-        ),
-    )
-    run_dir = repo / "runs" / "pretrain" / str(job_id)
-    _wait_for_file(run_dir / "checkpoints" / f"step_{every:06d}.ckpt", slurm_jobs, job_id, timeout_s=JOB_TIMEOUT_S)
-    slurm_command("scancel", "--signal=USR1", str(job_id))  # the time-limit warning, to both nodes' tasks
-    _start_requeued_job_now(slurm_jobs, job_id)
-    info = slurm_jobs.wait_until_finished(job_id, timeout_s=JOB_TIMEOUT_S)
+    job_id, run_dir, info = _interrupted_training(slurm_jobs, repo, demo_root, TWO_NODE_JOB, "warning_signal")
 
     output = slurm_jobs.output(job_id)
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", output[-5000:]
