@@ -83,9 +83,8 @@ def test_a_zero3_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_run
         torch.testing.assert_close(after[name], expected, rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize(
-    ("stage", "before", "after"), [(2, 2, 1), (3, 2, 1), (2, 1, 2)], ids=["zero2-2to1", "zero3-2to1", "zero2-1to2"]
-)
+# Both stages and both directions, in two runs: ZeRO-3's conversion and load differ from ZeRO-2's.
+@pytest.mark.parametrize(("stage", "before", "after"), [(3, 2, 1), (2, 1, 2)], ids=["zero3-2to1", "zero2-1to2"])
 def test_a_zero_checkpoint_resumes_on_another_number_of_processes_with_the_same_global_batch(
     tmp_path, stage, before, after
 ):

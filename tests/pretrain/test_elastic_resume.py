@@ -21,6 +21,14 @@ ELASTIC = {
 }
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(demo_shards, tmp_path_factory) -> Path:
+    """12 steps of global batch 32 on 2 processes: the lr schedule of that batch, whatever the layout."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run_app(app_overrides(demo_shards, run_dir, trainer="ddp_cpu", **ELASTIC, **{"trainer.max_steps": 12}))
+    return run_dir
+
+
 def checkpoint(run_dir: Path, step: int) -> dict:
     return torch.load(run_dir / "checkpoints" / f"step_{step:06d}.ckpt", map_location="cpu", weights_only=False)
 
@@ -29,12 +37,11 @@ def checkpoint(run_dir: Path, step: int) -> dict:
     ("before", "after"), [(("ddp_cpu", 2, 1), ("cpu", 1, 2)), (("cpu", 1, 2), ("ddp_cpu", 2, 1))], ids=["2to1", "1to2"]
 )
 def test_a_run_resumes_on_another_number_of_processes_with_its_global_batch_and_lr_schedule(
-    demo_shards, tmp_path, before, after
+    demo_shards, tmp_path, uninterrupted, before, after
 ):
     trainer_before, processes_before, accumulate_before = before
     trainer_after, processes_after, accumulate_after = after
-    straight, elastic = tmp_path / "straight", tmp_path / "elastic"
-    run_app(app_overrides(demo_shards, straight, trainer=trainer_before, **ELASTIC, **{"trainer.max_steps": 12}))
+    elastic = tmp_path / "elastic"
     run_app(app_overrides(demo_shards, elastic, trainer=trainer_before, **ELASTIC, **{"trainer.max_steps": 6}))
 
     resumed = run_app(
@@ -48,7 +55,7 @@ def test_a_run_resumes_on_another_number_of_processes_with_its_global_batch_and_
     ) in output
     assert "another data layout" not in output  # the elastic order's layout is the global batch, kept
 
-    expected, actual = checkpoint(straight, 12), checkpoint(elastic, 12)
+    expected, actual = checkpoint(uninterrupted, 12), checkpoint(elastic, 12)
     assert actual["lr_schedulers"] == expected["lr_schedulers"]
     adam_steps = {int(state["step"]) for state in actual["optimizer_states"][0]["state"].values()}
     assert adam_steps == {12}

@@ -1,4 +1,5 @@
-"""Real signals sent to real pretraining runs: SIGTERM and SIGINT checkpoint after the current step, export nothing
+"""Real signals sent to real pretraining runs: a SIGKILLed run resumes from its last periodic checkpoint; SIGTERM
+and SIGINT checkpoint after the current step, export nothing
 and exit 128 + the signal number; the resumed run ends where an uninterrupted one does; a second signal exits at
 once; Ctrl-C to the whole process group (workers included) stops after a checkpoint; in a 2-process DDP run a
 signal to rank 0 alone stops both ranks together."""
@@ -48,10 +49,39 @@ def final_checkpoint(run_dir: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def test_sigterm_checkpoints_exits_143_and_the_resumed_run_equals_an_uninterrupted_one(demo_shards, tmp_path):
-    straight = tmp_path / "straight"
-    run_app(app_overrides(demo_shards, straight, **SETTINGS))
+def assert_same_end(actual_dir: Path, expected_dir: Path) -> None:
+    expected, actual = final_checkpoint(expected_dir), final_checkpoint(actual_dir)
+    assert actual["epoch"] == expected["epoch"]  # the resumed epoch ran to its end, not to an early Lightning end
+    assert expected["state_dict"].keys() == actual["state_dict"].keys()
+    for name, value in expected["state_dict"].items():
+        torch.testing.assert_close(actual["state_dict"][name], value, atol=1e-6, rtol=0, msg=name)
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_shards, tmp_path_factory) -> Path:
+    """The run the interrupted ones must end like."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    run_app(app_overrides(demo_shards, run_dir, **SETTINGS))
+    return run_dir
+
+
+def test_a_killed_run_resumes_to_the_parameters_of_an_uninterrupted_one(demo_shards, tmp_path, uninterrupted):
+    interrupted = tmp_path / "interrupted"
+    process = start_app(app_overrides(demo_shards, interrupted, **SETTINGS))
+    checkpoint = interrupted / "checkpoints" / "step_000008.ckpt"
+    wait_for_file(checkpoint, process)
+    os.kill(process.pid, signal.SIGKILL)  # nothing runs: the newest periodic checkpoint is what is left
+    process.wait()
+    assert not (interrupted / "checkpoints" / f"step_{MAX_STEPS:06d}.ckpt").exists(), "it finished before the kill"
+
+    resumed = run_app(app_overrides(demo_shards, interrupted, **SETTINGS))
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert_same_end(interrupted, uninterrupted)
+
+
+def test_sigterm_checkpoints_exits_143_and_the_resumed_run_equals_an_uninterrupted_one(
+    demo_shards, tmp_path, uninterrupted
+):
     interrupted = tmp_path / "interrupted"
     assert signalled_run(demo_shards, interrupted, signal.SIGTERM) == 128 + signal.SIGTERM
     stopped_at = newest_step(interrupted)
@@ -64,11 +94,7 @@ def test_sigterm_checkpoints_exits_143_and_the_resumed_run_equals_an_uninterrupt
     for noise in ("not resumable", "litlogger", "weights_only", "another data layout"):
         assert noise not in output, noise  # an exact resume says nothing misleading about itself
     assert (interrupted / "backbone.safetensors").exists()
-    expected, actual = final_checkpoint(straight), final_checkpoint(interrupted)
-    assert actual["epoch"] == expected["epoch"]  # the resumed epoch ran to its end, not to an early Lightning end
-    assert expected["state_dict"].keys() == actual["state_dict"].keys()
-    for name, value in expected["state_dict"].items():
-        torch.testing.assert_close(actual["state_dict"][name], value, atol=1e-6, rtol=0, msg=name)
+    assert_same_end(interrupted, uninterrupted)
 
 
 def test_a_second_signal_ends_the_process_at_once(demo_shards, tmp_path):
