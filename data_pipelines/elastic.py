@@ -31,13 +31,13 @@ from data_pipelines.shards import expand_shards, local_path
 from data_pipelines.stream import (
     CORRUPT_TAR_ERRORS,
     BatchDecoder,
+    ShardLoader,
     StreamConfig,
     epoch_shards,
     resolve_rank,
     shard_counts,
 )
 from data_pipelines.transforms import Normalize, build_transform
-from data_pipelines.worker_signals import ignore_stop_signals
 
 log = logging.getLogger(__name__)
 OPEN_SHARDS = 64  # at least this many shards a worker keeps open (and indexed); at least two blocks' worth
@@ -148,6 +148,8 @@ class ElasticStream(torch.utils.data.IterableDataset):
         self.rank, self.world_size = resolve_rank(cfg)
         self.accumulate, self.block_shards = accumulate, block_shards
         self.global_batch = cfg.batch_size * self.world_size * accumulate
+        # Micro-batches per rank in every whole global batch of the epoch (the remainder waits for no one).
+        self.available_batches = sum(counts[url] for url in urls) // self.global_batch * accumulate
         self.set_epoch(cfg.epoch, cfg.skip_batches)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -157,10 +159,9 @@ class ElasticStream(torch.utils.data.IterableDataset):
         self.epoch, self.skip_batches = epoch, skip_batches
 
     def batches_per_epoch(self) -> int:
-        """Micro-batches per rank: every whole global batch of the epoch (the remainder waits for no one)."""
-        steps = sum(self.counts[url] for url in self.urls) // self.global_batch
+        """Micro-batches per rank: the available ones, or ``cfg.batches_per_epoch`` of them."""
         cap = self.cfg.batches_per_epoch
-        return min(steps * self.accumulate, cap) if cap is not None else steps * self.accumulate
+        return min(self.available_batches, cap) if cap is not None else self.available_batches
 
     def epoch_batches(self) -> int:
         return self.batches_per_epoch() - self.skip_batches
@@ -206,29 +207,7 @@ class ElasticStream(torch.utils.data.IterableDataset):
         )
 
 
-class ElasticLoader(torch.utils.data.DataLoader):
-    """A DataLoader over an :class:`ElasticStream` that knows its epoch length and can move to another epoch."""
-
-    def __init__(self, stream: ElasticStream) -> None:
-        cfg = stream.cfg
-        super().__init__(
-            stream,
-            batch_size=None,
-            num_workers=cfg.num_workers,
-            pin_memory=cfg.pin_memory,
-            generator=torch.Generator().manual_seed(cfg.seed),  # leaves the caller's generator alone
-            worker_init_fn=ignore_stop_signals,
-        )
-        self.stream = stream
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        self.stream.set_epoch(epoch, skip_batches)
-
-    def __len__(self) -> int:
-        return self.stream.epoch_batches()
-
-
-def build_elastic_loader(cfg: StreamConfig, accumulate: int, block_shards: int) -> ElasticLoader:
+def build_elastic_loader(cfg: StreamConfig, accumulate: int, block_shards: int) -> ShardLoader:
     """The elastic loader of ``cfg``'s rank (``accumulate`` micro-batches a step), checked up front: local tar shards
     with a manifest, at least one global batch per epoch."""
     urls = expand_shards(cfg.shards)
@@ -242,8 +221,7 @@ def build_elastic_loader(cfg: StreamConfig, accumulate: int, block_shards: int) 
     if counts is None:
         raise ValueError("data.order=elastic needs the shards' manifest.json (per-shard sample counts)")
     stream = ElasticStream(cfg, urls, counts, accumulate, block_shards)
-    total = sum(counts.values())
-    available = total // stream.global_batch * accumulate
+    total, available = sum(counts.values()), stream.available_batches
     if available == 0:
         raise ValueError(f"the shards' {total} samples are fewer than one global batch of {stream.global_batch}")
     if cfg.batches_per_epoch is not None and cfg.batches_per_epoch > available:
@@ -253,4 +231,4 @@ def build_elastic_loader(cfg: StreamConfig, accumulate: int, block_shards: int) 
         )
     if cfg.holdout is not None:
         raise ValueError("data.order=elastic reads whole epochs; a hold-out split needs data.order=resampled")
-    return ElasticLoader(stream)
+    return ShardLoader(stream, cfg.num_workers, cfg.pin_memory)

@@ -44,7 +44,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed
@@ -349,10 +349,21 @@ class ShardStream(torch.utils.data.IterableDataset):
         return wds.SimpleShardList(share(shards, role, self.num_workers))
 
 
-class ShardLoader(wds.WebLoader):
-    """webdataset's WebLoader over a ShardStream, which knows its epoch length and can move to another epoch."""
+class EpochStream(Protocol):
+    """A stream that knows its epoch length and can move to another epoch: a :class:`ShardStream`, or the elastic
+    order's stream (:mod:`data_pipelines.elastic`)."""
 
-    def __init__(self, stream: ShardStream, num_workers: int, pin_memory: bool) -> None:
+    cfg: StreamConfig
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None: ...
+
+    def epoch_batches(self) -> int | None: ...
+
+
+class ShardLoader(wds.WebLoader):
+    """webdataset's WebLoader over an epoch stream, which knows its epoch length and can move to another epoch."""
+
+    def __init__(self, stream: EpochStream, num_workers: int, pin_memory: bool) -> None:
         # Its own generator: DataLoader draws a base seed per iteration, which must not advance the caller's
         # generator (a resumed run would otherwise see different model randomness); our workers never use it.
         generator = torch.Generator().manual_seed(stream.cfg.seed)

@@ -240,9 +240,9 @@ def fit_and_test(
     log.info("%s on %s (%d images): %s", mode["name"], task.name, fit_split.num_samples, plan.describe())
     if fit_mode.frozen_backbone and mode["cache_features"]:
         cache_training_features(trainer, module, data)
-    # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
     checkpoint = resume_checkpoint(trainer, resume, run_dir, config["trainer"]["universal_checkpoint_wait_s"])
     with frozen_parts_expected() if fit_mode.frozen_backbone else contextlib.nullcontext():
+        # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
         trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=False)
     if stopped_by_signal(trainer) is not None:
         return None
