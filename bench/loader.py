@@ -116,7 +116,9 @@ def stream_loader(shards: Path, size: int, batch_size: int, workers: int, normal
             batch_size,
             workers,
             "mae",
-            augment=TransformOptions(size, CROP_SCALE, CROP_RATIO, eval_crop_fraction=None, randaugment=None),
+            augment=TransformOptions(
+                size, CROP_SCALE, CROP_RATIO, eval_crop_fraction=None, randaugment=None, intensity_scale=None, bands=None
+            ),
             mean=MEAN,
             std=STD,
             seed=0,

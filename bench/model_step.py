@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pretrain.models.mae import MaskedAutoencoder, patchify
-from pretrain.models.vit import create_vit, sincos_pos_embed_2d
+from pretrain.models.vit import create_vit, sincos_pos_embed
 
 # Encoder preset, image size, patch size, decoder (dim, depth, heads), default batch.
 CONFIGS = {
@@ -52,12 +52,12 @@ class TimmBlockMAE(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, 3, dim)
         grid = self.patch_embed.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(dim, grid).unsqueeze(0), requires_grad=False)
+        self.pos_embed = nn.Parameter(sincos_pos_embed(dim, grid).unsqueeze(0), requires_grad=False)
         self.blocks = nn.ModuleList(Block(dim, heads, 4.0, qkv_bias=True) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.decoder_embed = nn.Linear(dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.decoder_pos_embed = nn.Parameter(sincos_pos_embed_2d(decoder_dim, grid).unsqueeze(0), requires_grad=False)
+        self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(decoder_dim, grid).unsqueeze(0), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
             Block(decoder_dim, decoder_heads, 4.0, qkv_bias=True) for _ in range(decoder_depth)
         )

@@ -35,7 +35,7 @@ from data_pipelines.stream import (
     StreamConfig,
     epoch_shards,
     resolve_rank,
-    shard_counts,
+    shard_facts,
 )
 from data_pipelines.transforms import Normalize, build_transform
 
@@ -141,10 +141,17 @@ class ElasticStream(torch.utils.data.IterableDataset):
     after the skipped ones, which is the order a DataLoader hands them over in."""
 
     def __init__(
-        self, cfg: StreamConfig, urls: list[str], counts: dict[str, int], accumulate: int, block_shards: int
+        self,
+        cfg: StreamConfig,
+        urls: list[str],
+        counts: dict[str, int],
+        accumulate: int,
+        block_shards: int,
+        arrays: bool,
     ) -> None:
+        """``arrays``: the samples are arrays (the manifest's format), decoded with the array transforms."""
         super().__init__()
-        self.cfg, self.urls, self.counts = cfg, urls, counts
+        self.cfg, self.urls, self.counts, self.arrays = cfg, urls, counts, arrays
         self.rank, self.world_size = resolve_rank(cfg)
         self.accumulate, self.block_shards = accumulate, block_shards
         self.global_batch = cfg.batch_size * self.world_size * accumulate
@@ -176,7 +183,7 @@ class ElasticStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         cfg = self.cfg
-        transform = build_transform(cfg.transform, cfg.augment, cfg.mean)
+        transform = build_transform(cfg.transform, cfg.augment, cfg.mean, self.arrays)
         normalize = Normalize(cfg.mean, cfg.std) if cfg.normalize else None
         decoder = BatchDecoder(transform, normalize, stable_seed(cfg.seed, self.epoch, "elastic"))
         return decoder.decode_batches(self.groups(range(self.skip_batches + worker, self.batches_per_epoch(), workers)))
@@ -217,11 +224,11 @@ def build_elastic_loader(cfg: StreamConfig, accumulate: int, block_shards: int) 
             f"data.order=elastic reads samples by position and needs local uncompressed .tar shards; {remote[0]} "
             "is not one (copy the shards to local disk, or use data.order=resampled)"
         )
-    counts = shard_counts(urls, cfg.manifest)
-    if counts is None:
+    facts = shard_facts(urls, cfg.manifest)
+    if facts.counts is None:
         raise ValueError("data.order=elastic needs the shards' manifest.json (per-shard sample counts)")
-    stream = ElasticStream(cfg, urls, counts, accumulate, block_shards)
-    total, available = sum(counts.values()), stream.available_batches
+    stream = ElasticStream(cfg, urls, facts.counts, accumulate, block_shards, facts.arrays)
+    total, available = sum(facts.counts.values()), stream.available_batches
     if available == 0:
         raise ValueError(f"the shards' {total} samples are fewer than one global batch of {stream.global_batch}")
     if cfg.batches_per_epoch is not None and cfg.batches_per_epoch > available:

@@ -9,20 +9,25 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import webdataset as wds
 
+from data_pipelines.arrays import ARRAY_FORMATS, ChannelMoments, select_channels
 from data_pipelines.shards import ShardSpec, expand_shards, local_path
+
+if TYPE_CHECKING:
+    from data_pipelines.sources.base import EncodedImage
 
 MANIFEST_NAME = "manifest.json"
 
 
 @dataclass
 class ShardStats:
-    """Sample count, bytes and image-size range of one shard, accumulated while it is written."""
+    """Sample count, bytes, size range (and for arrays channel moments) of one shard, accumulated while written."""
 
     file: str
     count: int = 0
@@ -33,30 +38,79 @@ class ShardStats:
     height_min: int = 0
     height_max: int = 0
     height_sum: int = 0
+    depth_min: int = 0  # volumes only (0 for images)
+    depth_max: int = 0
+    depth_sum: int = 0
+    channels: int = 0
+    moment_count: float = 0.0  # arrays: per-channel sums of values and squares (data_pipelines.arrays)
+    channel_sums: list[float] = field(default_factory=list)
+    channel_squares: list[float] = field(default_factory=list)
 
-    def add(self, width: int, height: int, size: int) -> None:
+    def add(self, image: EncodedImage) -> None:
         first = self.count == 0
-        self.width_min = width if first else min(self.width_min, width)
-        self.height_min = height if first else min(self.height_min, height)
-        self.width_max = max(self.width_max, width)
-        self.height_max = max(self.height_max, height)
-        self.width_sum += width
-        self.height_sum += height
-        self.bytes += size
+        for axis, size in (("width", image.width), ("height", image.height), ("depth", image.depth or 0)):
+            setattr(self, f"{axis}_min", size if first else min(getattr(self, f"{axis}_min"), size))
+            setattr(self, f"{axis}_max", max(getattr(self, f"{axis}_max"), size))
+            setattr(self, f"{axis}_sum", getattr(self, f"{axis}_sum") + size)
+        if not first and image.channels != self.channels:
+            raise ValueError(f"a sample with {image.channels} channels in a shard of {self.channels}-channel samples")
+        self.channels = image.channels
+        if image.moments is not None:
+            self.moments_add(image.moments)
+        self.bytes += len(image.data)
         self.count += 1
+
+    def moments(self) -> ChannelMoments:
+        return ChannelMoments(self.moment_count, list(self.channel_sums), list(self.channel_squares))
+
+    def moments_add(self, moments: ChannelMoments) -> None:
+        total = self.moments()
+        total.add(moments)
+        self.moment_count, self.channel_sums, self.channel_squares = total.count, total.sums, total.squares
 
 
 def image_size_summary(shards: list[ShardStats]) -> dict[str, dict[str, float]]:
-    """Min, max and mean width and height over all samples of `shards`."""
+    """Min, max and mean width and height (and depth, for volumes) over all samples of `shards`."""
     total = sum(shard.count for shard in shards)
+    volumes = any(shard.depth_max for shard in shards)
     return {
         axis: {
             "min": min(getattr(shard, f"{axis}_min") for shard in shards),
             "max": max(getattr(shard, f"{axis}_max") for shard in shards),
             "mean": round(sum(getattr(shard, f"{axis}_sum") for shard in shards) / total, 2),
         }
-        for axis in ("width", "height")
+        for axis in ("width", "height", *(("depth",) if volumes else ()))
     }
+
+
+def channel_statistics(shards: list[ShardStats]) -> dict[str, list[float]] | None:
+    """Per-channel mean and std over every value of the arrays in `shards` (None for encoded images)."""
+    total = ChannelMoments()
+    for shard in shards:
+        if shard.moment_count:
+            total.add(shard.moments())
+    if not total.count:
+        return None
+    mean, std = total.mean_std()
+    return {"mean": mean, "std": std, "values_per_channel": total.count}
+
+
+def channel_normalization(found: dict[str, Any], bands: Sequence[int] | None) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std of array shards (``found`` from :func:`read_manifest`), of ``bands`` only when
+    given; the statistics of several manifests are pooled exactly (weighted by their number of values)."""
+    stats = [manifest.get("channel_stats") for manifest in found["manifests"].values()]
+    if any(entry is None for entry in stats):
+        raise ValueError(
+            "the shards' manifest has no channel statistics (encoded images, or written by an older version): "
+            "set data.mean and data.std"
+        )
+    total = ChannelMoments()
+    for entry in stats:
+        count = entry["values_per_channel"]
+        squares = [count * (s * s + m * m) for m, s in zip(entry["mean"], entry["std"], strict=True)]
+        total.add(ChannelMoments(count, [count * m for m in entry["mean"]], squares))
+    mean, std = total.mean_std()
+    return list(select_channels(mean, bands)), list(select_channels(std, bands))
 
 
 def shard_stats_from_json(entries: list[dict[str, Any]]) -> list[ShardStats]:
@@ -81,9 +135,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def read_manifest(shards: ShardSpec, manifest: str | None = None) -> dict[str, Any]:
     """Counts and classes of the shards `shards` selects.
 
-    Returns `{"total", "counts" (url -> samples), "classes" (names or None), "num_classes", "manifests"
-    (location -> full manifest)}`. The manifest is looked for beside each shard unless `manifest` names one
-    (needed for `pipe:` URLs, whose folder cannot be derived).
+    Returns `{"total", "counts" (url -> samples), "classes" (names or None), "num_classes", "arrays" (the samples
+    are arrays, not encoded images), "manifests" (location -> full manifest)}`. The manifest is looked for beside
+    each shard unless `manifest` names one (needed for `pipe:` URLs, whose folder cannot be derived).
     """
     urls = expand_shards(shards)
     locations = {url: manifest or _manifest_beside(url) for url in urls}
@@ -95,6 +149,7 @@ def read_manifest(shards: ShardSpec, manifest: str | None = None) -> dict[str, A
         "counts": counts,
         "classes": classes,
         "num_classes": None if classes is None else len(classes),
+        "arrays": _stores_arrays(manifests),
         "manifests": manifests,
     }
 
@@ -125,6 +180,13 @@ def _count_of(url: str, location: str, manifest: dict[str, Any]) -> int:
     if name not in counts:
         raise ValueError(f"shard {url} is not listed in {location}: was it written by another conversion?")
     return counts[name]
+
+
+def _stores_arrays(manifests: dict[str, dict[str, Any]]) -> bool:
+    kinds = {location: manifest.get("format") in ARRAY_FORMATS for location, manifest in manifests.items()}
+    if len(set(kinds.values())) > 1:
+        raise ValueError(f"the selected shards mix arrays and encoded images ({', '.join(kinds)}): stream them apart")
+    return next(iter(kinds.values()))
 
 
 def _common_classes(manifests: dict[str, dict[str, Any]]) -> list[str] | None:

@@ -44,7 +44,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.distributed
@@ -63,7 +63,7 @@ from data_pipelines.transforms import (
     Normalize,
     TransformOptions,
     build_transform,
-    open_image,
+    open_input,
     read_label,
 )
 from data_pipelines.worker_signals import ignore_stop_signals
@@ -269,7 +269,7 @@ class BatchDecoder:
         try:
             label = read_label(sample)
             with seeded_rng(stable_seed(self.seed, sample["__position__"])):
-                image = self.transform(open_image(sample))
+                image = self.transform(open_input(sample))
         except CORRUPT_SAMPLE_ERRORS as error:
             logger.warning("skipping corrupt sample %s of %s: %s", sample.get("__key__"), sample.get("__url__"), error)
             return None
@@ -279,15 +279,14 @@ class BatchDecoder:
 class ShardStream(torch.utils.data.IterableDataset):
     """The per-worker pipeline. Picklable: each dataloader worker builds its own stages from it in `__iter__`."""
 
-    def __init__(
-        self, cfg: StreamConfig, urls: list[str], rank: int, world_size: int, counts: dict[str, int] | None
-    ) -> None:
+    def __init__(self, cfg: StreamConfig, urls: list[str], rank: int, world_size: int, facts: ShardFacts) -> None:
         super().__init__()
         self.cfg = cfg
         self.urls = urls
         self.rank = rank
         self.world_size = world_size
-        self.counts = counts
+        self.counts = facts.counts
+        self.arrays = facts.arrays
         self.num_workers = max(1, cfg.num_workers)
         self.set_epoch(cfg.epoch, cfg.skip_batches)
 
@@ -328,7 +327,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         counter = CorruptCounter(counts_known=self.counts is not None)
         seed = stable_seed(cfg.seed, self.epoch, self.rank, role)
         shuffle = wds.shuffle(cfg.shuffle_buffer, seed=stable_seed(seed, "samples")) if cfg.shuffle_buffer > 1 else None
-        transform = build_transform(cfg.transform, cfg.augment, cfg.mean)
+        transform = build_transform(cfg.transform, cfg.augment, cfg.mean, self.arrays)
         keep = cfg.holdout.keeps_sample if cfg.holdout is not None else None
         return wds.DataPipeline(
             self.shard_source(role, seed),
@@ -403,22 +402,30 @@ def build_loader(cfg: StreamConfig) -> ShardLoader:
             f"{len(urls)} shards cannot feed {world_size} ranks x {max(1, cfg.num_workers)} workers without leaving "
             "some empty: write smaller shards (write_shards --max-count), lower num_workers, or use resampled=True"
         )
-    counts = shard_counts(urls, cfg.manifest)
-    stream = ShardStream(cfg, urls, rank, world_size, counts)
+    stream = ShardStream(cfg, urls, rank, world_size, shard_facts(urls, cfg.manifest))
     check_equal_epochs(cfg, stream, world_size)
     return ShardLoader(stream, cfg.num_workers, cfg.pin_memory)
 
 
-def shard_counts(urls: list[str], manifest: str | None) -> dict[str, int] | None:
-    """Per-shard sample counts from the manifest, or None when the shards have none (epoch length unknown)."""
+class ShardFacts(NamedTuple):
+    """What the manifest tells a stream: per-shard sample counts (None without a manifest: epoch length unknown)
+    and whether the samples are arrays (N channels, volumes; no manifest: encoded images)."""
+
+    counts: dict[str, int] | None
+    arrays: bool
+
+
+def shard_facts(urls: list[str], manifest: str | None) -> ShardFacts:
+    """The :class:`ShardFacts` of ``urls`` from their manifest(s), when there are any."""
     if manifest is None and any(local_path(url) is None for url in urls):
-        return None
+        return ShardFacts(None, False)
     try:
-        return read_manifest(urls, manifest)["counts"]
+        found = read_manifest(urls, manifest)
     except FileNotFoundError:
         if manifest is not None:
             raise
-        return None
+        return ShardFacts(None, False)
+    return ShardFacts(found["counts"], found["arrays"])
 
 
 def check_equal_epochs(cfg: StreamConfig, stream: ShardStream, world_size: int) -> None:

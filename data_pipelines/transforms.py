@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,10 @@ from torchvision import transforms as transforms_v1
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from data_pipelines.array_transforms import ARRAY_TRANSFORMS
+from data_pipelines.arrays import array_member, decode_array
 from data_pipelines.registry import lookup
+from data_pipelines.transform_options import TransformOptions
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TIMM_TRANSLATE_FRACTION = 0.45  # timm's create_transform: RandAugment translates by up to 45 % of the side
@@ -39,44 +41,9 @@ TIMM_MAGNITUDE_MAX = 9.999
 CORRUPT_SAMPLE_ERRORS = (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError)
 DCT_REDUCTIONS = (8, 4, 2)
 
-ImageTransform = Callable[[Image.Image], torch.Tensor]  # lazily opened image -> uint8 [3, S, S]
+# lazily opened image -> uint8 [3, S, S]; or, for arrays, float32 [C, *spatial] -> float32 [C, S, S(, S)]
+ImageTransform = Callable[[Image.Image | torch.Tensor], torch.Tensor]
 Box = tuple[float, float, float, float]  # left, top, width, height in pixels of the stored image
-
-
-@dataclass(frozen=True)
-class TransformOptions:
-    """How a transform crops, resizes and augments; the apps fill it from their config (no defaults here).
-
-    A transform that does not use a field gets None for it: the eval transform takes no crop ranges, the
-    training transforms no eval crop.
-    """
-
-    image_size: int  # output side in pixels
-    crop_scale: tuple[float, float] | None  # training crops: area fraction range of RandomResizedCrop
-    crop_ratio: tuple[float, float] | None  # training crops: aspect-ratio range of RandomResizedCrop
-    eval_crop_fraction: float | None  # eval: the centre crop's share of the resized shorter side (1: whole image)
-    randaugment: str | None  # supervised transform: a timm RandAugment policy (rand-m9-mstd0.5-inc1); None: off
-
-    def __post_init__(self) -> None:
-        if self.randaugment is not None and not str(self.randaugment).startswith("rand"):
-            raise ValueError(
-                f"randaugment takes a timm RandAugment policy such as rand-m9-mstd0.5-inc1, or null "
-                f"(off); got {self.randaugment!r}"
-            )
-        for name in ("crop_scale", "crop_ratio"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
-        if self.eval_crop_fraction is not None and not 0 < self.eval_crop_fraction <= 1:
-            raise ValueError(f"eval_crop_fraction must be in (0, 1], got {self.eval_crop_fraction}")
-
-    def required(self, name: str, transform: str) -> Any:
-        """The field ``name``, which the ``transform`` transform cannot do without."""
-        value = getattr(self, name)
-        if value is None:
-            raise ValueError(f"the {transform} transform needs {name}; it is None in {self}")
-        return value
 
 
 def open_image(sample: dict[str, Any]) -> Image.Image:
@@ -85,6 +52,17 @@ def open_image(sample: dict[str, Any]) -> Image.Image:
         if extension in sample:
             return Image.open(io.BytesIO(sample[extension]))
     raise KeyError(f"sample {sample.get('__key__')} has no image member ({', '.join(IMAGE_EXTENSIONS)})")
+
+
+def open_input(sample: dict[str, Any]) -> Image.Image | torch.Tensor:
+    """The sample's image (lazily opened) or, for array samples, its values as a float32 ``[C, *spatial]``."""
+    member = array_member(sample)
+    if member is None:
+        return open_image(sample)
+    array = decode_array(sample[member], member)
+    if array.ndim not in (3, 4):
+        raise ValueError(f"sample {sample.get('__key__')}: array of shape {array.shape}, not [C, H, W] or [C, D, H, W]")
+    return torch.from_numpy(array.astype(np.float32, copy=False))
 
 
 def read_label(sample: dict[str, Any]) -> int:
@@ -205,18 +183,37 @@ TRANSFORMS: dict[str, Callable[[TransformOptions, Sequence[float]], ImageTransfo
 }
 
 
-def build_transform(name: str, options: TransformOptions, mean: Sequence[float]) -> ImageTransform:
-    """The per-image transform ``name``; ``mean`` (the normalization mean) is RandAugment's fill colour."""
+def build_transform(
+    name: str, options: TransformOptions, mean: Sequence[float], arrays: bool = False
+) -> ImageTransform:
+    """The per-image transform ``name``, of images or (``arrays``) of array tensors (:mod:`array_transforms`);
+    ``mean`` (the normalization mean) is RandAugment's fill colour."""
+    if arrays:
+        return lookup(ARRAY_TRANSFORMS, name, "transform")(options)
     return lookup(TRANSFORMS, name, "transform")(options, mean)
 
 
 class Normalize:
-    """uint8 [B, 3, S, S] -> float32 (x / 255 - mean) / std, in two in-place passes, on the batch's device."""
+    """Per channel ``(x - mean) / std`` in float32, in two in-place passes, on the batch's device.
+
+    uint8 batches ``[B, C, H, W]`` are 0-255 pixels, taken to [0, 1] first (mean/std in [0, 1] units, the
+    ImageNet convention); float batches (arrays, ``[B, C, *spatial]``) are normalized in their stored units.
+    """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        std_tensor = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.scale = 1 / (255 * std_tensor)
-        self.shift = -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_tensor
+        if len(mean) != len(std):
+            raise ValueError(f"mean has {len(mean)} channels, std {len(std)}")
+        self.std = torch.tensor(std, dtype=torch.float32)
+        self.mean = torch.tensor(mean, dtype=torch.float32)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float().mul_(self.scale.to(images.device)).add_(self.shift.to(images.device))
+        if images.shape[1] != len(self.mean):
+            raise ValueError(
+                f"batch of {images.shape[1]} channels normalized with {len(self.mean)}-channel mean/std: set "
+                "data.mean/data.std (null: the shards' channel statistics) to one value per channel"
+            )
+        shape = (1, -1) + (1,) * (images.ndim - 2)
+        pixel = 255.0 if images.dtype == torch.uint8 else 1.0
+        scale = (1 / (pixel * self.std)).view(shape).to(images.device)
+        shift = (-self.mean / self.std).view(shape).to(images.device)
+        return images.float().mul_(scale).add_(shift)

@@ -12,6 +12,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from data_pipelines.arrays import ARRAY_FORMATS
 from data_pipelines.sources import SOURCES, get_source, resolve_split
 from data_pipelines.sources.base import ENCODINGS, Source, SourceRequest
 from data_pipelines.sources.vtab import resolve_task
@@ -33,7 +34,8 @@ def write_shards(
 ) -> dict[str, Any]:
     """Write one split of `source` under `root` as shards in `out`; returns the manifest (also in out/manifest.json).
 
-    ``write_options`` are :class:`WriteOptions` fields (``max_count``, ``image_format``, ``workers``, ...).
+    ``write_options`` are :class:`WriteOptions` fields (``max_count``, ``image_format``, ``workers``, ...); an
+    ``image_format`` left out or None is the source's: ``npy``/``npz`` for arrays, else the writer's default.
     """
     spec = get_source(source)
     split = resolve_split(spec, split)
@@ -41,6 +43,8 @@ def write_shards(
         raise ValueError(f"--task is required by the vtab source and only by it (source {source!r}, task {task!r})")
     task = None if task is None else resolve_task(task).name
     listing = spec.load(SourceRequest(Path(root), split, task))
+    if write_options.get("image_format") is None:  # the source's own kind: arrays (npy/npz) or images (png)
+        write_options["image_format"] = spec.array_format or WRITE_DEFAULTS["image_format"]
     options = WriteOptions(name=name or default_name(spec, split, task), **write_options)
     provenance = {"source": source, "root": str(Path(root).resolve()), "split": split, "task": task}
     return write_listing(listing, Path(out), options, provenance)
@@ -61,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sources = "\n".join(f"  {name:17s} {source.summary}\n{describe_layout(source)}" for name, source in SOURCES.items())
     parser = argparse.ArgumentParser(
         prog="python -m data_pipelines.write_shards",
-        description="Convert a dataset into WebDataset shards NAME-%06d.tar (key.jpg|png|webp + key.cls) "
+        description="Convert a dataset into WebDataset shards NAME-%06d.tar (key.jpg|png|webp|npy|npz + key.cls) "
         "with a manifest.json beside them. Encoded files (JPEG/PNG/WebP) keep their original bytes; "
         "arrays and other formats are encoded in --format. Re-running the same command resumes an "
         "interrupted conversion; existing shards from anything else are never mixed in (see --overwrite).",
@@ -69,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m data_pipelines.write_shards cifar10 --root ~/data --split train --out shards/cifar10-train\n"
         "  python -m data_pipelines.write_shards imagefolder --root ~/photos --split train --out shards/photos\n"
         "  python -m data_pipelines.write_shards vtab --root ~/vtab-1k --task cifar --split train800val200 "
-        "--out shards/vtab-cifar",
+        "--out shards/vtab-cifar\n"
+        "  python -m data_pipelines.write_shards geotiff_folder --root ~/EuroSAT_MS --out shards/eurosat-ms\n"
+        "  python -m data_pipelines.write_shards medmnist --root ~/organmnist3d.npz --split train --out shards/organ3d",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", choices=list(SOURCES), help="which layout to read (see 'sources' below)")
@@ -90,9 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--format",
         dest="image_format",
-        choices=list(ENCODINGS),
-        default=WRITE_DEFAULTS["image_format"],
-        help="encoding for images that are not already JPEG/PNG/WebP files (default %(default)s)",
+        choices=[*ENCODINGS, *ARRAY_FORMATS],
+        default=None,
+        help=f"encoding for images that are not already JPEG/PNG/WebP files (default {WRITE_DEFAULTS['image_format']});"
+        " arrays (N channels, volumes): npy or npz (compressed), default the source's own",
     )
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="encoding processes (default: all cores)"

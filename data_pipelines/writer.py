@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import multiprocessing
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,9 +24,11 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from data_pipelines.arrays import ARRAY_FORMATS
 from data_pipelines.manifest import (
     MANIFEST_NAME,
     ShardStats,
+    channel_statistics,
     image_size_summary,
     read_json,
     shard_stats_from_json,
@@ -52,7 +55,7 @@ class WriteOptions:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        check_name(self.image_format, ENCODINGS, "image format")
+        check_name(self.image_format, [*ENCODINGS, *ARRAY_FORMATS], "image format")
         if self.max_count < 1 or self.max_size < 1:
             raise ValueError(f"max_count and max_size must be positive, got {self.max_count} and {self.max_size}")
 
@@ -92,6 +95,11 @@ def write_listing(listing: Listing, out_dir: Path, options: WriteOptions, proven
     """Write `listing` into shards under `out_dir` (resuming or refusing as the module says); return the manifest."""
     if not listing.items:
         raise ValueError(f"no images to write from {provenance}")
+    if listing.arrays != (options.image_format in ARRAY_FORMATS):
+        kind, formats = ("arrays", ARRAY_FORMATS) if listing.arrays else ("images", tuple(ENCODINGS))
+        raise ValueError(
+            f"{provenance.get('source')} holds {kind}: store them as {' or '.join(formats)}, not {options.image_format}"
+        )
     settings = {**provenance, **asdict(options), "items": len(listing.items)}
     del settings["workers"], settings["overwrite"]  # they change how, not what, is written
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,6 +157,9 @@ def build_manifest(
         "classes": listing.classes,
         "num_classes": None if listing.classes is None else len(listing.classes),
         "shards": [{"file": shard.file, "count": shard.count, "bytes": shard.bytes} for shard in progress.shards],
+        "channels": progress.shards[0].channels,
+        "spatial_dims": 3 if any(shard.depth_max for shard in progress.shards) else 2,
+        "channel_stats": channel_statistics(progress.shards),
         "image_size": image_size_summary(progress.shards),
         "skipped": {"count": progress.skipped_count, "examples": progress.skipped_examples},
         "settings": progress.settings,
@@ -186,7 +197,7 @@ class _ShardRecorder:
         self.current = ShardStats(file="")
 
     def add(self, image: EncodedImage) -> None:
-        self.current.add(image.width, image.height, len(image.data))
+        self.current.add(image)
 
     def skip(self, item: UnreadableItem) -> None:
         self.progress.skipped_count += 1
@@ -235,8 +246,11 @@ def _write_remaining(listing: Listing, out_dir: Path, options: WriteOptions, pro
 
 
 def tar_sample(sample: EncodedSample) -> dict[str, Any]:
-    """The tar members of one sample: `key.<ext>` and, when labeled, `key.cls` holding the decimal label."""
+    """The tar members of one sample: `key.<ext>`, when labeled `key.cls` holding the decimal label, and `key.json`
+    when the sample has metadata (a volume's spacing)."""
     members: dict[str, Any] = {"__key__": sample.key, sample.image.extension: sample.image.data}
     if sample.label is not None:
         members["cls"] = str(sample.label).encode()
+    if sample.image.metadata:
+        members["json"] = json.dumps(sample.image.metadata, sort_keys=True).encode()
     return members

@@ -18,16 +18,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import lightning as L
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 from webdataset.tariterators import base_plus_ext
 
+from data_pipelines.arrays import ChannelMoments, select_channels
 from data_pipelines.holdout import HoldOut, KeySelection
-from data_pipelines.manifest import read_manifest
+from data_pipelines.manifest import channel_normalization, read_manifest
 from data_pipelines.seeding import seeded_rng, stable_seed
 from data_pipelines.shards import expand_shards, local_path
-from data_pipelines.sources.base import Item
+from data_pipelines.sources.base import Item, Listing, is_array_item
 from data_pipelines.stream import StreamConfig, build_loader
 from data_pipelines.transforms import ImageTransform, Normalize, TransformOptions, build_transform
 from data_pipelines.worker_signals import ignore_stop_signals
@@ -46,8 +48,8 @@ class LoaderSpec:
     options: TransformOptions
     batch_size: int  # per device
     num_workers: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     seed: int
     shuffle_buffer: int  # shard tasks: samples shuffled in memory while training
     pin_memory: bool
@@ -74,9 +76,26 @@ class TaskSplit(Protocol):
         """The typical shorter side of the stored images, in pixels."""
         ...
 
+    @property
+    def arrays(self) -> bool:
+        """Whether the images are arrays (N channels, volumes) rather than encoded RGB images."""
+        ...
+
+    def channel_normalization(self, bands: Sequence[int] | None) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the split's arrays (of ``bands`` only, when given)."""
+        ...
+
+
+def open_item(item: Item) -> Image.Image | torch.Tensor:
+    """An item's image as the transforms take it: its own bytes opened lazily (a JPEG stays a JPEG, so the
+    reduced-size decoding applies), or an array item's values as float32 ``[C, *spatial]``."""
+    if is_array_item(item):
+        return torch.from_numpy(item.load()[0].astype(np.float32, copy=False))
+    return Image.open(io.BytesIO(item.encode("png").data))
+
 
 class ItemDataset(Dataset):
-    """Items of an official-format listing (files or decoded arrays) -> (uint8 [3, S, S], label).
+    """Items of an official-format listing (files or decoded arrays) -> (uint8 [3, S, S] or float array, label).
 
     Each item's augmentation draws from its own seed, ``(seed, index)``: a resumed epoch that skips its first
     batches gives the rest the same pixels as an uninterrupted one, whichever worker decodes them.
@@ -92,8 +111,7 @@ class ItemDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         item = self.items[index]
-        # The item's own bytes (a JPEG stays a JPEG, so the transforms' reduced-size decoding applies).
-        image = Image.open(io.BytesIO(item.encode("png").data))
+        image = open_item(item)
         with seeded_rng(stable_seed(self.seed, index)):
             return self.transform(image), item.label, item.key
 
@@ -121,6 +139,20 @@ class ListingSplit:
         self.classes = classes
         self.num_samples = len(self.items)
 
+    @property
+    def arrays(self) -> bool:
+        return Listing(self.items, self.classes).arrays
+
+    def channel_normalization(self, bands: Sequence[int] | None) -> tuple[list[float], list[float]]:
+        """Computed over every array of the split (one read of each file)."""
+        if not self.arrays:
+            raise ValueError("channel statistics are computed for arrays; encoded images use configured mean/std")
+        moments = ChannelMoments()
+        for item in self.items:
+            moments.add(ChannelMoments.of(item.load()[0]))
+        mean, std = moments.mean_std()
+        return list(select_channels(mean, bands)), list(select_channels(std, bands))
+
     def max_label(self) -> int:
         labels = [item.label for item in self.items]
         if any(label is None for label in labels):
@@ -128,7 +160,7 @@ class ListingSplit:
         return max(labels)
 
     def loader(self, spec: LoaderSpec, rank: int, world_size: int, epoch: int, skip_batches: int = 0) -> DataLoader:
-        transform = build_transform(spec.transform, spec.options, spec.mean)
+        transform = build_transform(spec.transform, spec.options, spec.mean, self.arrays)
         dataset = ItemDataset(self.items, transform, stable_seed(spec.seed, epoch))
         if spec.training:
             shuffled = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=spec.seed, drop_last=True)
@@ -167,6 +199,7 @@ class ShardSplit:
         self.urls = expand_shards(list(shards))
         manifest = read_manifest(self.urls)
         self.classes = manifest["classes"]
+        self.arrays = manifest["arrays"]
         self.selection = selection
         self.num_samples = manifest["total"] if num_samples is None else num_samples
 
@@ -181,6 +214,10 @@ class ShardSplit:
         """The smallest mean shorter side over the shards' manifests (the writer records image sizes)."""
         manifests = read_manifest(self.urls)["manifests"].values()
         return min(min(m["image_size"]["width"]["mean"], m["image_size"]["height"]["mean"]) for m in manifests)
+
+    def channel_normalization(self, bands: Sequence[int] | None) -> tuple[list[float], list[float]]:
+        """From the manifest's statistics, which the writer accumulated over every value."""
+        return channel_normalization(read_manifest(self.urls), bands)
 
     def max_label(self) -> int:
         if self.classes is None:
@@ -328,13 +365,14 @@ def loader_specs(
         shuffle_buffer=config["shuffle_buffer"],
         pin_memory=config["pin_memory"],
     )
-    eval_options = TransformOptions(image_size, None, None, eval_crop_fraction, None)
+    bands = config["bands"]
+    eval_options = TransformOptions(image_size, None, None, eval_crop_fraction, None, None, bands)
     eval_spec = LoaderSpec("eval", eval_options, training=False, **common)
     if "train_transform" not in mode:
         return eval_spec, None
     if not config["task"]["augment"]:
         return eval_spec, LoaderSpec("eval", eval_options, training=True, **common)
     options = TransformOptions(
-        image_size, mode["crop_scale"], mode["crop_ratio"], eval_crop_fraction, mode["randaugment"]
+        image_size, mode["crop_scale"], mode["crop_ratio"], eval_crop_fraction, mode["randaugment"], None, bands
     )
     return eval_spec, LoaderSpec(mode["train_transform"], options, training=True, **common)

@@ -101,9 +101,18 @@ def downstream_plan(config: Mapping[str, Any], mode: Mapping[str, Any], split: T
     return plan
 
 
-def normalization(config: Mapping[str, Any], meta: BackboneMeta) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The backbone's own pretraining mean/std, else the configured ones (timm/HF weights, random init)."""
-    return tuple(meta.mean or config["mean"]), tuple(meta.std or config["std"])
+def normalization(
+    config: Mapping[str, Any], meta: BackboneMeta, train: TaskSplit
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The backbone's own pretraining mean/std; without them (timm/HF weights, random init, weights adapted to
+    another channel count) the training split's channel statistics for arrays, else the configured ones."""
+    if meta.mean is not None and meta.std is not None:
+        return tuple(meta.mean), tuple(meta.std)
+    if train.arrays:
+        mean, std = train.channel_normalization(config["bands"])
+        log.info("normalizing with the training split's channel statistics: mean %s, std %s", mean, std)
+        return tuple(mean), tuple(std)
+    return tuple(config["mean"]), tuple(config["std"])
 
 
 # ---- feature modes ------------------------------------------------------------------------------------------
@@ -116,7 +125,7 @@ def feature_tables(
     config, task = context.config, context.task
     backbone, meta = context.load_backbone()
     image_size = backbone.patch_embed.img_size
-    eval_spec, _ = loader_specs(config, task.eval_crop_fraction, image_size, *normalization(config, meta))
+    eval_spec, _ = loader_specs(config, task.eval_crop_fraction, image_size, *normalization(config, meta, task.train))
     plan = downstream_plan(config, config["mode"], task.train, trains=False)
     trainer = build_trainer(
         config["trainer"],
@@ -220,7 +229,9 @@ def fit_and_test(
     seed_all(stable_seed(config["seed"], "fit", str(run_dir.relative_to(context.run_dir))))
     backbone, meta = context.load_backbone()
     image_size = backbone.patch_embed.img_size
-    eval_spec, train_spec = loader_specs(config, task.eval_crop_fraction, image_size, *normalization(config, meta))
+    eval_spec, train_spec = loader_specs(
+        config, task.eval_crop_fraction, image_size, *normalization(config, meta, task.train)
+    )
     plan = downstream_plan(config, mode, fit_split, trains=True)
     run = DownstreamRun(task.num_classes, plan, config["seed"], meta, config["trainer"]["max_bad_steps"])
     module = fit_mode.build(backbone, mode, run)

@@ -61,11 +61,16 @@ def load_pretrained(config: Mapping[str, Any]) -> tuple[VisionTransformer, Backb
         options = {**backbone_options(model), **options}
     if config["image_size"]:
         options["img_size"] = config["image_size"]
+    if config["in_chans"]:
+        options["in_chans"] = config["in_chans"]
     if config["ckpt"] is None:
         if not model:
             raise ValueError("ckpt=null (the randomly initialized baseline) needs an architecture: add model=vit_base")
-        return VisionTransformer(**options), BackboneMeta.for_architecture(options)
-    return load_backbone(Path(config["ckpt"]).expanduser(), options)
+        backbone = VisionTransformer(**options)
+        if config["bands"] is not None and options.get("channel_tokens"):
+            backbone.patch_embed.select_channels(config["bands"])
+        return backbone, BackboneMeta.for_architecture(options)
+    return load_backbone(Path(config["ckpt"]).expanduser(), options, bands=config["bands"])
 
 
 def record(results: dict[str, Any], trainer: L.Trainer, run_dir: Path) -> None:

@@ -23,9 +23,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from data_pipelines.demo import ensure_demo_shards
-from data_pipelines.manifest import read_manifest
+from data_pipelines.manifest import channel_normalization, read_manifest
+from pretrain.engine.architecture import backbone_options
 from pretrain.engine.backbone_io import export_checkpoint
-from pretrain.engine.config import settings
+from pretrain.engine.config import Settings, settings
 from pretrain.engine.cpu_threads import set_cpu_threads
 from pretrain.engine.lifecycle import close_loggers, resume_checkpoint, save_final_checkpoint
 from pretrain.engine.plan import RunPlan, accumulation, devices_per_node, plan_run
@@ -56,6 +57,8 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path) -> None:
     if data["make_demo"]:
         ensure_demo_shards(data["shards"], data["image_size"])
     manifest = shard_manifest(data)
+    config = with_normalization(config, manifest)
+    data = config["data"]
     plan = pretraining_plan(config, manifest)
     log.info("%s", plan.describe())
     set_cpu_threads(config["trainer"], plan.devices)
@@ -103,6 +106,24 @@ def pretraining_plan(config: Mapping[str, Any], manifest: Mapping[str, Any]) -> 
     return plan_run(trainer, data["batch_size"], batches_per_epoch=batches, epochs=config["epochs"])
 
 
+def with_normalization(config: Settings, manifest: Mapping[str, Any]) -> Settings:
+    """``config`` with ``data.mean``/``data.std`` filled in from the shards' channel statistics when they are null
+    (array shards: one value per channel, of ``data.bands``), after checking them against ``model.in_chans``."""
+    data = dict(config["data"])
+    if data["mean"] is None or data["std"] is None:
+        if not manifest.get("manifests"):
+            raise ValueError("data.mean/data.std null takes them from the shards' manifest, and these shards have none")
+        data["mean"], data["std"] = channel_normalization(manifest, data["bands"])
+        log.info("normalizing with the shards' channel statistics: mean %s, std %s", data["mean"], data["std"])
+    in_chans = backbone_options(config["model"])["in_chans"]
+    if len(data["mean"]) != in_chans or len(data["std"]) != in_chans:
+        raise ValueError(
+            f"model.in_chans={in_chans} but data.mean/data.std have {len(data['mean'])}/{len(data['std'])} values: "
+            "give one per channel the model reads (data.bands selects channels; null takes the shards' statistics)"
+        )
+    return settings({**config, "data": data})
+
+
 def shard_manifest(data: Mapping[str, Any]) -> dict[str, Any]:
     """The shards' manifest; shards without one (``pipe:``/``http`` streams) need ``data.batches_per_epoch``."""
     try:
@@ -119,6 +140,10 @@ def shard_manifest(data: Mapping[str, Any]) -> dict[str, Any]:
 def _image_callbacks(config: Mapping[str, Any]) -> list[L.Callback]:
     logger = config["logger"]
     if config["objective"]["name"] != "mae" or not logger["log_images_every_n_steps"]:
+        return []
+    options = backbone_options(config["model"])
+    if options["in_chans"] != 3 or options["spatial_dims"] != 2 or options["channel_tokens"]:
+        log.info("no reconstruction panels: they show RGB images, and this model reads other inputs")
         return []
     data = config["data"]
     return [ReconstructionLogger(logger["log_images_every_n_steps"], data["mean"], data["std"], logger["num_images"])]

@@ -48,5 +48,7 @@ def transform_options(image_size: int, **overrides: Any) -> TransformOptions:
         "crop_ratio": data["crop_ratio"],
         "eval_crop_fraction": data["eval_crop_fraction"],
         "randaugment": composed("pretrain", "objective=supervised")["objective"]["randaugment"],
+        "intensity_scale": data["intensity_scale"],
+        "bands": data["bands"],
     }
     return TransformOptions(**{**values, **overrides})

@@ -12,11 +12,15 @@ from data_pipelines.sources.cifar import CIFAR10_SOURCE, CIFAR100_SOURCE
 from data_pipelines.sources.elpv import ELPV
 from data_pipelines.sources.folder import IMAGE_FOLDER, UNLABELED_FOLDER
 from data_pipelines.sources.oxford import FLOWERS102, PETS
+from data_pipelines.sources.science import GEOTIFF_FOLDER, MEDMNIST, NIFTI_FOLDER, NPY_FOLDER
 from data_pipelines.sources.vtab import VTAB
 
 SOURCES: dict[str, Source] = {
     source.name: source
-    for source in (IMAGE_FOLDER, UNLABELED_FOLDER, CIFAR10_SOURCE, CIFAR100_SOURCE, PETS, FLOWERS102, VTAB, ELPV)
+    for source in (
+        *(IMAGE_FOLDER, UNLABELED_FOLDER, CIFAR10_SOURCE, CIFAR100_SOURCE, PETS, FLOWERS102, VTAB, ELPV),
+        *(GEOTIFF_FOLDER, NPY_FOLDER, NIFTI_FOLDER, MEDMNIST),
+    )
 }
 
 

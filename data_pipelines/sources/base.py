@@ -7,10 +7,12 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
+
+from data_pipelines.arrays import ARRAY_FORMATS, ChannelMoments, encode_array
 
 # Formats stored as they are (their bytes are kept); anything else is re-encoded in the requested format.
 KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
@@ -19,12 +21,20 @@ ENCODINGS = {"jpg": ("JPEG", {"quality": 95}), "png": ("PNG", {}), "webp": ("WEB
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """Bytes of one image as they go into the tar, with the extension that names its format."""
+    """Bytes of one image (or array) as they go into the tar, with the extension that names its format.
+
+    Arrays also carry their shape facts and channel moments (for the manifest's statistics) and may carry
+    per-sample metadata, written beside them as ``key.json`` (a volume's voxel spacing).
+    """
 
     extension: str
     data: bytes
     width: int
     height: int
+    channels: int = 3
+    depth: int | None = None  # volumes: the first spatial axis
+    moments: ChannelMoments | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class Item(Protocol):
@@ -75,6 +85,68 @@ class ArrayItem:
         return encode_pil(Image.fromarray(self.pixels), image_format)
 
 
+def is_array_item(item: Item) -> bool:
+    """Items that are arrays (N channels, volumes) rather than RGB images: they are stored in array formats."""
+    return isinstance(item, (ArrayFileItem, InMemoryArrayItem))
+
+
+@dataclass(frozen=True)
+class ArrayFileItem:
+    """A file read into a channels-first array (``[C, H, W]`` or ``[C, D, H, W]``) by ``read``, a module-level
+    function (items are pickled to writer processes) returning the array and its per-sample metadata."""
+
+    key: str
+    label: int | None
+    path: str
+    read: Callable[[str], tuple[np.ndarray, dict[str, Any]]]
+
+    def load(self) -> tuple[np.ndarray, dict[str, Any]]:
+        return self.read(self.path)
+
+    def size(self) -> tuple[int, int]:
+        shape = self.load()[0].shape
+        return shape[-1], shape[-2]
+
+    def encode(self, image_format: str) -> EncodedImage:
+        return encode_array_sample(*self.load(), image_format)
+
+
+@dataclass(frozen=True)
+class InMemoryArrayItem:
+    """A channels-first array already in memory (a MedMNIST ``.npz`` holds a whole split in one file)."""
+
+    key: str
+    label: int | None
+    array: np.ndarray
+
+    def load(self) -> tuple[np.ndarray, dict[str, Any]]:
+        return self.array, {}
+
+    def size(self) -> tuple[int, int]:
+        return self.array.shape[-1], self.array.shape[-2]
+
+    def encode(self, image_format: str) -> EncodedImage:
+        return encode_array_sample(self.array, {}, image_format)
+
+
+def encode_array_sample(array: np.ndarray, metadata: dict[str, Any], array_format: str) -> EncodedImage:
+    """A channels-first array in an array format, with what the manifest records of it."""
+    if array_format not in ARRAY_FORMATS:
+        raise TypeError(f"arrays are stored as {' or '.join(ARRAY_FORMATS)}, not {array_format!r}")
+    if array.ndim not in (3, 4):
+        raise ValueError(f"expected a [C, H, W] or [C, D, H, W] array, got shape {array.shape}")
+    return EncodedImage(
+        array_format,
+        encode_array(array, array_format),
+        width=array.shape[-1],
+        height=array.shape[-2],
+        channels=array.shape[0],
+        depth=array.shape[1] if array.ndim == 4 else None,
+        moments=ChannelMoments.of(array),
+        metadata=metadata or None,
+    )
+
+
 def encode_pil(image: Image.Image, image_format: str) -> EncodedImage:
     pil_format, options = ENCODINGS[image_format]
     buffer = io.BytesIO()
@@ -101,6 +173,11 @@ class Listing:
     items: list[Item]
     classes: list[str] | None
 
+    @property
+    def arrays(self) -> bool:
+        """Whether the items are arrays (then stored as npy/npz and decoded as tensors)."""
+        return bool(self.items) and is_array_item(self.items[0])
+
 
 @dataclass(frozen=True)
 class SourceRequest:
@@ -121,6 +198,7 @@ class Source:
     splits: tuple[str, ...] | None  # None: any sub-folder name, or the root itself when no split is given
     load: Callable[[SourceRequest], Listing]
     needs_task: bool = False
+    array_format: str | None = None  # sources of arrays: their default storage (npy | npz); None: images
 
 
 def require_files(paths: Iterable[Path], source: str) -> None:

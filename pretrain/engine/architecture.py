@@ -48,6 +48,17 @@ def classifier_flops_per_batch(options: Mapping[str, Any], batch_size: int) -> i
     on the meta device (no memory, no compute): what MFU is measured against."""
     with torch.device("meta"):
         model = VisionTransformer(**options)
-        side = model.patch_embed.img_size
-        images = torch.empty(batch_size, model.patch_embed.proj.in_channels, side, side)
+        images = torch.empty(batch_size, *input_shape(model))
     return measure_flops(model, lambda: model(images), lambda logits: logits.sum())
+
+
+def input_shape(model: VisionTransformer) -> tuple[int, ...]:
+    """``(C, *spatial)`` of one input of ``model``: ``(3, 224, 224)``, ``(13, 64, 64)``, ``(1, 32, 32, 32)``."""
+    return (model.patch_embed.in_chans, *model.patch_embed.image_shape)
+
+
+def patch_tokens(options: Mapping[str, Any]) -> int:
+    """Patch tokens of one input of ``VisionTransformer(**options)`` (channel tokens: one per channel per patch)."""
+    with torch.device("meta"):
+        model = VisionTransformer(**options)
+        return model.patch_embed(torch.empty(1, *input_shape(model))).shape[1]

@@ -9,8 +9,9 @@ that travels with the weights is :class:`~pretrain.engine.metadata.BackboneMeta`
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from data_pipelines.arrays import select_channels
 from pretrain.engine.checkpoints import read_checkpoint
 from pretrain.engine.metadata import BackboneMeta, meta_from_checkpoint, read_meta_file, write_meta_file
 from pretrain.models.vit import VisionTransformer
-from pretrain.models.weights import adapt_to_model, backbone_from_hf, backbone_from_timm
+from pretrain.models.weights import (
+    PATCH_WEIGHT,
+    adapt_to_model,
+    backbone_from_hf,
+    backbone_from_timm,
+    select_input_channels,
+)
+
+log = logging.getLogger(__name__)
 
 BACKBONE_FILE = "backbone.safetensors"
 META_FILE = "backbone.json"
@@ -122,11 +132,18 @@ def read_backbone_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], Bac
 
 
 def load_backbone(
-    path: str | os.PathLike, options: Mapping[str, Any] | None = None, strict: bool = True
+    path: str | os.PathLike,
+    options: Mapping[str, Any] | None = None,
+    strict: bool = True,
+    bands: Sequence[int] | None = None,
 ) -> tuple[VisionTransformer, BackboneMeta]:
     """Build and load a backbone. ``options`` (VisionTransformer arguments) override the checkpoint's own.
 
-    Without metadata in the checkpoint (timm/HF files), ``options`` must describe the architecture.
+    Without metadata in the checkpoint (timm/HF files), ``options`` must describe the architecture. ``bands``
+    (indices of the checkpoint's input channels) keeps those channels only: their rows of the patch projection,
+    or for channel tokens their channel embeddings; the recorded mean/std follow. An ``in_chans`` that differs
+    from the checkpoint's adapts the patch projection (timm's rule, :func:`adapt_input_channels`); the recorded
+    mean/std, which no longer fit, are then dropped.
     """
     state, meta = read_backbone_state(path)
     merged = {**(meta.options if meta is not None else {}), **(options or {})}
@@ -134,15 +151,29 @@ def load_backbone(
         raise ValueError(
             f"{path} carries no architecture description: pass the backbone options (preset, img_size, ...)"
         )
+    meta = BackboneMeta.for_architecture(merged) if meta is None else meta
+    if bands is not None and not merged.get("channel_tokens"):
+        state[PATCH_WEIGHT] = select_input_channels(state[PATCH_WEIGHT], bands)
+        merged["in_chans"] = len(bands)
+    if bands is not None and meta.mean is not None:
+        meta = meta.updated(mean=select_channels(meta.mean, bands), std=select_channels(meta.std, bands))
     model = VisionTransformer(**merged)
+    if bands is not None and merged.get("channel_tokens"):
+        model.patch_embed.select_channels(bands)
     model_state = model.state_dict()
-    state = adapt_to_model(state, model_state)
+    if PATCH_WEIGHT in state and state[PATCH_WEIGHT].shape[1] != model_state[PATCH_WEIGHT].shape[1]:
+        log.info(
+            "adapting the patch projection from %d to %d input channels (timm's adapt_input_conv)",
+            state[PATCH_WEIGHT].shape[1],
+            model_state[PATCH_WEIGHT].shape[1],
+        )
+        meta = meta.updated(mean=None, std=None)
+    state = adapt_to_model(state, model_state, model.patch_embed.grid_size)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("head.", "fc_norm."))]
     if strict and (missing or unexpected):
         raise ValueError(f"weights in {path} do not fit the backbone: missing {missing}, unexpected {unexpected}")
-    meta = BackboneMeta.for_architecture(merged) if meta is None else meta.updated(options=merged)
-    return model, meta
+    return model, meta.updated(options=merged)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

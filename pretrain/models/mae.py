@@ -2,6 +2,8 @@
 
 ``patchify -> random_masking -> forward_encoder (visible tokens only) -> forward_decoder -> forward_loss``.
 Given the same weights and the same masking noise, loss and predictions equal HF ``ViTMAEForPreTraining``.
+The encoder's tokens decide what a patch is: a 2-D patch of all channels, a cube of a volume, or one channel of a
+patch (ChannelViT tokens, whose decoder positions add a learned channel embedding).
 """
 
 from __future__ import annotations
@@ -11,23 +13,17 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from pretrain.models.vit import Block, BlockStack, VisionTransformer, grid_side, sincos_pos_embed_2d
+from pretrain.models.vit import (
+    Block,
+    BlockStack,
+    ChannelPatchEmbed,
+    VisionTransformer,
+    patchify,
+    sincos_pos_embed,
+    unpatchify,
+)
 
-
-def patchify(images: Tensor, patch_size: int) -> Tensor:
-    """``[B, C, H, W] -> [B, L, p*p*C]``; patches row-major, pixels within a patch ordered (row, col, channel)."""
-    batch, channels, height, width = images.shape
-    rows, cols = height // patch_size, width // patch_size
-    x = images.reshape(batch, channels, rows, patch_size, cols, patch_size)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(batch, rows * cols, patch_size * patch_size * channels)
-
-
-def unpatchify(patches: Tensor, patch_size: int, channels: int = 3) -> Tensor:
-    """Inverse of :func:`patchify` for a square grid: ``[B, L, p*p*C] -> [B, C, H, W]``."""
-    batch, num_patches, _ = patches.shape
-    side = grid_side(num_patches)
-    x = patches.reshape(batch, side, side, patch_size, patch_size, channels)
-    return x.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, side * patch_size, side * patch_size)
+__all__ = ["MAEOutput", "MaskedAutoencoder", "patchify", "pixel_targets", "random_masking", "unpatchify"]
 
 
 def random_masking(tokens: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -48,21 +44,21 @@ def random_masking(tokens: Tensor, mask_ratio: float, noise: Tensor | None = Non
     return visible, mask, ids_restore
 
 
-def pixel_targets(images: Tensor, patch_size: int, norm_pix_loss: bool, eps: float = 1e-6) -> Tensor:
-    """Regression targets ``[B, L, p*p*C]``: raw patches, or each patch normalized by its own mean and variance."""
-    target = patchify(images, patch_size)
-    if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + eps).sqrt()
-    return target
+def pixel_targets(patches: Tensor, norm_pix_loss: bool, eps: float = 1e-6) -> Tensor:
+    """Regression targets from the tokens' pixels ``[B, L, values]``: as they are, or each patch normalized by its
+    own mean and variance (an N-channel patch, or a cube of a volume, over all its values)."""
+    if not norm_pix_loss:
+        return patches
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True)
+    return (patches - mean) / (var + eps).sqrt()
 
 
 class MAEOutput(NamedTuple):
     """A named tuple, not a dataclass: DeepSpeed ZeRO-3 finds output tensors (for its hooks) only in tuples."""
 
     loss: Tensor  # scalar: mean squared error over masked patches
-    pred: Tensor  # [B, L, p*p*C] predicted pixels (normalized per patch when norm_pix_loss)
+    pred: Tensor  # [B, L, values per token] predicted pixels (normalized per patch when norm_pix_loss)
     mask: Tensor  # [B, L], 1 = masked
 
 
@@ -90,17 +86,20 @@ class MaskedAutoencoder(nn.Module):
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         patch_embed = encoder.patch_embed
-        in_chans = patch_embed.proj.in_channels
         norm_eps = encoder.blocks[0].norm1.eps
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        table = sincos_pos_embed_2d(decoder_embed_dim, patch_embed.grid_size, encoder.num_prefix_tokens)
+        table = sincos_pos_embed(decoder_embed_dim, patch_embed.grid_size, encoder.num_prefix_tokens)
         self.decoder_pos_embed = nn.Parameter(table.unsqueeze(0), requires_grad=False)
+        self.channel_tokens = isinstance(patch_embed, ChannelPatchEmbed)
+        if self.channel_tokens:
+            self.decoder_channel_embed = nn.Parameter(torch.zeros(patch_embed.in_chans, decoder_embed_dim))
+            nn.init.trunc_normal_(self.decoder_channel_embed, std=0.02)
         self.decoder_blocks = BlockStack(
             *(Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, norm_eps=norm_eps) for _ in range(decoder_depth))
         )
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=norm_eps)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_embed.patch_size**2 * in_chans)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_embed.values_per_token)
         nn.init.normal_(self.mask_token, std=0.02)
         for linear in (self.decoder_embed, self.decoder_pred, *self._decoder_linears()):
             nn.init.xavier_uniform_(linear.weight)
@@ -118,29 +117,42 @@ class MaskedAutoencoder(nn.Module):
         return self.encoder.patch_size
 
     def no_weight_decay(self) -> set[str]:
-        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()} | {"mask_token", "decoder_pos_embed"}
+        decoder = {"mask_token", "decoder_pos_embed", "decoder_channel_embed"} if self.channel_tokens else set()
+        return (
+            {f"encoder.{name}" for name in self.encoder.no_weight_decay()}
+            | decoder
+            | {"mask_token", "decoder_pos_embed"}
+        )
+
+    def decoder_positions(self) -> Tensor:
+        """``[1, 1 + L, D_dec]``: the fixed table, and for channel tokens each channel's row added to its tokens."""
+        if not self.channel_tokens:
+            return self.decoder_pos_embed
+        prefix, spatial = self.decoder_pos_embed[:, :1], self.decoder_pos_embed[:, 1:]
+        channels = self.decoder_channel_embed[self.encoder.patch_embed.active_channels]
+        return torch.cat([prefix, (spatial.unsqueeze(1) + channels[None, :, None]).flatten(1, 2)], dim=1)
 
     def forward_encoder(self, images: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, ...]:
-        """``[B, C, H, W] -> latent [B, 1 + L_keep, D]``, ``mask [B, L]``, ``ids_restore [B, L]``."""
+        """``[B, C, *spatial] -> latent [B, 1 + L_keep, D]``, ``mask [B, L]``, ``ids_restore [B, L]``."""
         visible, mask, ids_restore = random_masking(self.encoder.embed_patches(images), mask_ratio, noise)
         latent = self.encoder.norm(self.encoder.blocks(self.encoder.prepend_cls(visible)))
         return latent, mask, ids_restore
 
     def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
-        """``latent [B, 1 + L_keep, D] -> pred [B, L, p*p*C]``: mask tokens fill the removed places, order restored."""
+        """``latent [B, 1 + L_keep, D] -> pred [B, L, values]``: mask tokens fill the removed places, order restored."""
         x = self.decoder_embed(latent)
         batch, length = ids_restore.shape
         mask_tokens = self.mask_token.expand(batch, length + 1 - x.shape[1], -1)
         patches = torch.cat([x[:, 1:], mask_tokens], dim=1)
         patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
-        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
+        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_positions()
         x = self.decoder_norm(self.decoder_blocks(x))
         return self.decoder_pred(x[:, 1:])
 
     def forward_loss(self, images: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
         """Mean squared error per patch, averaged over the masked patches only; in fp32 whatever the compute dtype
         (bf16 per-patch means, variances and sums over thousands of patches lose the loss's small differences)."""
-        target = pixel_targets(images.float(), self.patch_size, self.norm_pix_loss)
+        target = pixel_targets(self.encoder.patchify(images.float()), self.norm_pix_loss)
         per_patch = (pred.float() - target).pow(2).mean(dim=-1)
         mask = mask.float()
         return (per_patch * mask).sum() / mask.sum()

@@ -8,6 +8,7 @@ softmax path exists only for :meth:`VisionTransformer.forward_attention_maps`, u
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -20,46 +21,158 @@ from data_pipelines.registry import check_name, lookup
 PoolKind = Literal["token", "avg"]
 PosEmbedKind = Literal["learn", "sincos"]
 POOL_KINDS, POS_EMBED_KINDS = ("token", "avg"), ("learn", "sincos")
+SPATIAL_DIMS = (2, 3)
 
 
-def sincos_pos_embed_2d(embed_dim: int, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
-    """Fixed 2-D sin-cos position embedding as in MAE: ``[prefix + gh*gw, D]``, prefix rows zero.
+def sincos_pos_embed(embed_dim: int, grid_size: Sequence[int], num_prefix_tokens: int = 1) -> Tensor:
+    """Fixed sin-cos position embedding of a 2-D or 3-D patch grid, as in MAE: ``[prefix + prod(grid), D]``.
 
-    The first half of the channels encodes the column index, the second half the row index; each half is
-    ``[sin(pos * omega), cos(pos * omega)]`` with ``omega_i = 10000^(-i / (D/4))``.
+    Each axis gets ``2 * F`` channels, ``F = D // (2 * axes)``, filled with ``[sin(pos * omega), cos(pos * omega)]``,
+    ``omega_i = 10000^(-i / F)``; the last axis comes first (2-D: columns then rows, MAE's layout; 3-D: width,
+    height, depth). Prefix rows are zero, and so are the ``D mod (2 * axes)`` last channels (a width of 64 leaves 4
+    of them unused in 3-D, where MONAI's table needs a multiple of 6 instead).
     """
-    if embed_dim % 4:
-        raise ValueError(f"sin-cos position embedding needs embed_dim divisible by 4, got {embed_dim}")
-    grid_h, grid_w = grid_size
-    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4))
-    rows, cols = torch.meshgrid(
-        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
-    )
+    axes = len(grid_size)
+    frequencies = embed_dim // (2 * axes)
+    if frequencies == 0:
+        raise ValueError(f"a {axes}-D sin-cos position embedding needs embed_dim >= {2 * axes}, got {embed_dim}")
+    omega = 1.0 / 10000 ** (torch.arange(frequencies, dtype=torch.float64) / frequencies)
+    coordinates = torch.meshgrid(*(torch.arange(size, dtype=torch.float64) for size in grid_size), indexing="ij")
 
     def encode(positions: Tensor) -> Tensor:
         angles = positions.reshape(-1, 1) * omega
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    table = torch.cat([encode(cols), encode(rows)], dim=1)
+    table = torch.cat([encode(axis) for axis in reversed(coordinates)], dim=1)
+    table = F.pad(table, (0, embed_dim - table.shape[1]))
     prefix = torch.zeros(num_prefix_tokens, embed_dim, dtype=torch.float64)
     return torch.cat([prefix, table], dim=0).float()
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping patches to tokens: conv with kernel = stride = patch. ``[B, C, H, W] -> [B, L, D]``."""
+def as_shape(size: int | Sequence[int], spatial_dims: int, what: str) -> tuple[int, ...]:
+    """An image or patch size as one length per spatial axis: an int is the same on every axis."""
+    shape = (size,) * spatial_dims if isinstance(size, int) else tuple(size)
+    if len(shape) != spatial_dims:
+        raise ValueError(f"{what} {size} has {len(shape)} axes; the model has spatial_dims={spatial_dims}")
+    return shape
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches to tokens: a conv with kernel = stride = patch, ``[B, C, *spatial] -> [B, L, D]``.
+
+    2-D images (``[B, C, H, W]``, Conv2d) or 3-D volumes (``[B, C, D, H, W]``, Conv3d, as MONAI's
+    ``PatchEmbeddingBlock``); sizes are an int (square, cubic) or one value per axis (anisotropic patches).
+    """
+
+    def __init__(
+        self,
+        img_size: int | Sequence[int],
+        patch_size: int | Sequence[int],
+        in_chans: int,
+        embed_dim: int,
+        spatial_dims: int = 2,
+    ) -> None:
         super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        if spatial_dims not in SPATIAL_DIMS:
+            raise ValueError(f"spatial_dims must be one of {SPATIAL_DIMS} (images, volumes), got {spatial_dims}")
         self.img_size = img_size
         self.patch_size = patch_size
-        self.grid_size = (img_size // patch_size, img_size // patch_size)
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.image_shape = as_shape(img_size, spatial_dims, "img_size")
+        self.patch_shape = as_shape(patch_size, spatial_dims, "patch_size")
+        if any(size % patch for size, patch in zip(self.image_shape, self.patch_shape, strict=True)):
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size} on every axis")
+        self.in_chans = in_chans
+        self.grid_size = tuple(size // patch for size, patch in zip(self.image_shape, self.patch_shape, strict=True))
+        self.num_patches = math.prod(self.grid_size)
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.proj = conv(self.proj_in_chans, embed_dim, kernel_size=self.patch_shape, stride=self.patch_shape)
+
+    @property
+    def proj_in_chans(self) -> int:
+        return self.in_chans
+
+    @property
+    def values_per_token(self) -> int:
+        """Pixel values one token covers: what an MAE decoder predicts per token."""
+        return math.prod(self.patch_shape) * self.proj_in_chans
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def patchify(self, images: Tensor) -> Tensor:
+        """The pixels of each token, ``[B, C, *spatial] -> [B, L, values_per_token]`` (see :func:`patchify`)."""
+        return patchify(images, self.patch_shape)
+
+
+class ChannelPatchEmbed(PatchEmbed):
+    """ChannelViT's tokens (Bao et al., 2024): one token per channel per patch, ``[B, C, *spatial] -> [B, C*L, D]``.
+
+    One projection of single-channel patches is shared by all channels; a learned ``channel_embed`` row says which
+    channel a token comes from. Tokens are channel-major (token ``c * L + l``). A model trained on all channels
+    runs on any subset: :meth:`select_channels` names the stored channels the input holds.
+    """
+
+    def __init__(
+        self,
+        img_size: int | Sequence[int],
+        patch_size: int | Sequence[int],
+        in_chans: int,
+        embed_dim: int,
+        spatial_dims: int = 2,
+    ) -> None:
+        super().__init__(img_size, patch_size, in_chans, embed_dim, spatial_dims)
+        self.channel_embed = nn.Parameter(torch.zeros(in_chans, embed_dim))
+        self.register_buffer("active_channels", torch.arange(in_chans), persistent=False)
+
+    @property
+    def proj_in_chans(self) -> int:
+        return 1
+
+    def select_channels(self, channels: Sequence[int]) -> None:
+        """From now on the input's channels are these channels of the training data, in this order."""
+        chosen = torch.as_tensor(list(channels), dtype=torch.long)
+        if chosen.numel() == 0 or chosen.min() < 0 or chosen.max() >= self.in_chans:
+            raise ValueError(f"channels {list(channels)} are not a non-empty subset of the model's {self.in_chans}")
+        self.active_channels = chosen.to(self.active_channels.device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, channels = x.shape[:2]
+        if channels != len(self.active_channels):
+            raise ValueError(f"the input has {channels} channels; the model expects {len(self.active_channels)}")
+        tokens = super().forward(x.flatten(0, 1).unsqueeze(1))  # [B*C, L, D]
+        tokens = tokens.unflatten(0, (batch, channels)) + self.channel_embed[self.active_channels][None, :, None]
+        return tokens.flatten(1, 2)
+
+    def patchify(self, images: Tensor) -> Tensor:
+        return (
+            patchify(images.flatten(0, 1).unsqueeze(1), self.patch_shape).unflatten(0, images.shape[:2]).flatten(1, 2)
+        )
+
+
+def patchify(images: Tensor, patch_size: int | Sequence[int]) -> Tensor:
+    """``[B, C, *spatial] -> [B, L, prod(patch) * C]``: patches in row-major grid order, the values of a patch
+    ordered by position (row-major) and then channel: 2-D ``(row, col, channel)`` as in MAE."""
+    batch, channels, *spatial = images.shape
+    patch = as_shape(patch_size, len(spatial), "patch_size")
+    grid = [size // step for size, step in zip(spatial, patch, strict=True)]
+    x = images.reshape(batch, channels, *(n for pair in zip(grid, patch, strict=True) for n in pair))
+    axes = len(spatial)
+    order = [0, *(2 + 2 * axis for axis in range(axes)), *(3 + 2 * axis for axis in range(axes)), 1]
+    return x.permute(order).reshape(batch, math.prod(grid), math.prod(patch) * channels)
+
+
+def unpatchify(
+    patches: Tensor, patch_size: int | Sequence[int], channels: int = 3, grid: Sequence[int] | None = None
+) -> Tensor:
+    """Inverse of :func:`patchify`: ``[B, L, prod(patch) * C] -> [B, C, *spatial]``; ``grid`` None: a square one."""
+    batch, num_patches, _ = patches.shape
+    grid = (grid_side(num_patches),) * 2 if grid is None else tuple(grid)
+    patch = as_shape(patch_size, len(grid), "patch_size")
+    axes = len(grid)
+    x = patches.reshape(batch, *grid, *patch, channels)
+    order = [0, 2 * axes + 1, *(n for axis in range(axes) for n in (1 + axis, 1 + axes + axis))]
+    spatial = [size * step for size, step in zip(grid, patch, strict=True)]
+    return x.permute(order).reshape(batch, channels, *spatial)
 
 
 class Attention(nn.Module):
@@ -181,12 +294,15 @@ class VisionTransformer(nn.Module):
 
     ``global_pool="avg"`` averages patch tokens and normalizes them with ``fc_norm`` (the final ``norm`` becomes
     identity), as timm and the MAE fine-tuning recipe do; ``"token"`` uses the normalized CLS token.
+    ``spatial_dims=3`` takes volumes ``[B, C, D, H, W]`` (3-D patches, a 3-D sin-cos table); ``channel_tokens``
+    makes one token per channel per patch (:class:`ChannelPatchEmbed`, ChannelViT). The position table holds one
+    row per patch position either way, so its shape and names stay timm's.
     """
 
     def __init__(
         self,
-        img_size: int = 224,
-        patch_size: int = 16,
+        img_size: int | Sequence[int] = 224,
+        patch_size: int | Sequence[int] = 16,
         in_chans: int = 3,
         num_classes: int = 0,
         global_pool: PoolKind = "token",
@@ -199,6 +315,8 @@ class VisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
         pos_embed: PosEmbedKind = "learn",
         norm_eps: float = 1e-6,
+        spatial_dims: int = 2,
+        channel_tokens: bool = False,
     ) -> None:
         super().__init__()
         check_name(global_pool, POOL_KINDS, "global_pool")
@@ -207,7 +325,8 @@ class VisionTransformer(nn.Module):
         self.embed_dim = embed_dim
         self.num_classes = num_classes
         self.num_prefix_tokens = 1
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        embed_class = ChannelPatchEmbed if channel_tokens else PatchEmbed
+        self.patch_embed = embed_class(img_size, patch_size, in_chans, embed_dim, spatial_dims)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(
             torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, embed_dim),
@@ -226,11 +345,13 @@ class VisionTransformer(nn.Module):
     def _init_weights(self, pos_embed: PosEmbedKind) -> None:
         """MAE's initialization: xavier-uniform linears and patch projection, small normal tokens."""
         if pos_embed == "sincos":
-            table = sincos_pos_embed_2d(self.embed_dim, self.patch_embed.grid_size, self.num_prefix_tokens)
+            table = sincos_pos_embed(self.embed_dim, self.patch_embed.grid_size, self.num_prefix_tokens)
             self.pos_embed.data.copy_(table.unsqueeze(0))
         else:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=0.02)
+        if isinstance(self.patch_embed, ChannelPatchEmbed):
+            nn.init.trunc_normal_(self.patch_embed.channel_embed, std=0.02)
         proj = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
         for module in self.modules():
@@ -248,7 +369,10 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that the optimizer must not decay (besides norms and biases)."""
-        return {"pos_embed", "cls_token"}
+        embeddings = {"pos_embed", "cls_token"}
+        return embeddings | (
+            {"patch_embed.channel_embed"} if isinstance(self.patch_embed, ChannelPatchEmbed) else set()
+        )
 
     def parameter_depths(self) -> dict[str, int]:
         """Depth of every parameter for layer-wise lr decay (BEiT, MAE): the embeddings (patch projection, CLS
@@ -260,8 +384,17 @@ class VisionTransformer(nn.Module):
         return {name: depth_of.get(id(param), after_blocks) for name, param in self.named_parameters()}
 
     def embed_patches(self, images: Tensor) -> Tensor:
-        """Patch tokens with their position embedding added, no CLS: ``[B, C, H, W] -> [B, L, D]``."""
-        return self.patch_embed(images) + self.pos_embed[:, self.num_prefix_tokens :]
+        """Patch tokens with their position embedding added, no CLS: ``[B, C, *spatial] -> [B, L, D]`` (channel
+        tokens: every channel's tokens of a patch get that patch's position)."""
+        tokens = self.patch_embed(images)
+        positions = self.pos_embed[:, self.num_prefix_tokens :]
+        if tokens.shape[1] != positions.shape[1]:
+            positions = positions.repeat(1, tokens.shape[1] // positions.shape[1], 1)
+        return tokens + positions
+
+    def patchify(self, images: Tensor) -> Tensor:
+        """The pixels each token stands for, ``[B, L, values]``: the targets of a masked autoencoder."""
+        return self.patch_embed.patchify(images)
 
     def prepend_cls(self, tokens: Tensor) -> Tensor:
         """``[B, L, D] -> [B, 1 + L, D]`` with the CLS token (plus its position embedding) first."""
@@ -269,7 +402,7 @@ class VisionTransformer(nn.Module):
         return torch.cat([cls, tokens], dim=1)
 
     def forward_features(self, images: Tensor) -> Tensor:
-        """``[B, C, H, W] -> [B, 1 + L, D]`` encoded tokens (after the final norm when CLS pooling is used)."""
+        """``[B, C, *spatial] -> [B, 1 + L, D]`` encoded tokens (after the final norm when CLS pooling is used)."""
         return self.norm(self.blocks(self.prepend_cls(self.embed_patches(images))))
 
     def forward_intermediates(self, images: Tensor, last: int) -> list[Tensor]:

@@ -7,14 +7,13 @@ Our parameter names are timm's, so timm state dicts need no renaming; HF ``ViTMo
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from pretrain.models.vit import grid_side
 
 StateDict = dict[str, Tensor]
 
@@ -100,29 +99,69 @@ def backbone_from_timm(state: Mapping[str, Tensor]) -> StateDict:
 
 
 def resample_pos_embed(
-    pos_embed: Tensor, new_grid: tuple[int, int], num_prefix_tokens: int = 1, interpolation: str = "bicubic"
+    pos_embed: Tensor, new_grid: Sequence[int], num_prefix_tokens: int = 1, interpolation: str = "bicubic"
 ) -> Tensor:
-    """Resize a square ``[1, prefix + g*g, D]`` table to ``new_grid`` (FixRes fine-tuning at a new image size).
+    """Resize a ``[1, prefix + prod(grid), D]`` table to ``new_grid`` (FixRes fine-tuning at a new image size).
 
-    Prefix (CLS) rows are kept as they are; the grid is interpolated (bicubic, antialiased) in float32.
+    Prefix (CLS) rows are kept as they are; the grid (square in 2-D, cubic in 3-D: the old grid is inferred from
+    the row count) is interpolated in float32, bicubic antialiased in 2-D, trilinear in 3-D.
     """
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    side = grid_side(grid.shape[1])
-    if (side, side) == tuple(new_grid):
+    axes = len(new_grid)
+    side = round(grid.shape[1] ** (1 / axes))
+    if side**axes != grid.shape[1]:
+        raise ValueError(f"{grid.shape[1]} position rows do not form a {axes}-D grid with equal sides")
+    if (side,) * axes == tuple(new_grid):
         return pos_embed
     dim = grid.shape[-1]
-    image = grid.float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    image = F.interpolate(image, size=tuple(new_grid), mode=interpolation, antialias=True, align_corners=False)
-    resized = image.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    volume = grid.float().reshape(1, *(side,) * axes, dim).movedim(-1, 1)
+    if axes == 2:
+        volume = F.interpolate(volume, size=tuple(new_grid), mode=interpolation, antialias=True, align_corners=False)
+    else:
+        volume = F.interpolate(volume, size=tuple(new_grid), mode="trilinear", align_corners=False)
+    resized = volume.movedim(1, -1).reshape(1, -1, dim).to(pos_embed.dtype)
     return torch.cat([prefix, resized], dim=1)
 
 
-def adapt_to_model(state: Mapping[str, Tensor], model_state: Mapping[str, Tensor]) -> StateDict:
-    """Fit loadable weights to a target model: resample ``pos_embed`` when the patch grid differs."""
+def adapt_input_channels(weight: Tensor, in_chans: int) -> Tensor:
+    """A patch projection ``[D, C, *patch]`` for ``in_chans`` input channels, with timm's ``adapt_input_conv`` rule.
+
+    One channel: the sum over the old ones. More or fewer: the old channels repeated in turn (cut at
+    ``in_chans``) and scaled by ``C / in_chans``. An input whose channels all hold the same value keeps the
+    response that value had on every old channel (a grey image keeps its RGB response): exactly when
+    ``in_chans`` is 1 or a multiple of ``C``, approximately otherwise (RGB -> 13 bands repeats R once more).
+    """
+    old = weight.shape[1]
+    if in_chans == old:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = math.ceil(in_chans / old)
+    tiled = weight.repeat(1, repeats, *(1,) * (weight.ndim - 2))[:, :in_chans]
+    return tiled * (old / in_chans)
+
+
+def select_input_channels(weight: Tensor, bands: Sequence[int]) -> Tensor:
+    """The rows of a patch projection ``[D, C, *patch]`` for the input channels ``bands`` (band selection: a model
+    pretrained on all bands of a sensor, evaluated on some of them, as terratorch's ``bands`` option)."""
+    if not bands or max(bands) >= weight.shape[1] or min(bands) < 0:
+        raise ValueError(f"bands {list(bands)} do not select among the checkpoint's {weight.shape[1]} input channels")
+    return weight[:, list(bands)]
+
+
+PATCH_WEIGHT = "patch_embed.proj.weight"
+
+
+def adapt_to_model(
+    state: Mapping[str, Tensor], model_state: Mapping[str, Tensor], grid_size: Sequence[int]
+) -> StateDict:
+    """Fit loadable weights to a target model of patch grid ``grid_size``: resample ``pos_embed`` when the grid
+    differs, adapt the patch projection when the number of input channels differs (:func:`adapt_input_channels`)."""
     out = dict(state)
     if "pos_embed" in out and "pos_embed" in model_state and out["pos_embed"].shape != model_state["pos_embed"].shape:
-        target = model_state["pos_embed"]
-        num_prefix = 1
-        side = grid_side(target.shape[1] - num_prefix)
-        out["pos_embed"] = resample_pos_embed(out["pos_embed"], (side, side), num_prefix)
+        out["pos_embed"] = resample_pos_embed(out["pos_embed"], grid_size, num_prefix_tokens=1)
+    if PATCH_WEIGHT in out and PATCH_WEIGHT in model_state:
+        target = model_state[PATCH_WEIGHT].shape
+        if out[PATCH_WEIGHT].shape[1] != target[1] and out[PATCH_WEIGHT].shape[2:] == target[2:]:
+            out[PATCH_WEIGHT] = adapt_input_channels(out[PATCH_WEIGHT], target[1])
     return out

@@ -15,7 +15,7 @@ from lightning.fabric.utilities.throughput import measure_flops
 from data_pipelines.registry import lookup
 from data_pipelines.stream import StreamConfig
 from data_pipelines.transforms import TransformOptions
-from pretrain.engine.architecture import backbone_options, classifier_flops_per_batch
+from pretrain.engine.architecture import backbone_options, classifier_flops_per_batch, input_shape, patch_tokens
 from pretrain.engine.classification import MixedLabelLoss
 from pretrain.engine.config import config_hash, from_settings, plain
 from pretrain.engine.metadata import BackboneMeta
@@ -85,14 +85,13 @@ def flops_per_batch(objective: Mapping[str, Any], backbone: Mapping[str, Any], b
         return classifier_flops_per_batch(backbone, batch_size)
     with torch.device("meta"):
         model = build_model(objective, backbone)
-        images = torch.empty(batch_size, backbone["in_chans"], backbone["img_size"], backbone["img_size"])
+        images = torch.empty(batch_size, *input_shape(VisionTransformer(**backbone)))
     return measure_flops(model, lambda: model(images).loss, lambda loss: loss)
 
 
 def tokens_per_image(objective: Mapping[str, Any], model: Mapping[str, Any]) -> int:
     """Tokens the encoder processes per image: visible patches plus CLS for MAE, all of them otherwise."""
-    backbone = backbone_options(model)
-    patches = (backbone["img_size"] // backbone["patch_size"]) ** 2
+    patches = patch_tokens(backbone_options(model))
     if objective["name"] == "mae":
         return int(patches * (1 - objective["mask_ratio"])) + 1
     return patches + 1
@@ -113,6 +112,8 @@ def stream_config(config: Mapping[str, Any], plan: RunPlan) -> StreamConfig:
             crop_ratio=data["crop_ratio"],
             eval_crop_fraction=None,
             randaugment=objective["randaugment"],
+            intensity_scale=data["intensity_scale"],
+            bands=data["bands"],
         ),
         mean=data["mean"],
         std=data["std"],

@@ -13,7 +13,7 @@ from pretrain.analysis.quantities import (
     patch_embedding_components,
     position_embedding_similarity,
 )
-from pretrain.models.vit import create_vit, sincos_pos_embed_2d
+from pretrain.models.vit import create_vit, sincos_pos_embed
 
 
 def one_hot_attention(key_of_query: list[list[int]], grid_size: tuple[int, int]) -> torch.Tensor:
@@ -88,7 +88,7 @@ def test_distance_rejects_attention_that_does_not_match_the_grid() -> None:
 
 def test_sincos_position_similarity_is_symmetric_with_ones_on_the_diagonal() -> None:
     grid = (5, 6)
-    similarity = position_embedding_similarity(sincos_pos_embed_2d(64, grid, num_prefix_tokens=0), grid)
+    similarity = position_embedding_similarity(sincos_pos_embed(64, grid, num_prefix_tokens=0), grid)
 
     assert similarity.shape == (5, 6, 5, 6)
     pairs = similarity.reshape(30, 30)
@@ -98,7 +98,7 @@ def test_sincos_position_similarity_is_symmetric_with_ones_on_the_diagonal() -> 
 
 def test_sincos_positions_are_more_similar_to_neighbours_than_to_far_patches() -> None:
     grid = (6, 6)
-    similarity = position_embedding_similarity(sincos_pos_embed_2d(64, grid, num_prefix_tokens=0), grid)
+    similarity = position_embedding_similarity(sincos_pos_embed(64, grid, num_prefix_tokens=0), grid)
 
     assert similarity[0, 0, 0, 1] > similarity[0, 0, 0, 5]
     assert similarity[0, 0, 1, 0] > similarity[0, 0, 5, 0]
@@ -106,7 +106,7 @@ def test_sincos_positions_are_more_similar_to_neighbours_than_to_far_patches() -
 
 def test_position_similarity_rejects_embeddings_that_still_hold_the_cls_row() -> None:
     with pytest.raises(ValueError, match="prefix"):
-        position_embedding_similarity(sincos_pos_embed_2d(16, (2, 2), num_prefix_tokens=1), (2, 2))
+        position_embedding_similarity(sincos_pos_embed(16, (2, 2), num_prefix_tokens=1), (2, 2))
 
 
 @pytest.mark.parametrize("head_fusion", ["mean", "max", "min"])

@@ -35,7 +35,7 @@ def test_a_perfect_prediction_reconstructs_the_original() -> None:
 
 def test_a_per_patch_normalized_prediction_is_mapped_back_with_the_originals_patch_statistics() -> None:
     images = normalized_images()
-    pred = pixel_targets(images, PATCH, norm_pix_loss=True)
+    pred = pixel_targets(patchify(images, PATCH), norm_pix_loss=True)
 
     panels = reconstruction_panels(images, half_mask(), pred, PATCH, MEAN, STD, norm_pix_loss=True)
 

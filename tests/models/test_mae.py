@@ -47,7 +47,7 @@ def test_masking_keeps_the_lowest_noise_tokens_in_their_own_values():
 
 
 def test_norm_pix_targets_have_zero_mean_unit_variance_per_patch():
-    targets = pixel_targets(torch.rand(2, 3, 32, 32), 4, norm_pix_loss=True)
+    targets = pixel_targets(patchify(torch.rand(2, 3, 32, 32), 4), norm_pix_loss=True)
     torch.testing.assert_close(targets.mean(dim=-1), torch.zeros(2, 64), atol=1e-5, rtol=0)
     torch.testing.assert_close(targets.var(dim=-1), torch.ones(2, 64), atol=1e-3, rtol=0)
 
@@ -56,7 +56,7 @@ def test_loss_counts_only_masked_patches():
     model = tiny_mae()
     images = torch.randn(2, 3, 32, 32)
     output = model(images)
-    target = pixel_targets(images, 4, norm_pix_loss=False)
+    target = pixel_targets(patchify(images, 4), norm_pix_loss=False)
     # make the prediction perfect on masked patches: the loss must not see the visible ones
     perfect = torch.where(output.mask.bool().unsqueeze(-1), target, output.pred + 100.0)
     assert model.forward_loss(images, perfect, output.mask).item() == pytest.approx(0.0, abs=1e-6)

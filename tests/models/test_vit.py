@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pretrain.models.vit import PRESETS, VisionTransformer, create_vit, sincos_pos_embed_2d
+from pretrain.models.vit import PRESETS, VisionTransformer, create_vit, sincos_pos_embed
 
 
 def tiny(**overrides) -> VisionTransformer:
@@ -37,7 +37,7 @@ def test_sincos_pos_embed_is_fixed_and_learned_is_trainable():
 
 
 def test_sincos_table_has_zero_cls_row_and_unit_norm_halves():
-    table = sincos_pos_embed_2d(64, (4, 4))
+    table = sincos_pos_embed(64, (4, 4))
     assert table.shape == (17, 64)
     assert torch.all(table[0] == 0)
     # each (sin, cos) pair has unit norm, so each of the 32 pairs contributes exactly 1
