@@ -12,11 +12,11 @@ at the defaults), the same encoder and decoder widths, depths, heads, MLP ratio 
 tokens), a CLS token in both, fixed sin-cos position tables in both, and the same loss: MONAI's forward returns
 (predicted patch pixels, mask) and no loss, so its step computes the loss ours computes -- mean squared error
 against the patches' raw pixels (``pretrain.models.mae.patchify``, no per-patch normalization), averaged over the
-masked patches, in fp32. The parameter counts (all, trainable, and those that get a
-gradient: equal for the two) and the FLOPs per volume (``torch.utils.flop_counter``, forward +
-backward) are printed. The counter does not see the CPU kernels of ``scaled_dot_product_attention`` (it counts 0
-for them), so on CPU ours (and ``monai_sdpa``) show fewer FLOPs than MONAI's einsum attention by exactly the
-attention matmuls (0.018 of 0.692 GFLOP per volume at the defaults); everything else counts the same.
+masked patches, in fp32. The parameter counts (all, trainable, and those that get a gradient: equal for the two)
+and the FLOPs per volume (``torch.utils.flop_counter``, forward + backward) are printed. The counter does not see
+the CPU kernels of ``scaled_dot_product_attention`` (it counts 0 for them), so on CPU ours (and ``monai_sdpa``)
+show fewer FLOPs than MONAI's einsum attention by exactly the attention matmuls (0.018 of 0.692 GFLOP per volume
+at the defaults); everything else counts the same.
 
 Remaining differences, all MONAI's own structure:
   * attention: MONAI's SABlock computes softmax attention explicitly (two einsums and a softmax; its

@@ -121,6 +121,7 @@ def _finetune(config: Settings, run_dir: Path, overrides: Sequence[str]) -> dict
         "train_splits": config["task"]["train"],
         "test_splits": config["task"]["test"],
         "eval_crop_fraction": task.eval_crop_fraction,
+        "bands": config["bands"],
         "image_size": outcome.image_size,
         "selection": outcome.selection,
         **outcome.notes,
