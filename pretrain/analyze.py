@@ -117,14 +117,24 @@ def image_batches(config: Mapping[str, Any], image_size: int, mean: list[float],
 
 @torch.no_grad()
 def average_attention_distance(backbone: VisionTransformer, batches: list[Tensor]) -> Tensor:
-    """Mean attention distance in pixels ``[depth, heads]``, averaged over every image of ``batches``."""
-    grid, patch, prefix = backbone.patch_embed.grid_size, backbone.patch_size, backbone.num_prefix_tokens
+    """Mean attention distance in pixels (voxels) ``[depth, heads]``, averaged over every image of ``batches``."""
+    patch_embed, prefix = backbone.patch_embed, backbone.num_prefix_tokens
     total, count = torch.zeros(()), 0
     for images in batches:
         attentions = backbone.forward_attention_maps(images)
-        total = total + len(images) * analysis.mean_attention_distance_by_layer(attentions, grid, patch, prefix).cpu()
+        distances = analysis.mean_attention_distance_by_layer(
+            attentions, patch_embed.grid_size, patch_embed.patch_shape, prefix
+        )
+        total = total + len(images) * distances.cpu()
         count += len(images)
     return total / count
+
+
+def shows_rgb(backbone: VisionTransformer) -> bool:
+    """Whether inputs can be drawn as pictures (2-D, 3 channels, a token per patch): the filter, attention-map and
+    reconstruction figures need it; volumes and N-channel inputs get the position and distance figures."""
+    patch_embed = backbone.patch_embed
+    return len(patch_embed.grid_size) == 2 and patch_embed.in_chans == 3 and patch_embed.proj_in_chans == 3
 
 
 @torch.no_grad()
@@ -139,21 +149,30 @@ def write_figures(
 ) -> dict[str, Path]:
     """Every figure the inputs allow, keyed by name; reconstructions only when ``mae`` is given."""
     grid, prefix = backbone.patch_embed.grid_size, backbone.num_prefix_tokens
+    positions = backbone.pos_embed[0, prefix:]
     figures = {
-        "patch_embedding_filters": analysis.plot_patch_embedding_filters(
-            analysis.patch_embedding_components(backbone.patch_embed.proj.weight, config["num_components"]),
-            out_dir / "patch_embedding_filters.png",
-        ),
-        "position_embedding_similarity": analysis.plot_position_embedding_similarity(
-            analysis.position_embedding_similarity(backbone.pos_embed[0, prefix:], grid),
-            out_dir / "position_embedding_similarity.png",
-        ),
         "mean_attention_distance": analysis.plot_mean_attention_distance(
             average_attention_distance(backbone, batches),
             out_dir / "mean_attention_distance.png",
-            image_size=backbone.patch_embed.img_size,
+            image_size=max(backbone.patch_embed.image_shape),
+            spatial_dims=len(grid),
         ),
     }
+    if len(grid) == 3:
+        figures["position_embedding_similarity"] = analysis.plot_position_similarity_by_axis(
+            analysis.position_similarity_by_axis(positions, grid), out_dir / "position_embedding_similarity.png"
+        )
+    else:
+        figures["position_embedding_similarity"] = analysis.plot_position_embedding_similarity(
+            analysis.position_embedding_similarity(positions, grid), out_dir / "position_embedding_similarity.png"
+        )
+    if not shows_rgb(backbone):
+        log.info("volumes or N-channel inputs: no filter, attention-map or reconstruction figures (they draw RGB)")
+        return figures
+    figures["patch_embedding_filters"] = analysis.plot_patch_embedding_filters(
+        analysis.patch_embedding_components(backbone.patch_embed.proj.weight, config["num_components"]),
+        out_dir / "patch_embedding_filters.png",
+    )
     shown = batches[0][: config["num_shown"]]
     attentions = backbone.forward_attention_maps(shown)
     rollout = analysis.attention_rollout(attentions, config["head_fusion"])

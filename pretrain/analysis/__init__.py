@@ -7,6 +7,7 @@ from pretrain.analysis.figures import (
     plot_mean_attention_distance,
     plot_patch_embedding_filters,
     plot_position_embedding_similarity,
+    plot_position_similarity_by_axis,
     plot_reconstructions,
 )
 from pretrain.analysis.quantities import (
@@ -16,6 +17,7 @@ from pretrain.analysis.quantities import (
     mean_attention_distance_by_layer,
     patch_embedding_components,
     position_embedding_similarity,
+    position_similarity_by_axis,
 )
 from pretrain.analysis.reconstruction import denormalize, reconstruction_grid, reconstruction_panels
 
@@ -30,8 +32,10 @@ __all__ = [
     "plot_mean_attention_distance",
     "plot_patch_embedding_filters",
     "plot_position_embedding_similarity",
+    "plot_position_similarity_by_axis",
     "plot_reconstructions",
     "position_embedding_similarity",
+    "position_similarity_by_axis",
     "reconstruction_grid",
     "reconstruction_panels",
 ]

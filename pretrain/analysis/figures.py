@@ -67,10 +67,27 @@ def plot_position_embedding_similarity(similarity: Tensor, path: str | Path) -> 
     return _save(figure, path)
 
 
-def plot_mean_attention_distance(distances: Tensor, path: str | Path, image_size: int | None = None) -> Path:
+def plot_position_similarity_by_axis(matrices: list[Tensor], path: str | Path) -> Path:
+    """One heatmap per grid axis (depth, height, width of a volume): similarity of positions along it."""
+    names = ["depth", "height", "width"][-len(matrices) :]
+    figure = Figure(figsize=(3.2 * len(matrices) + 0.8, 3.4))
+    axes = figure.subplots(1, len(matrices), squeeze=False)[0]
+    for ax, matrix, name in zip(axes, matrices, names, strict=True):
+        image = ax.imshow(matrix.double().cpu().numpy(), cmap="viridis", vmin=-1.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(f"along {name}")
+        ax.set_xlabel(f"patch index ({name})")
+        ax.set_ylabel(f"patch index ({name})")
+    figure.suptitle("Position embedding similarity by axis")
+    figure.colorbar(image, ax=list(axes), fraction=0.046, pad=0.04, label="Cosine similarity")
+    return _save(figure, path)
+
+
+def plot_mean_attention_distance(
+    distances: Tensor, path: str | Path, image_size: int | None = None, spatial_dims: int = 2
+) -> Path:
     """Mean attention distance of every head against depth (Fig. 7, right): ``distances [depth, heads]``.
 
-    With ``image_size`` the y axis spans the largest possible distance, the image diagonal.
+    With ``image_size`` the y axis spans the largest possible distance, the image's (or cube's) diagonal.
     """
     depth, heads = distances.shape
     values = distances.double().cpu().numpy()
@@ -82,9 +99,9 @@ def plot_mean_attention_distance(distances: Tensor, path: str | Path, image_size
         ax.scatter(layers, values[:, head], s=18, color=colormap(head % colormap.N), label=f"Head {head + 1}")
     ax.set_xticks(layers)
     ax.set_xlim(0.5, depth + 0.5)
-    ax.set_ylim(0.0, image_size * math.sqrt(2) if image_size else None)
+    ax.set_ylim(0.0, image_size * math.sqrt(spatial_dims) if image_size else None)
     ax.set_xlabel("Network depth (layer)")
-    ax.set_ylabel("Mean attention distance (pixels)")
+    ax.set_ylabel(f"Mean attention distance ({'voxels' if spatial_dims == 3 else 'pixels'})")
     ax.set_title("Mean attention distance by head")
     ax.grid(alpha=0.3)
     if heads <= 16:

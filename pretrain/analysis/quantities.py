@@ -7,6 +7,7 @@ Pure tensor functions. Attention inputs are the softmax probabilities of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -15,37 +16,45 @@ from torch import Tensor
 from data_pipelines.registry import lookup
 
 
-def patch_pixel_distances(grid_size: tuple[int, int], patch_size: int) -> Tensor:
-    """Euclidean distance in pixels between the centres of every two patches: ``[gh*gw, gh*gw]``."""
-    grid_h, grid_w = grid_size
-    rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
-    centres = torch.stack([rows.flatten(), cols.flatten()], dim=1).double() * patch_size
+def patch_pixel_distances(grid_size: Sequence[int], patch_size: int | Sequence[int]) -> Tensor:
+    """Euclidean distance in pixels (voxels, for a 3-D grid) between the centres of every two patches:
+    ``[prod(grid), prod(grid)]``; ``patch_size`` is one side, or one per axis (anisotropic patches)."""
+    steps = [patch_size] * len(grid_size) if isinstance(patch_size, int) else list(patch_size)
+    coordinates = torch.meshgrid(*(torch.arange(size) for size in grid_size), indexing="ij")
+    centres = torch.stack([axis.flatten() * step for axis, step in zip(coordinates, steps, strict=True)], dim=1)
+    centres = centres.double()
     return torch.cdist(centres, centres)
 
 
 def mean_attention_distance(
-    attn: Tensor, grid_size: tuple[int, int], patch_size: int, num_prefix_tokens: int = 1
+    attn: Tensor, grid_size: Sequence[int], patch_size: int | Sequence[int], num_prefix_tokens: int = 1
 ) -> Tensor:
     """Attention-weighted mean pixel distance between query and key patches, per head: ``[B, H, N, N] -> [H]``.
 
     Prefix tokens are dropped as queries and as keys; each query's attention is renormalized over the patch
-    keys, so the result is the distance a head looks across the image, averaged over the batch and queries.
+    keys, so the result is the distance a head looks across the image (or volume, in voxels), averaged over the
+    batch and queries. Channel tokens (ChannelViT: one token per channel per patch, channel-major) are at their
+    patch's place: two channels of one patch are 0 apart.
     """
     patch_attn = attn[:, :, num_prefix_tokens:, num_prefix_tokens:].double()
-    expected_tokens = grid_size[0] * grid_size[1]
-    if patch_attn.shape[-1] != expected_tokens:
+    patches = math.prod(grid_size)
+    if patch_attn.shape[-1] % patches:
         raise ValueError(
-            f"attention over {patch_attn.shape[-1]} patch tokens does not match grid {grid_size} "
-            f"({expected_tokens} patches) after dropping {num_prefix_tokens} prefix tokens"
+            f"attention over {patch_attn.shape[-1]} patch tokens does not match grid {tuple(grid_size)} "
+            f"({patches} patches) after dropping {num_prefix_tokens} prefix tokens"
         )
     patch_attn = patch_attn / patch_attn.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-    distances = patch_pixel_distances(grid_size, patch_size).to(patch_attn.device)
+    channels = patch_attn.shape[-1] // patches
+    distances = patch_pixel_distances(grid_size, patch_size).repeat(channels, channels).to(patch_attn.device)
     per_query = torch.einsum("bhqk,qk->bhq", patch_attn, distances)
     return per_query.mean(dim=(0, 2)).float()
 
 
 def mean_attention_distance_by_layer(
-    attentions: Sequence[Tensor], grid_size: tuple[int, int], patch_size: int, num_prefix_tokens: int = 1
+    attentions: Sequence[Tensor],
+    grid_size: Sequence[int],
+    patch_size: int | Sequence[int],
+    num_prefix_tokens: int = 1,
 ) -> Tensor:
     """:func:`mean_attention_distance` of every block stacked: ``depth x [B, H, N, N] -> [depth, H]``."""
     return torch.stack([mean_attention_distance(attn, grid_size, patch_size, num_prefix_tokens) for attn in attentions])
@@ -62,6 +71,19 @@ def position_embedding_similarity(pos_embed: Tensor, grid_size: tuple[int, int])
         raise ValueError(f"{pos_embed.shape[0]} position embeddings do not match grid {grid_size}; drop prefix rows")
     unit = torch.nn.functional.normalize(pos_embed.double(), dim=-1)
     return (unit @ unit.T).reshape(grid_h, grid_w, grid_h, grid_w).float()
+
+
+def position_similarity_by_axis(pos_embed: Tensor, grid_size: Sequence[int]) -> list[Tensor]:
+    """Per axis of a 2-D or 3-D grid, ``[g, g]``: the cosine similarity of positions ``i`` and ``j`` along that
+    axis, averaged over the patches that share all their other coordinates (the volume's view of Fig. 7)."""
+    if pos_embed.shape[0] != math.prod(grid_size):
+        raise ValueError(f"{pos_embed.shape[0]} position embeddings do not match grid {tuple(grid_size)}")
+    unit = torch.nn.functional.normalize(pos_embed.double(), dim=-1).reshape(*grid_size, -1)
+    matrices = []
+    for axis in range(len(grid_size)):
+        lines = unit.movedim(axis, -2).reshape(-1, grid_size[axis], unit.shape[-1])  # [other positions, g, D]
+        matrices.append((lines @ lines.transpose(1, 2)).mean(dim=0).float())
+    return matrices
 
 
 HEAD_FUSIONS: dict[str, Callable[[Tensor], Tensor]] = {

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from pretrain.analysis import figures
+from pretrain.analyze import write_figures
+from pretrain.models.vit import VisionTransformer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -35,3 +37,12 @@ def test_figure_writer_writes_a_non_empty_png(name: str, tmp_path: Path) -> None
     assert path == tmp_path / "figures" / f"{name}.png"
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     assert path.stat().st_size > 5_000
+
+
+def test_a_volume_backbone_gets_the_position_and_distance_figures(tmp_path):
+    backbone = VisionTransformer(
+        img_size=8, patch_size=4, in_chans=1, embed_dim=24, depth=2, num_heads=2, spatial_dims=3, pos_embed="sincos"
+    ).eval()
+    figures = write_figures(backbone, None, [torch.randn(2, 1, 8, 8, 8)], {}, [0.0], [1.0], tmp_path)
+    assert set(figures) == {"mean_attention_distance", "position_embedding_similarity"}
+    assert all(path.stat().st_size > 0 for path in figures.values())

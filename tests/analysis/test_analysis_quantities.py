@@ -12,6 +12,7 @@ from pretrain.analysis.quantities import (
     mean_attention_distance_by_layer,
     patch_embedding_components,
     position_embedding_similarity,
+    position_similarity_by_axis,
 )
 from pretrain.models.vit import create_vit, sincos_pos_embed
 
@@ -175,3 +176,30 @@ def test_patch_components_recover_a_planted_direction_with_a_fixed_sign() -> Non
 
     assert components.shape == (12, 3, 2, 2)
     torch.testing.assert_close(components[0].flatten(), direction, atol=1e-3, rtol=0)
+
+
+def test_attention_distance_of_a_volume_is_in_voxels_along_anisotropic_patches():
+    grid, patch = (2, 1, 2), (4, 8, 8)  # patches at (0,0,0), (0,0,1), (1,0,0), (1,0,1)
+    # every query attends to the patch one step deeper (or back): 4 voxels away; the last head across the diagonal
+    attn = one_hot_attention([[2, 3, 0, 1], [3, 2, 1, 0]], (1, 4))
+    distances = mean_attention_distance(attn, grid, patch)
+    torch.testing.assert_close(distances, torch.tensor([4.0, math.hypot(4, 8)]))
+
+
+def test_channel_tokens_of_one_patch_are_zero_apart():
+    grid, channels = (1, 2), 3
+    tokens = channels * 2
+    attn = torch.zeros(1, 1, 1 + tokens, 1 + tokens)
+    attn[0, 0, 0, 0] = 1
+    for query in range(tokens):  # each token attends to the other channels' token of its own patch
+        attn[0, 0, 1 + query, 1 + (query + 2) % tokens] = 1
+    assert mean_attention_distance(attn, grid, 16).item() == 0.0
+
+
+def test_position_similarity_by_axis_is_one_on_the_diagonal_and_falls_with_distance():
+    grid = (3, 4, 5)
+    matrices = position_similarity_by_axis(sincos_pos_embed(96, grid, num_prefix_tokens=0), grid)
+    assert [matrix.shape for matrix in matrices] == [(3, 3), (4, 4), (5, 5)]
+    for matrix in matrices:
+        torch.testing.assert_close(matrix.diagonal(), torch.ones(len(matrix)))
+        assert torch.all(matrix[0, :-1] > matrix[0, 1:])  # nearer positions along the axis are more alike
