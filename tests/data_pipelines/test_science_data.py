@@ -14,6 +14,7 @@ import tifffile
 import torch
 from yaml_defaults import transform_options
 
+from data_pipelines.elastic import build_elastic_loader
 from data_pipelines.science_demo import GEOTIFF_TAGS
 from data_pipelines.sources import get_source
 from data_pipelines.sources.base import SourceRequest
@@ -170,3 +171,18 @@ def test_array_transforms_crop_flip_and_scale_volumes_and_refuse_colour_augmenta
     assert whole(volume).shape == (1, 6, 6, 6) and whole(volume).min() >= volume[1].min() - 1e-3
     with pytest.raises(ValueError, match="RandAugment is a colour augmentation"):
         build_transform("supervised", transform_options(4, randaugment="rand-m9-mstd0.5-inc1"), (0.0,), arrays=True)
+
+
+def test_npy_folders_of_volumes_write_with_the_default_array_format_and_read_in_the_elastic_order(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    for index in range(8):
+        path = tmp_path / "arrays" / f"class{index % 2}" / f"{index}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, rng.normal(size=(2, 4, 6, 6)).astype(np.float32))
+    manifest = write_shards("npy_folder", tmp_path / "arrays", tmp_path / "shards", workers=1, max_count=4)
+    assert (manifest["format"], manifest["channels"], manifest["spatial_dims"]) == ("npy", 2, 3)
+    config = stream(tmp_path / "shards", "eval", 2, 4, mean=(0.0, 0.0), std=(1.0, 1.0))
+    config.rank, config.world_size = 0, 1
+    batches = list(build_elastic_loader(config, accumulate=1, block_shards=2))
+    assert len(batches) == 4 and all(batch["image"].shape == (2, 2, 4, 4, 4) for batch in batches)
+    assert len({key for batch in batches for key in batch["key"]}) == 8
