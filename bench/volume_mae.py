@@ -28,7 +28,11 @@ Remaining differences, all MONAI's own structure:
   * MONAI's blocks hold an unused ``norm_cross_attn`` LayerNorm each (in its parameter count, never given a
     gradient, so AdamW skips it) and ``Dropout(p=0)`` modules; its LayerNorm eps is 1e-5 (ours 1e-6); its decoder
     table has no row for the CLS token (ours adds a zero one). None of these changes the FLOPs.
-  * the 3-D sin-cos table needs widths divisible by 6 in MONAI, so the default decoder is 96 wide (not 128).
+  * the 3-D sin-cos table needs widths divisible by 6 in MONAI, so the default decoder is 96 wide (not 128);
+  * under autocast MONAI's forward fails ("Index put requires the source and destination dtypes match": the bf16
+    output of ``decoder_embed`` is written into an fp32 ``repeat`` of the mask token), so on CUDA the bench casts
+    that output to fp32 with a forward hook; ours' ``torch.cat`` of the same two tensors promotes to fp32 there
+    anyway, so both decoders start from the same fp32 tokens.
 
 Rounds are interleaved (ours, monai, ours, monai, ...) so a busy machine slows both alike; "ours / monai" is the
 median of the in-round ratios, with their range and quartiles; short rounds (2 steps each by default) keep
@@ -70,8 +74,9 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (per_patch * mask).sum() / mask.sum()
 
 
-def build_models(args: argparse.Namespace) -> dict[str, Builder]:
-    """Constructors returning ``(module, loss_fn(volumes) -> scalar)`` for each contender."""
+def build_models(args: argparse.Namespace, bf16: bool = False) -> dict[str, Builder]:
+    """Constructors returning ``(module, loss_fn(volumes) -> scalar)`` for each contender; ``bf16``: the step runs
+    under bf16 autocast."""
     dim, depth, heads = args.encoder
     decoder_dim, decoder_depth, decoder_heads = args.decoder
 
@@ -123,6 +128,8 @@ def build_models(args: argparse.Namespace) -> dict[str, Builder]:
             for module in model.modules():
                 if isinstance(module, SABlock):
                     module.use_flash_attention = True
+        if bf16:  # MONAI's forward writes the bf16 decoder_embed output into an fp32 copy of the mask token
+            model.decoder_embed.register_forward_hook(lambda module, inputs, output: output.float())
 
         def loss(volumes: Tensor) -> Tensor:
             pred, mask = model(volumes)
@@ -177,7 +184,7 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> None:
     batch = args.cuda_batch_size if device.type == "cuda" else args.batch_size
     generator = torch.Generator().manual_seed(0)
     volumes = torch.randn(batch, 1, args.img_size, args.img_size, args.img_size, generator=generator).to(device)
-    builders = build_models(args)
+    builders = build_models(args, bf16)
     names = ["ours", "monai"] + (["monai_sdpa"] if args.monai_sdpa else [])
     contenders = []
     for name in names:

@@ -185,7 +185,7 @@ class ElasticStream(torch.utils.data.IterableDataset):
         cfg = self.cfg
         transform = build_transform(cfg.transform, cfg.augment, cfg.mean, self.arrays)
         normalize = Normalize(cfg.mean, cfg.std) if cfg.normalize else None
-        decoder = BatchDecoder(transform, normalize, stable_seed(cfg.seed, self.epoch, "elastic"))
+        decoder = BatchDecoder(transform, normalize, stable_seed(cfg.seed, self.epoch, "elastic"), self.arrays)
         return decoder.decode_batches(self.groups(range(self.skip_batches + worker, self.batches_per_epoch(), workers)))
 
     def groups(self, micro_batches: range) -> Iterator[tuple[list[dict[str, Any]], int]]:

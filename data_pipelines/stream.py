@@ -226,10 +226,12 @@ class BatchDecoder:
     is held until the next is decoded), so no count is lost.
     """
 
-    def __init__(self, transform: ImageTransform, normalize: Normalize | None, seed: int) -> None:
+    def __init__(self, transform: ImageTransform, normalize: Normalize | None, seed: int, arrays: bool) -> None:
+        """``arrays``: the transform takes arrays (the manifest says the shards hold them), not encoded images."""
         self.transform = transform
         self.normalize = normalize
         self.seed = seed
+        self.arrays = arrays
 
     def __call__(self, groups: Iterator[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
         return self.decode_batches((group, 0) for group in groups)
@@ -268,8 +270,15 @@ class BatchDecoder:
     def decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int, str] | None:
         try:
             label = read_label(sample)
+            opened = open_input(sample)
+            if isinstance(opened, torch.Tensor) != self.arrays:
+                raise TypeError(  # not a damaged sample: every sample of these shards would fail alike
+                    f"sample {sample.get('__key__')} holds {'an image' if self.arrays else 'an array'} but "
+                    f"the stream was set up for {'arrays' if self.arrays else 'images'} from the shards' manifest "
+                    "(none found means images): keep manifest.json beside the shards or pass manifest=PATH"
+                )
             with seeded_rng(stable_seed(self.seed, sample["__position__"])):
-                image = self.transform(open_input(sample))
+                image = self.transform(opened)
         except CORRUPT_SAMPLE_ERRORS as error:
             logger.warning("skipping corrupt sample %s of %s: %s", sample.get("__key__"), sample.get("__url__"), error)
             return None
@@ -336,7 +345,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             number_samples,
             wds.batched(cfg.batch_size, collation_fn=None, partial=True),
             wds.slice(self.skip_plan.skips[role], None),
-            BatchDecoder(transform, Normalize(cfg.mean, cfg.std) if cfg.normalize else None, seed),
+            BatchDecoder(transform, Normalize(cfg.mean, cfg.std) if cfg.normalize else None, seed, self.arrays),
         )
 
     def shard_source(self, role: int, seed: int) -> wds.ResampledShards | wds.SimpleShardList:

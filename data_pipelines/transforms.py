@@ -187,9 +187,9 @@ def build_transform(
     name: str, options: TransformOptions, mean: Sequence[float], arrays: bool = False
 ) -> ImageTransform:
     """The per-image transform ``name``, of images or (``arrays``) of array tensors (:mod:`array_transforms`);
-    ``mean`` (the normalization mean) is RandAugment's fill colour."""
+    ``mean`` (the normalization mean) is RandAugment's fill colour, and the centre of arrays' intensity scaling."""
     if arrays:
-        return lookup(ARRAY_TRANSFORMS, name, "transform")(options)
+        return lookup(ARRAY_TRANSFORMS, name, "transform")(options, mean)
     return lookup(TRANSFORMS, name, "transform")(options, mean)
 
 

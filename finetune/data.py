@@ -11,6 +11,7 @@ Sharding over ranks follows one rule:
 
 from __future__ import annotations
 
+import functools
 import io
 import tarfile
 from collections.abc import Mapping, Sequence
@@ -138,20 +139,21 @@ class ListingSplit:
         self.items = list(items)
         self.classes = classes
         self.num_samples = len(self.items)
-
-    @property
-    def arrays(self) -> bool:
-        return Listing(self.items, self.classes).arrays
+        self.arrays = Listing(self.items, classes).arrays
 
     def channel_normalization(self, bands: Sequence[int] | None) -> tuple[list[float], list[float]]:
-        """Computed over every array of the split (one read of each file)."""
+        """Computed over every array of the split (one read of each file, the first time it is asked)."""
         if not self.arrays:
             raise ValueError("channel statistics are computed for arrays; encoded images use configured mean/std")
+        mean, std = self._channel_statistics()
+        return list(select_channels(mean, bands)), list(select_channels(std, bands))
+
+    @functools.cache  # noqa: B019 - one split object per run; caching on it is the point
+    def _channel_statistics(self) -> tuple[list[float], list[float]]:
         moments = ChannelMoments()
         for item in self.items:
             moments.add(ChannelMoments.of(item.load()[0]))
-        mean, std = moments.mean_std()
-        return list(select_channels(mean, bands)), list(select_channels(std, bands))
+        return moments.mean_std()
 
     def max_label(self) -> int:
         labels = [item.label for item in self.items]
@@ -365,14 +367,20 @@ def loader_specs(
         shuffle_buffer=config["shuffle_buffer"],
         pin_memory=config["pin_memory"],
     )
-    bands = config["bands"]
-    eval_options = TransformOptions(image_size, None, None, eval_crop_fraction, None, None, bands)
+    geometry = dict(image_size=image_size, eval_crop_fraction=eval_crop_fraction, bands=config["bands"])
+    eval_options = TransformOptions(
+        **geometry, crop_scale=None, crop_ratio=None, randaugment=None, intensity_scale=None
+    )
     eval_spec = LoaderSpec("eval", eval_options, training=False, **common)
     if "train_transform" not in mode:
         return eval_spec, None
     if not config["task"]["augment"]:
         return eval_spec, LoaderSpec("eval", eval_options, training=True, **common)
     options = TransformOptions(
-        image_size, mode["crop_scale"], mode["crop_ratio"], eval_crop_fraction, mode["randaugment"], None, bands
+        **geometry,
+        crop_scale=mode["crop_scale"],
+        crop_ratio=mode["crop_ratio"],
+        randaugment=mode["randaugment"],
+        intensity_scale=None,  # downstream training augments geometry only
     )
     return eval_spec, LoaderSpec(mode["train_transform"], options, training=True, **common)

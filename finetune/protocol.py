@@ -105,8 +105,12 @@ def normalization(
     config: Mapping[str, Any], meta: BackboneMeta, train: TaskSplit
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The backbone's own pretraining mean/std; without them (timm/HF weights, random init, weights adapted to
-    another channel count) the training split's channel statistics for arrays, else the configured ones."""
-    if meta.mean is not None and meta.std is not None:
+    another channel count, or pretrained on the other kind of input: images are normalized in [0, 1] pixel units,
+    arrays in their stored units) the training split's channel statistics for arrays, else the configured ones."""
+    kind = "arrays" if train.arrays else "images"
+    if meta.inputs is not None and meta.inputs != kind:
+        log.info("the backbone was pretrained on %s, the task holds %s: its mean/std do not apply", meta.inputs, kind)
+    elif meta.mean is not None and meta.std is not None:
         return tuple(meta.mean), tuple(meta.std)
     if train.arrays:
         mean, std = train.channel_normalization(config["bands"])

@@ -66,9 +66,12 @@ def load_pretrained(config: Mapping[str, Any]) -> tuple[VisionTransformer, Backb
     if config["ckpt"] is None:
         if not model:
             raise ValueError("ckpt=null (the randomly initialized baseline) needs an architecture: add model=vit_base")
+        bands = config["bands"]
+        if bands is not None and not options.get("channel_tokens"):
+            options["in_chans"] = len(bands)
         backbone = VisionTransformer(**options)
-        if config["bands"] is not None and options.get("channel_tokens"):
-            backbone.patch_embed.select_channels(config["bands"])
+        if bands is not None and options.get("channel_tokens"):
+            backbone.patch_embed.select_channels(bands)
         return backbone, BackboneMeta.for_architecture(options)
     return load_backbone(Path(config["ckpt"]).expanduser(), options, bands=config["bands"])
 

@@ -37,7 +37,7 @@ from pretrain.engine.config import optional_group, settings
 from pretrain.engine.metadata import BackboneMeta
 from pretrain.engine.trainer import build_logger
 from pretrain.models.mae import MaskedAutoencoder
-from pretrain.models.vit import VisionTransformer
+from pretrain.models.vit import ChannelPatchEmbed, VisionTransformer
 from pretrain.objectives.build import build_model
 
 log = logging.getLogger("analyze")
@@ -123,11 +123,17 @@ def average_attention_distance(backbone: VisionTransformer, batches: list[Tensor
     for images in batches:
         attentions = backbone.forward_attention_maps(images)
         distances = analysis.mean_attention_distance_by_layer(
-            attentions, patch_embed.grid_size, patch_embed.patch_shape, prefix
+            attentions, patch_embed.grid_size, patch_embed.patch_shape, prefix, tokens_per_patch(backbone)
         )
         total = total + len(images) * distances.cpu()
         count += len(images)
     return total / count
+
+
+def tokens_per_patch(backbone: VisionTransformer) -> int:
+    """Tokens of each patch: one, or one per channel read for channel tokens."""
+    patch_embed = backbone.patch_embed
+    return len(patch_embed.active_channels) if isinstance(patch_embed, ChannelPatchEmbed) else 1
 
 
 def shows_rgb(backbone: VisionTransformer) -> bool:
@@ -202,7 +208,7 @@ def analyze(config: Mapping[str, Any], run_dir: Path) -> dict[str, Path]:
     path, device = resolve_checkpoint(Path(config["ckpt"])), torch.device(config["device"])
     model = optional_group(config, "model")
     options = backbone_options(model) if model else None
-    backbone, meta = load_backbone(path, options)
+    backbone, meta = load_backbone(path, options, bands=config["data"]["bands"])
     image_size = config["data"]["image_size"] or backbone.patch_embed.img_size
     step = "unknown" if meta.step is None else meta.step
     log.info("analysing %s (step %s) on %dpx images", path, step, image_size)

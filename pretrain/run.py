@@ -37,6 +37,7 @@ from pretrain.objectives.build import build_module, stream_config, tokens_per_im
 from pretrain.objectives.mae import ReconstructionLogger
 
 log = logging.getLogger("pretrain")
+FAR_FROM_STATISTICS = 3  # standard deviations between a configured and the shards' own mean that warn
 
 
 def pretrain(config: Mapping[str, Any], run_dir: Path) -> Path:
@@ -68,7 +69,7 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path) -> None:
         raise ValueError(
             "supervised pretraining needs labeled shards (a manifest with classes) or objective.num_classes"
         )
-    module = build_module(config, plan, num_classes)
+    module = build_module(config, plan, num_classes, arrays=bool(manifest.get("arrays")))
     datamodule = ShardDataModule(stream_config(config, plan), plan, data["order"], data["shuffle_shards"])
     tokens = tokens_per_image(objective, config["model"])
     trainer = build_trainer(
@@ -115,6 +116,8 @@ def with_normalization(config: Settings, manifest: Mapping[str, Any]) -> Setting
             raise ValueError("data.mean/data.std null takes them from the shards' manifest, and these shards have none")
         data["mean"], data["std"] = channel_normalization(manifest, data["bands"])
         log.info("normalizing with the shards' channel statistics: mean %s, std %s", data["mean"], data["std"])
+    elif manifest.get("arrays"):
+        warn_if_far_from_statistics(data, manifest)
     in_chans = backbone_options(config["model"])["in_chans"]
     if len(data["mean"]) != in_chans or len(data["std"]) != in_chans:
         raise ValueError(
@@ -122,6 +125,25 @@ def with_normalization(config: Settings, manifest: Mapping[str, Any]) -> Setting
             "give one per channel the model reads (data.bands selects channels; null takes the shards' statistics)"
         )
     return settings({**config, "data": data})
+
+
+def warn_if_far_from_statistics(data: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:
+    """Arrays are normalized in their stored units: a given mean far from the shards' own (ImageNet's 0-1 mean on
+    12-bit bands) is almost always a units mistake, so say so (data.mean=null takes the shards' statistics)."""
+    mean, std = channel_normalization(manifest, data["bands"])
+    far = [
+        index
+        for index, (given, own, spread) in enumerate(zip(data["mean"], mean, std, strict=False))
+        if abs(given - own) > FAR_FROM_STATISTICS * max(spread, 1e-12)
+    ]
+    if far:
+        log.warning(
+            "data.mean is more than %d standard deviations from the shards' own mean on channels %s (shards: %s): "
+            "arrays are normalized in their stored units; data.mean=null data.std=null takes the shards' statistics",
+            FAR_FROM_STATISTICS,
+            far,
+            [round(value, 3) for value in mean],
+        )
 
 
 def shard_manifest(data: Mapping[str, Any]) -> dict[str, Any]:

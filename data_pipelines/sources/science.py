@@ -5,7 +5,8 @@ shards as ``npy`` (2-D) or ``npz`` (compressed volumes); the writer records per-
 
 - GeoTIFF (EuroSAT multispectral: ``EuroSAT_MS/<class>/<class>_<n>.tif``, 13 Sentinel-2 bands of 64 x 64) is read
   with tifffile, whose series axes say where the bands are (``YXS`` interleaved or ``SYX``/``CYX`` planar).
-- NIfTI (``.nii``/``.nii.gz``) is read with nibabel; the header's voxel spacing goes into ``key.json``.
+- NIfTI (``.nii``/``.nii.gz``) is read with nibabel, reoriented to RAS+ and stored ``[C, Z, Y, X]``; the voxel
+  spacing (same axis order) goes into ``key.json``.
 - MedMNIST-3D (``organmnist3d.npz`` etc.: ``{train,val,test}_images`` ``[N, 28, 28, 28]`` uint8 and
   ``{split}_labels`` ``[N, 1]``) is read with numpy; the split is the array name's prefix.
 """
@@ -59,24 +60,25 @@ def read_npy(path: str) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def read_nifti(path: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """A NIfTI volume as ``[C, X, Y, Z]`` in its stored voxel order (``[X, Y, Z, C]`` files move C first), with
-    its spacing (mm per voxel along X, Y, Z) for ``key.json``."""
+    """A NIfTI volume as ``[C, Z, Y, X]`` in the closest canonical (RAS+) orientation: slices first, so the
+    manifest's depth is the slice axis; its spacing (mm per voxel, same order) goes into ``key.json``. Values are
+    the stored integers, or float32 when the header scales them (``scl_slope``: CT in HU)."""
     import nibabel
 
-    image = nibabel.load(path)
+    image = nibabel.as_closest_canonical(nibabel.load(path))
     array = np.asanyarray(image.dataobj)
+    if array.dtype == np.float64:  # nibabel's result of applying a header scale
+        array = array.astype(np.float32)
     if array.ndim == 3:
-        array = array[None]
-    elif array.ndim == 4:
-        array = np.moveaxis(array, -1, 0)
-    else:
+        array = array[..., None]
+    if array.ndim != 4:
         raise ValueError(f"{path}: expected a 3-D volume (or 4-D with channels last), got shape {array.shape}")
     spacing = [float(value) for value in image.header.get_zooms()[:3]]
-    return np.ascontiguousarray(array), {"spacing": spacing}
+    return np.ascontiguousarray(array.transpose(3, 2, 1, 0)), {"spacing": spacing[::-1]}
 
 
-def class_folder_files(folder: Path, suffixes: tuple[str, ...]) -> list[tuple[Path, int]]:
-    """(file, class index) for every file with one of ``suffixes`` in ``folder/<class>/``, classes sorted."""
+def class_folder_files(folder: Path, suffixes: tuple[str, ...]) -> tuple[list[tuple[Path, int]], list[str]]:
+    """(file, class index) for every file with one of ``suffixes`` in ``folder/<class>/``, and the sorted classes."""
     classes = sorted(path.name for path in folder.iterdir() if path.is_dir())
     samples = [
         (path, label)
@@ -86,7 +88,7 @@ def class_folder_files(folder: Path, suffixes: tuple[str, ...]) -> list[tuple[Pa
     ]
     if not samples:
         raise FileNotFoundError(f"no {'/'.join(suffixes)} files in class folders below {folder}")
-    return samples
+    return samples, classes
 
 
 def array_folder_loader(suffixes: tuple[str, ...], read: ArrayReader) -> Callable[[SourceRequest], Listing]:
@@ -95,8 +97,7 @@ def array_folder_loader(suffixes: tuple[str, ...], read: ArrayReader) -> Callabl
     def load(request: SourceRequest) -> Listing:
         folder = request.root / request.split if request.split else request.root
         require_files([folder], "class folders")
-        samples = class_folder_files(folder, suffixes)
-        classes = sorted(path.name for path in folder.iterdir() if path.is_dir())
+        samples, classes = class_folder_files(folder, suffixes)
         items = [
             ArrayFileItem(make_key(index, path, folder), label, str(path), read)
             for index, (path, label) in enumerate(samples)
@@ -121,11 +122,12 @@ def load_medmnist(request: SourceRequest) -> Listing:
         if missing:
             raise FileNotFoundError(f"{path} lacks {', '.join(missing)} (it holds {', '.join(archive.files)})")
         images, labels = archive[names[0]], archive[names[1]].reshape(len(archive[names[0]]), -1)
+        # every split names the same classes, however many of them this split happens to hold
+        num_classes = 1 + max(int(archive[name].max()) for name in archive.files if name.endswith("_labels"))
     if labels.shape[1] != 1:
         raise ValueError(f"{path}: {labels.shape[1]} labels per image (multi-label); one class per image is supported")
     rgb = images.ndim == 4 and images.shape[-1] == 3  # 2-D colour sets ([N, H, W, 3]); volumes are [N, D, H, W]
     arrays = np.moveaxis(images, -1, 1) if rgb else images[:, None]
-    num_classes = int(labels.max()) + 1
     items = [
         InMemoryArrayItem(make_key(index), int(label), np.ascontiguousarray(array))
         for index, (array, label) in enumerate(zip(arrays, labels[:, 0], strict=True))

@@ -27,25 +27,29 @@ def patch_pixel_distances(grid_size: Sequence[int], patch_size: int | Sequence[i
 
 
 def mean_attention_distance(
-    attn: Tensor, grid_size: Sequence[int], patch_size: int | Sequence[int], num_prefix_tokens: int = 1
+    attn: Tensor,
+    grid_size: Sequence[int],
+    patch_size: int | Sequence[int],
+    num_prefix_tokens: int = 1,
+    tokens_per_patch: int = 1,
 ) -> Tensor:
     """Attention-weighted mean pixel distance between query and key patches, per head: ``[B, H, N, N] -> [H]``.
 
     Prefix tokens are dropped as queries and as keys; each query's attention is renormalized over the patch
     keys, so the result is the distance a head looks across the image (or volume, in voxels), averaged over the
-    batch and queries. Channel tokens (ChannelViT: one token per channel per patch, channel-major) are at their
-    patch's place: two channels of one patch are 0 apart.
+    batch and queries. With ``tokens_per_patch`` channel tokens (ChannelViT: one per channel per patch,
+    channel-major) each token is at its patch's place: two channels of one patch are 0 apart.
     """
     patch_attn = attn[:, :, num_prefix_tokens:, num_prefix_tokens:].double()
-    patches = math.prod(grid_size)
-    if patch_attn.shape[-1] % patches:
+    expected_tokens = math.prod(grid_size) * tokens_per_patch
+    if patch_attn.shape[-1] != expected_tokens:
         raise ValueError(
-            f"attention over {patch_attn.shape[-1]} patch tokens does not match grid {tuple(grid_size)} "
-            f"({patches} patches) after dropping {num_prefix_tokens} prefix tokens"
+            f"attention over {patch_attn.shape[-1]} patch tokens does not match grid {tuple(grid_size)} x "
+            f"{tokens_per_patch} token(s) per patch after dropping {num_prefix_tokens} prefix tokens"
         )
     patch_attn = patch_attn / patch_attn.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-    channels = patch_attn.shape[-1] // patches
-    distances = patch_pixel_distances(grid_size, patch_size).repeat(channels, channels).to(patch_attn.device)
+    distances = patch_pixel_distances(grid_size, patch_size).repeat(tokens_per_patch, tokens_per_patch)
+    distances = distances.to(patch_attn.device)
     per_query = torch.einsum("bhqk,qk->bhq", patch_attn, distances)
     return per_query.mean(dim=(0, 2)).float()
 
@@ -55,9 +59,15 @@ def mean_attention_distance_by_layer(
     grid_size: Sequence[int],
     patch_size: int | Sequence[int],
     num_prefix_tokens: int = 1,
+    tokens_per_patch: int = 1,
 ) -> Tensor:
     """:func:`mean_attention_distance` of every block stacked: ``depth x [B, H, N, N] -> [depth, H]``."""
-    return torch.stack([mean_attention_distance(attn, grid_size, patch_size, num_prefix_tokens) for attn in attentions])
+    return torch.stack(
+        [
+            mean_attention_distance(attn, grid_size, patch_size, num_prefix_tokens, tokens_per_patch)
+            for attn in attentions
+        ]
+    )
 
 
 def position_embedding_similarity(pos_embed: Tensor, grid_size: tuple[int, int]) -> Tensor:

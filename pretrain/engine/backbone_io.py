@@ -140,10 +140,9 @@ def load_backbone(
     """Build and load a backbone. ``options`` (VisionTransformer arguments) override the checkpoint's own.
 
     Without metadata in the checkpoint (timm/HF files), ``options`` must describe the architecture. ``bands``
-    (indices of the checkpoint's input channels) keeps those channels only: their rows of the patch projection,
-    or for channel tokens their channel embeddings; the recorded mean/std follow. An ``in_chans`` that differs
-    from the checkpoint's adapts the patch projection (timm's rule, :func:`adapt_input_channels`); the recorded
-    mean/std, which no longer fit, are then dropped.
+    (stored channels of the data, as the stream's ``bands`` selects them) keeps the checkpoint's channels that
+    hold them (:func:`narrow_to_bands`). An ``in_chans`` that differs from the checkpoint's adapts the patch
+    projection (timm's rule, :func:`adapt_input_channels`); the recorded mean/std, which no longer fit, are dropped.
     """
     state, meta = read_backbone_state(path)
     merged = {**(meta.options if meta is not None else {}), **(options or {})}
@@ -152,21 +151,22 @@ def load_backbone(
             f"{path} carries no architecture description: pass the backbone options (preset, img_size, ...)"
         )
     meta = BackboneMeta.for_architecture(merged) if meta is None else meta
-    if bands is not None and not merged.get("channel_tokens"):
-        state[PATCH_WEIGHT] = select_input_channels(state[PATCH_WEIGHT], bands)
-        merged["in_chans"] = len(bands)
-    if bands is not None and meta.mean is not None:
-        meta = meta.updated(mean=select_channels(meta.mean, bands), std=select_channels(meta.std, bands))
-    model = VisionTransformer(**merged)
-    if bands is not None and merged.get("channel_tokens"):
-        model.patch_embed.select_channels(bands)
-    model_state = model.state_dict()
-    if PATCH_WEIGHT in state and state[PATCH_WEIGHT].shape[1] != model_state[PATCH_WEIGHT].shape[1]:
-        log.info(
-            "adapting the patch projection from %d to %d input channels (timm's adapt_input_conv)",
-            state[PATCH_WEIGHT].shape[1],
-            model_state[PATCH_WEIGHT].shape[1],
+    trained_chans = meta.options.get("in_chans", merged.get("in_chans"))
+    if merged.get("channel_tokens") and merged.get("in_chans") != trained_chans:
+        raise ValueError(
+            f"a channel-token backbone keeps the {trained_chans} channel embeddings it was trained with: choose "
+            "the channels it reads with bands=[...], not in_chans"
         )
+    active = None
+    if bands is not None:
+        merged, state, meta, active = narrow_to_bands(merged, state, meta, list(bands))
+    model = VisionTransformer(**merged)
+    if active is not None:
+        model.patch_embed.select_channels(active)
+    model_state = model.state_dict()
+    source, target = state.get(PATCH_WEIGHT), model_state[PATCH_WEIGHT]
+    if source is not None and source.shape[1] != target.shape[1] and source.shape[2:] == target.shape[2:]:
+        log.info("adapting the patch projection from %d to %d input channels", source.shape[1], target.shape[1])
         meta = meta.updated(mean=None, std=None)
     state = adapt_to_model(state, model_state, model.patch_embed.grid_size)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -174,6 +174,34 @@ def load_backbone(
     if strict and (missing or unexpected):
         raise ValueError(f"weights in {path} do not fit the backbone: missing {missing}, unexpected {unexpected}")
     return model, meta.updated(options=merged)
+
+
+def narrow_to_bands(
+    options: dict[str, Any], state: dict[str, Tensor], meta: BackboneMeta, bands: list[int]
+) -> tuple[dict[str, Any], dict[str, Tensor], BackboneMeta, list[int] | None]:
+    """The backbone options, weights and metadata for reading the stored channels ``bands``, and for channel
+    tokens the channel embeddings to activate.
+
+    A checkpoint knows which stored channels its inputs were (``meta.bands``; all of them for array data without
+    that record): the inputs holding ``bands`` are kept, their projection rows or channel embeddings, and their
+    mean/std. A checkpoint of images (or of unknown inputs) with exactly ``len(bands)`` channels takes the
+    chosen bands as its inputs (an RGB checkpoint on ``bands=[3,2,1]`` of 13-band tiles).
+    """
+    channels = options["in_chans"]
+    if meta.bands is None and meta.inputs != "arrays" and channels == len(bands):
+        return options, state, meta.updated(bands=tuple(bands)), None
+    stored = list(meta.bands) if meta.bands is not None else list(range(channels))
+    absent = [band for band in bands if band not in stored]
+    if absent:
+        raise ValueError(f"bands {absent} are not among the stored channels {stored} this checkpoint was trained on")
+    inputs = [stored.index(band) for band in bands]
+    if meta.mean is not None and meta.std is not None:
+        meta = meta.updated(mean=select_channels(meta.mean, inputs), std=select_channels(meta.std, inputs))
+    meta = meta.updated(bands=tuple(bands))
+    if options.get("channel_tokens"):
+        return options, state, meta, inputs
+    state = {**state, PATCH_WEIGHT: select_input_channels(state[PATCH_WEIGHT], inputs)}
+    return {**options, "in_chans": len(inputs)}, state, meta, None
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -45,6 +45,11 @@ class BackboneMeta:
     step: int | None  # optimizer steps of the run that wrote it
     config_hash: str | None  # fingerprint of that run's resolved config
     source_checkpoint: str | None  # the checkpoint an export was made from
+    # What the input channels are (None when unknown, as in files written before these keys): "images" (encoded
+    # pictures, normalized after scaling to [0, 1]) or "arrays" (stored values, normalized in their own units), and
+    # for arrays the stored channels read, in order (None: all of them).
+    inputs: str | None = None
+    bands: tuple[int, ...] | None = None
 
     @classmethod
     def for_architecture(cls, options: Mapping[str, Any]) -> BackboneMeta:
@@ -56,7 +61,7 @@ class BackboneMeta:
 
     def to_dict(self) -> dict[str, Any]:
         content = asdict(self)
-        for key in ("mean", "std"):
+        for key in ("mean", "std", "bands"):
             content[key] = None if content[key] is None else list(content[key])
         return {"format": FORMAT, **content}
 
@@ -72,7 +77,7 @@ class BackboneMeta:
         values = {field.name: content.get(field.name) for field in fields(cls)}
         if values["options"] is None:
             raise MetadataFormatError("backbone metadata without 'options' cannot rebuild the backbone")
-        for key in ("mean", "std"):
+        for key in ("mean", "std", "bands"):
             values[key] = None if values[key] is None else tuple(values[key])
         return cls(**values)
 

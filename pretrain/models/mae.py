@@ -117,12 +117,8 @@ class MaskedAutoencoder(nn.Module):
         return self.encoder.patch_size
 
     def no_weight_decay(self) -> set[str]:
-        decoder = {"mask_token", "decoder_pos_embed", "decoder_channel_embed"} if self.channel_tokens else set()
-        return (
-            {f"encoder.{name}" for name in self.encoder.no_weight_decay()}
-            | decoder
-            | {"mask_token", "decoder_pos_embed"}
-        )
+        decoder = {"mask_token", "decoder_pos_embed"} | ({"decoder_channel_embed"} if self.channel_tokens else set())
+        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()} | decoder
 
     def decoder_positions(self) -> Tensor:
         """``[1, 1 + L, D_dec]``: the fixed table, and for channel tokens each channel's row added to its tokens."""

@@ -388,8 +388,14 @@ class VisionTransformer(nn.Module):
         tokens: every channel's tokens of a patch get that patch's position)."""
         tokens = self.patch_embed(images)
         positions = self.pos_embed[:, self.num_prefix_tokens :]
+        if isinstance(self.patch_embed, ChannelPatchEmbed):
+            positions = positions.repeat(1, len(self.patch_embed.active_channels), 1)
         if tokens.shape[1] != positions.shape[1]:
-            positions = positions.repeat(1, tokens.shape[1] // positions.shape[1], 1)
+            raise ValueError(
+                f"input of shape {tuple(images.shape[1:])} gives {tokens.shape[1]} tokens; the model was built for "
+                f"{tuple(self.patch_embed.image_shape)} ({positions.shape[1]} tokens): resize the input or build "
+                "the model at this size (position embeddings are resampled when weights are loaded)"
+            )
         return tokens + positions
 
     def patchify(self, images: Tensor) -> Tensor:

@@ -104,7 +104,8 @@ def resample_pos_embed(
     """Resize a ``[1, prefix + prod(grid), D]`` table to ``new_grid`` (FixRes fine-tuning at a new image size).
 
     Prefix (CLS) rows are kept as they are; the grid (square in 2-D, cubic in 3-D: the old grid is inferred from
-    the row count) is interpolated in float32, bicubic antialiased in 2-D, trilinear in 3-D.
+    the row count) is interpolated in float32: with ``interpolation`` (antialiased) in 2-D, trilinear in 3-D
+    (torch has no bicubic 3-D interpolation).
     """
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     axes = len(new_grid)

@@ -39,8 +39,9 @@ def build_model(objective: Mapping[str, Any], backbone: Mapping[str, Any]) -> to
     return VisionTransformer(**backbone)
 
 
-def pretraining_meta(config: Mapping[str, Any]) -> BackboneMeta:
-    """What every checkpoint and export of this run says about its backbone (the step is added when saved)."""
+def pretraining_meta(config: Mapping[str, Any], arrays: bool) -> BackboneMeta:
+    """What every checkpoint and export of this run says about its backbone (the step is added when saved);
+    ``arrays``: the shards hold arrays (normalized in stored units), not encoded images."""
     data, objective = config["data"], config["objective"]
     return BackboneMeta(
         options=backbone_options(config["model"]),
@@ -51,11 +52,14 @@ def pretraining_meta(config: Mapping[str, Any]) -> BackboneMeta:
         step=None,
         config_hash=config_hash(config),
         source_checkpoint=None,
+        inputs="arrays" if arrays else "images",
+        bands=None if data["bands"] is None else tuple(data["bands"]),
     )
 
 
-def build_module(config: Mapping[str, Any], plan: RunPlan, num_classes: int) -> TrainingModule:
-    """The Lightning module for ``config["objective"]["name"]``; unknown names list the known ones."""
+def build_module(config: Mapping[str, Any], plan: RunPlan, num_classes: int, arrays: bool = False) -> TrainingModule:
+    """The Lightning module for ``config["objective"]["name"]``; unknown names list the known ones. ``arrays``:
+    the training shards hold arrays (the metadata records how inputs were normalized)."""
     objective = config["objective"]
     module_class = lookup(OBJECTIVES, objective["name"], "objective")
     backbone = backbone_options(config["model"], num_classes if objective["name"] == "supervised" else 0)
@@ -71,7 +75,7 @@ def build_module(config: Mapping[str, Any], plan: RunPlan, num_classes: int) -> 
         model,
         optim=from_settings(OptimConfig, config["optim"], "optim", warmup_steps=warmup_steps),
         plan=plan,
-        meta=pretraining_meta(config),
+        meta=pretraining_meta(config, arrays),
         seed=config["seed"],
         max_bad_steps=config["trainer"]["max_bad_steps"],
         flops_per_batch=flops_per_batch(objective, backbone, plan.batch_size),

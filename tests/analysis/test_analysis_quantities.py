@@ -193,7 +193,7 @@ def test_channel_tokens_of_one_patch_are_zero_apart():
     attn[0, 0, 0, 0] = 1
     for query in range(tokens):  # each token attends to the other channels' token of its own patch
         attn[0, 0, 1 + query, 1 + (query + 2) % tokens] = 1
-    assert mean_attention_distance(attn, grid, 16).item() == 0.0
+    assert mean_attention_distance(attn, grid, 16, tokens_per_patch=channels).item() == 0.0
 
 
 def test_position_similarity_by_axis_is_one_on_the_diagonal_and_falls_with_distance():

@@ -108,13 +108,18 @@ def test_multispectral_shards_record_channel_statistics_and_stream_normalized_13
 
 
 def test_nifti_volumes_keep_their_spacing_and_stream_as_cubes(tmp_path: Path):
-    write_volumes(tmp_path / "volumes", spacing=(0.8, 0.8, 3.0))
+    volumes = write_volumes(tmp_path / "volumes", spacing=(0.8, 0.8, 3.0))
     manifest = write_shards("nifti_folder", tmp_path / "volumes", tmp_path / "shards", workers=1)
     assert (manifest["format"], manifest["spatial_dims"], manifest["channels"]) == ("npz", 3, 1)
-    assert manifest["image_size"]["depth"]["max"] == 6 and manifest["image_size"]["width"]["max"] == 4
+    # files of X=6 x Y=8 x Z=4 voxels are stored slices first, [C, Z, Y, X], with the spacing in that order
+    sizes = manifest["image_size"]
+    assert (sizes["depth"]["max"], sizes["height"]["max"], sizes["width"]["max"]) == (4, 8, 6)
     with tarfile.open(next((tmp_path / "shards").glob("*.tar"))) as archive:
         spacings = [json.loads(archive.extractfile(m).read()) for m in archive if m.name.endswith(".json")]
-    assert spacings and all(entry["spacing"] == pytest.approx([0.8, 0.8, 3.0]) for entry in spacings)
+    assert spacings and all(entry["spacing"] == pytest.approx([3.0, 0.8, 0.8]) for entry in spacings)
+    listing = get_source("nifti_folder").load(SourceRequest(tmp_path / "volumes", None))
+    first = next(item for item in listing.items if item.path.endswith("case0.nii.gz"))
+    np.testing.assert_array_equal(first.load()[0][0], volumes[0].transpose(2, 1, 0))
     config = stream(tmp_path / "shards", "mae", 2, 8, crop_scale=(0.5, 1.0), intensity_scale=0.1)
     batch = next(iter(build_loader(config)))
     assert batch["image"].shape == (2, 1, 8, 8, 8) and batch["label"].tolist() in ([0, 1], [1, 0], [0, 0], [1, 1])
@@ -131,6 +136,9 @@ def test_medmnist_npz_splits_are_read_by_their_array_names(tmp_path: Path):
     listing = source.load(SourceRequest(path, "val"))
     assert [item.label for item in listing.items] == [0, 1] and listing.arrays
     np.testing.assert_array_equal(listing.items[1].load()[0], arrays["val_images"][1][None])
+    only_first_class = {**arrays, **labels, "test_labels": np.zeros((3, 1), dtype=np.uint8)}
+    np.savez(tmp_path / "skewed.npz", **only_first_class)
+    assert source.load(SourceRequest(tmp_path / "skewed.npz", "test")).classes == ["0", "1"]  # from every split
     np.savez(tmp_path / "partial.npz", train_images=arrays["train_images"])
     with pytest.raises(FileNotFoundError, match="lacks test_images, test_labels"):
         source.load(SourceRequest(tmp_path / "partial.npz", "test"))
@@ -165,12 +173,15 @@ def test_array_transforms_crop_flip_and_scale_volumes_and_refuse_colour_augmenta
     outputs = [train(volume) for _ in range(8)]
     assert all(output.shape == (2, 4, 4, 4) for output in outputs)
     assert len({tuple(output.flatten().tolist()) for output in outputs}) == 8
-    whole = build_transform(
-        "eval", transform_options(6, eval_crop_fraction=1.0, bands=(1,), randaugment=None), (0.0,), arrays=True
-    )
-    assert whole(volume).shape == (1, 6, 6, 6) and whole(volume).min() >= volume[1].min() - 1e-3
+    options = transform_options(6, eval_crop_fraction=1.0, bands=(1,), randaugment=None)
+    whole = build_transform("eval", options, (0.0,), arrays=True)(volume)
+    # the whole (anisotropic) volume becomes the cube, nothing cropped away
+    expected = torch.nn.functional.interpolate(volume[None, 1:2], size=(6, 6, 6), mode="trilinear")[0]
+    torch.testing.assert_close(whole, expected)
     with pytest.raises(ValueError, match="RandAugment is a colour augmentation"):
         build_transform("supervised", transform_options(4, randaugment="rand-m9-mstd0.5-inc1"), (0.0,), arrays=True)
+    with pytest.raises(ValueError, match="needs crop_scale"):  # at build time, not as every sample "corrupt"
+        build_transform("mae", transform_options(4, crop_scale=None, randaugment=None), (0.0,), arrays=True)
 
 
 def test_npy_folders_of_volumes_write_with_the_default_array_format_and_read_in_the_elastic_order(tmp_path: Path):

@@ -69,11 +69,20 @@ def test_3d_mae_loss_equals_a_direct_computation_over_masked_cubes():
     assert output.loss.item() == pytest.approx(expected / count, rel=1e-5)
 
 
-def test_3d_position_table_resamples_to_a_new_cubic_grid():
-    table = torch.cat([torch.zeros(1, 1, 6), sincos_pos_embed(6, (2, 2, 2), 0).unsqueeze(0)], dim=1)
+def test_3d_position_table_resamples_to_a_new_cubic_grid_axis_by_axis():
+    grid = torch.stack(torch.meshgrid(*(torch.arange(2.0),) * 3, indexing="ij"), dim=-1)  # row (d, h, w) = its place
+    table = torch.cat([torch.full((1, 1, 3), 7.0), grid.reshape(1, 8, 3)], dim=1)
     resized = resample_pos_embed(table, (4, 4, 4))
-    assert resized.shape == (1, 1 + 64, 6)
+    expected = torch.nn.functional.interpolate(grid.permute(3, 0, 1, 2)[None], size=(4, 4, 4), mode="trilinear")
+    torch.testing.assert_close(resized[:, 1:], expected[0].permute(1, 2, 3, 0).reshape(1, 64, 3))
+    assert torch.equal(resized[:, :1], table[:, :1])
     torch.testing.assert_close(resample_pos_embed(table, (2, 2, 2)), table)
+
+
+def test_an_input_of_another_size_is_refused_not_given_repeated_positions():
+    model = vit(spatial_dims=3, img_size=8, patch_size=4)
+    with pytest.raises(ValueError, match="gives 16 tokens; the model was built for"):
+        model(torch.randn(1, 3, 16, 8, 8))  # twice the tokens: a multiple of the position rows
 
 
 def test_channel_tokens_evaluate_any_subset_of_the_channels_they_were_trained_on():
@@ -99,7 +108,10 @@ def test_channel_token_mae_predicts_one_channel_per_token_and_knows_which():
     assert output.pred.shape == (2, 3 * 16, 4 * 4) and torch.isfinite(output.loss)
     positions = mae.decoder_positions()
     assert positions.shape == (1, 1 + 3 * 16, 24)
-    assert not torch.equal(positions[0, 1], positions[0, 1 + 16])  # same patch, another channel
+    table, channels = mae.decoder_pos_embed[0], mae.decoder_channel_embed
+    for token in (0, 5, 16 + 5, 2 * 16 + 15):  # token c * 16 + l: patch l's position plus channel c's row
+        channel, patch = divmod(token, 16)
+        torch.testing.assert_close(positions[0, 1 + token], table[1 + patch] + channels[channel])
     targets = pixel_targets(encoder.patchify(images), norm_pix_loss=False)
     torch.testing.assert_close(targets[:, 16:32], patchify(images[:, 1:2], 4))  # channel 1's patches
     assert "decoder_channel_embed" in mae.no_weight_decay()
