@@ -379,7 +379,7 @@ class ShardLoader(wds.WebLoader):
             stream,
             batch_size=None,
             num_workers=num_workers,
-            pin_memory=pin_memory,
+            pin_memory=pin_memory and torch.cuda.is_available(),  # pinning is for host-to-GPU copies only
             generator=generator,
             worker_init_fn=ignore_stop_signals,
         )

@@ -177,7 +177,7 @@ class ListingSplit:
             num_workers=spec.num_workers,
             collate_fn=NormalizingCollate(spec.mean, spec.std),
             drop_last=spec.training,
-            pin_memory=spec.pin_memory,
+            pin_memory=spec.pin_memory and torch.cuda.is_available(),  # pinning is for host-to-GPU copies only
             worker_init_fn=ignore_stop_signals,
         )
 
@@ -236,7 +236,7 @@ class ShardSplit:
             std=spec.std,
             seed=spec.seed,
             manifest=None,
-            pin_memory=spec.pin_memory,
+            pin_memory=spec.pin_memory and torch.cuda.is_available(),  # pinning is for host-to-GPU copies only
             epoch=epoch,
             rank=rank,
             world_size=world_size,
