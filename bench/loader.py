@@ -117,7 +117,13 @@ def stream_loader(shards: Path, size: int, batch_size: int, workers: int, normal
             workers,
             "mae",
             augment=TransformOptions(
-                size, CROP_SCALE, CROP_RATIO, eval_crop_fraction=None, randaugment=None, intensity_scale=None, bands=None
+                size,
+                CROP_SCALE,
+                CROP_RATIO,
+                eval_crop_fraction=None,
+                randaugment=None,
+                intensity_scale=None,
+                bands=None,
             ),
             mean=MEAN,
             std=STD,

@@ -58,8 +58,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from model_step import count_flops, make_step, synchronize  # the same step, FLOP count and timing as model_step.py
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from pretrain.models.mae import MaskedAutoencoder, patchify
 from pretrain.models.vit import VisionTransformer
@@ -140,34 +140,6 @@ def build_models(args: argparse.Namespace, bf16: bool = False) -> dict[str, Buil
     return {"ours": ours, "monai": monai, "monai_sdpa": lambda: monai(sdpa=True)}
 
 
-def make_step(model: nn.Module, loss_fn: Callable, volumes: Tensor, bf16: bool) -> Callable[[], None]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    autocast = torch.autocast(volumes.device.type, dtype=torch.bfloat16, enabled=bf16)
-
-    def step() -> None:
-        with autocast:
-            loss = loss_fn(volumes)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def count_flops(loss_fn: Callable, volumes: Tensor, bf16: bool) -> float:
-    """Forward + backward FLOPs of one batch, per volume."""
-    with FlopCounterMode(display=False) as counter:
-        with torch.autocast(volumes.device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(volumes)
-        loss.backward()
-    return counter.get_total_flops() / volumes.shape[0]
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @dataclass
 class Contender:
     name: str
@@ -181,6 +153,7 @@ class Contender:
 
 def bench_device(args: argparse.Namespace, device: torch.device) -> None:
     bf16 = device.type == "cuda"
+    precision = "bf16" if bf16 else "fp32"
     batch = args.cuda_batch_size if device.type == "cuda" else args.batch_size
     generator = torch.Generator().manual_seed(0)
     volumes = torch.randn(batch, 1, args.img_size, args.img_size, args.img_size, generator=generator).to(device)
@@ -193,10 +166,10 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> None:
         model.to(device).train()
         params = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        flops = count_flops(loss_fn, volumes, bf16)
+        flops = count_flops(loss_fn, volumes, precision)
         trained = sum(p.numel() for p in model.parameters() if p.grad is not None)
         model.zero_grad(set_to_none=True)
-        step = make_step(model, loss_fn, volumes, bf16)
+        step = make_step(model, loss_fn, volumes, precision, fused_adamw=False)
         contenders.append(Contender(name, step, params, trainable, trained, flops, []))
     for _ in range(args.warmup):  # interleaved too: both see the same warm caches and allocator state
         for contender in contenders:
