@@ -412,17 +412,24 @@ class VisionTransformer(nn.Module):
         return self.norm(self.blocks(self.prepend_cls(self.embed_patches(images))))
 
     def forward_intermediates(self, images: Tensor, last: int) -> list[Tensor]:
-        """The tokens after each of the ``last`` blocks, ``[B, 1 + L, D]`` each, through ``norm`` as
-        :meth:`forward_features` applies it (the features of DINOv2's linear evaluation over the last blocks; an
-        average-pooling backbone's ``norm`` is the identity, its ``fc_norm`` follows pooling); the last entry
-        equals forward_features."""
+        """The tokens after each of the ``last`` blocks (DINOv2's linear evaluation over the last blocks); the last
+        entry equals forward_features. See :meth:`block_outputs`."""
         if not 1 <= last <= len(self.blocks):
             raise ValueError(f"last={last}: the backbone has {len(self.blocks)} blocks")
+        return self.block_outputs(images, range(len(self.blocks) - last, len(self.blocks)))
+
+    def block_outputs(self, images: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        """The tokens after blocks ``indices`` (0-based, increasing), ``[B, 1 + L, D]`` each, through ``norm`` as
+        :meth:`forward_features` applies it (an average-pooling backbone's ``norm`` is the identity, its
+        ``fc_norm`` follows pooling); blocks after the last index are not run."""
+        indices = list(indices)
+        if not indices or indices != sorted(set(indices)) or not 0 <= indices[0] <= indices[-1] < len(self.blocks):
+            raise ValueError(f"block indices {indices} must increase within the backbone's {len(self.blocks)} blocks")
         x = self.prepend_cls(self.embed_patches(images))
         outputs = []
-        for index, block in enumerate(self.blocks):
+        for index, block in enumerate(self.blocks[: indices[-1] + 1]):
             x = block(x)
-            if index >= len(self.blocks) - last:
+            if index in indices:
                 outputs.append(self.norm(x))
         return outputs
 
