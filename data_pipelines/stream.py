@@ -58,12 +58,14 @@ from data_pipelines.seeding import seeded_rng, stable_seed
 from data_pipelines.shards import expand_shards, local_path
 from data_pipelines.transforms import (
     CORRUPT_SAMPLE_ERRORS,
-    TRANSFORMS,
+    TRANSFORM_NAMES,
     ImageTransform,
     Normalize,
     TransformOptions,
     build_transform,
+    collate_targets,
     open_input,
+    open_mask,
     read_label,
 )
 from data_pipelines.worker_signals import ignore_stop_signals
@@ -107,7 +109,7 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         self.mean, self.std = tuple(self.mean), tuple(self.std)
-        check_name(self.transform, TRANSFORMS, "transform")
+        check_name(self.transform, TRANSFORM_NAMES, "transform")
         if self.batch_size < 1 or self.num_workers < 0 or self.skip_batches < 0:
             raise ValueError(
                 "need batch_size >= 1, num_workers >= 0, skip_batches >= 0; "
@@ -262,14 +264,16 @@ class BatchDecoder:
         images = torch.stack([image for image, _, _ in decoded])
         batch = {
             "image": images if self.normalize is None else self.normalize(images),
-            "label": torch.tensor([label for _, label, _ in decoded], dtype=torch.long),
+            **collate_targets([target for _, target, _ in decoded]),
             "key": [key for _, _, key in decoded],
         }
         return batch, skipped
 
-    def decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int, str] | None:
+    def decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int | torch.Tensor, str] | None:
+        """(image, class label or segmentation mask, key), or None for a corrupt sample."""
         try:
-            label = read_label(sample)
+            mask = open_mask(sample)
+            target = read_label(sample)
             opened = open_input(sample)
             if isinstance(opened, torch.Tensor) != self.arrays:
                 raise TypeError(  # not a damaged sample: every sample of these shards would fail alike
@@ -278,11 +282,14 @@ class BatchDecoder:
                     "(none found means images): keep manifest.json beside the shards or pass manifest=PATH"
                 )
             with seeded_rng(stable_seed(self.seed, sample["__position__"])):
-                image = self.transform(opened)
+                if mask is None:
+                    image = self.transform(opened)
+                else:
+                    image, target = self.transform(opened, mask)
         except CORRUPT_SAMPLE_ERRORS as error:
             logger.warning("skipping corrupt sample %s of %s: %s", sample.get("__key__"), sample.get("__url__"), error)
             return None
-        return image, label, sample["__key__"]
+        return image, target, sample["__key__"]
 
 
 class ShardStream(torch.utils.data.IterableDataset):

@@ -30,6 +30,7 @@ from torchvision.transforms.v2 import functional as F
 from data_pipelines.array_transforms import ARRAY_TRANSFORMS
 from data_pipelines.arrays import array_member, decode_array
 from data_pipelines.registry import lookup
+from data_pipelines.segmentation_transforms import MASK_MEMBER, SEGMENTATION_TRANSFORMS
 from data_pipelines.transform_options import TransformOptions
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -68,6 +69,18 @@ def open_input(sample: dict[str, Any]) -> Image.Image | torch.Tensor:
 def read_label(sample: dict[str, Any]) -> int:
     """The integer in `key.cls`, or -1 for unlabeled samples."""
     return int(sample["cls"]) if "cls" in sample else -1
+
+
+def open_mask(sample: dict[str, Any]) -> Image.Image | None:
+    """A segmentation sample's mask (`key.seg.png`), or None for samples without one."""
+    return Image.open(io.BytesIO(sample[MASK_MEMBER])) if MASK_MEMBER in sample else None
+
+
+def collate_targets(targets: Sequence[int | torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{"label": long [B]}`` for class labels, ``{"mask": long [B, H, W]}`` for segmentation masks."""
+    if isinstance(targets[0], torch.Tensor):
+        return {"mask": torch.stack(list(targets))}
+    return {"label": torch.tensor(targets, dtype=torch.long)}
 
 
 def decode_region(image: Image.Image, box: Box, output_size: int) -> torch.Tensor:
@@ -183,11 +196,17 @@ TRANSFORMS: dict[str, Callable[[TransformOptions, Sequence[float]], ImageTransfo
 }
 
 
+TRANSFORM_NAMES = (*TRANSFORMS, *SEGMENTATION_TRANSFORMS)
+
+
 def build_transform(
     name: str, options: TransformOptions, mean: Sequence[float], arrays: bool = False
 ) -> ImageTransform:
-    """The per-image transform ``name``, of images or (``arrays``) of array tensors (:mod:`array_transforms`);
-    ``mean`` (the normalization mean) is RandAugment's fill colour, and the centre of arrays' intensity scaling."""
+    """The per-image transform ``name``, of images or (``arrays``) of array tensors (:mod:`array_transforms`), or
+    of an image and its mask (``segment``, ``segment_eval``: :mod:`segmentation_transforms`); ``mean`` (the
+    normalization mean) is RandAugment's fill colour, and the centre of arrays' intensity scaling."""
+    if name in SEGMENTATION_TRANSFORMS:
+        return SEGMENTATION_TRANSFORMS[name](options)
     if arrays:
         return lookup(ARRAY_TRANSFORMS, name, "transform")(options, mean)
     return lookup(TRANSFORMS, name, "transform")(options, mean)

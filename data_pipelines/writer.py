@@ -39,6 +39,7 @@ from data_pipelines.registry import check_name
 from data_pipelines.sources.base import ENCODINGS, EncodedImage, Item, Listing
 
 PROGRESS_NAME = ".write_progress.json"
+MASK_MEMBER = "seg.png"  # a segmentation sample's mask: key.seg.png beside key.jpg
 MAX_SKIPPED_EXAMPLES = 20
 # What a broken or unreadable image raises; anything else is a bug and must stop the conversion.
 UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -160,6 +161,7 @@ def build_manifest(
         "channels": progress.shards[0].channels,
         "spatial_dims": 3 if any(shard.depth_max for shard in progress.shards) else 2,
         "channel_stats": channel_statistics(progress.shards),
+        "segmentation": None if listing.ignore_index is None else {"ignore_index": listing.ignore_index},
         "image_size": image_size_summary(progress.shards),
         "skipped": {"count": progress.skipped_count, "examples": progress.skipped_examples},
         "settings": progress.settings,
@@ -246,11 +248,13 @@ def _write_remaining(listing: Listing, out_dir: Path, options: WriteOptions, pro
 
 
 def tar_sample(sample: EncodedSample) -> dict[str, Any]:
-    """The tar members of one sample: `key.<ext>`, when labeled `key.cls` holding the decimal label, and `key.json`
-    when the sample has metadata (a volume's spacing)."""
+    """The tar members of one sample: `key.<ext>`, when labeled `key.cls` holding the decimal label, `key.json`
+    when the sample has metadata (a volume's spacing), `key.seg.png` when it has a segmentation mask."""
     members: dict[str, Any] = {"__key__": sample.key, sample.image.extension: sample.image.data}
     if sample.label is not None:
         members["cls"] = str(sample.label).encode()
     if sample.image.metadata:
         members["json"] = json.dumps(sample.image.metadata, sort_keys=True).encode()
+    if sample.image.mask is not None:
+        members[MASK_MEMBER] = sample.image.mask
     return members

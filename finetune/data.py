@@ -31,8 +31,9 @@ from data_pipelines.manifest import channel_normalization, read_manifest
 from data_pipelines.seeding import seeded_rng, stable_seed
 from data_pipelines.shards import expand_shards, local_path
 from data_pipelines.sources.base import Item, Listing, is_array_item
+from data_pipelines.sources.segmentation import SegmentationItem
 from data_pipelines.stream import StreamConfig, build_loader
-from data_pipelines.transforms import ImageTransform, Normalize, TransformOptions, build_transform
+from data_pipelines.transforms import ImageTransform, Normalize, TransformOptions, build_transform, collate_targets
 from data_pipelines.worker_signals import ignore_stop_signals
 from pretrain.engine.plan import RunPlan
 from pretrain.engine.positioned_loader import StepPositionedLoader
@@ -82,6 +83,11 @@ class TaskSplit(Protocol):
         """Whether the images are arrays (N channels, volumes) rather than encoded RGB images."""
         ...
 
+    @property
+    def ignore_index(self) -> int | None:
+        """Segmentation splits: the mask value that counts nowhere; None for classification."""
+        ...
+
     def channel_normalization(self, bands: Sequence[int] | None) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the split's arrays (of ``bands`` only, when given)."""
         ...
@@ -114,32 +120,32 @@ class ItemDataset(Dataset):
         item = self.items[index]
         image = open_item(item)
         with seeded_rng(stable_seed(self.seed, index)):
+            if isinstance(item, SegmentationItem):
+                return (*self.transform(image, Image.fromarray(item.load_mask())), item.key)
             return self.transform(image), item.label, item.key
 
 
 class NormalizingCollate:
-    """A list of (uint8 image, label, key) -> the stream's batch dict, normalized once per batch."""
+    """A list of (uint8 image, label or mask, key) -> the stream's batch dict, normalized once per batch."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.normalize = Normalize(mean, std)
 
-    def __call__(self, samples: list[tuple[torch.Tensor, int, str]]) -> Batch:
-        images, labels, keys = zip(*samples, strict=True)
-        return {
-            "image": self.normalize(torch.stack(images)),
-            "label": torch.tensor(labels, dtype=torch.long),
-            "key": list(keys),
-        }
+    def __call__(self, samples: list[tuple[torch.Tensor, int | torch.Tensor, str]]) -> Batch:
+        images, targets, keys = zip(*samples, strict=True)
+        return {"image": self.normalize(torch.stack(images)), **collate_targets(targets), "key": list(keys)}
 
 
 class ListingSplit:
     """A split read from a dataset's official files (``data_pipelines.sources`` listings)."""
 
-    def __init__(self, items: Sequence[Item], classes: list[str] | None) -> None:
+    def __init__(self, items: Sequence[Item], classes: list[str] | None, ignore_index: int | None = None) -> None:
+        """``ignore_index``: segmentation items' mask value that counts nowhere (None: classification)."""
         self.items = list(items)
         self.classes = classes
         self.num_samples = len(self.items)
         self.arrays = Listing(self.items, classes).arrays
+        self.ignore_index = ignore_index
 
     def channel_normalization(self, bands: Sequence[int] | None) -> tuple[list[float], list[float]]:
         """Computed over every array of the split (one read of each file, the first time it is asked)."""
@@ -156,6 +162,8 @@ class ListingSplit:
         return moments.mean_std()
 
     def max_label(self) -> int:
+        if self.ignore_index is not None:  # masks: their labels are checked against the classes when scored
+            return len(self.classes) - 1
         labels = [item.label for item in self.items]
         if any(label is None for label in labels):
             raise ValueError("the split has unlabeled images; downstream tasks need a label for every image")
@@ -183,7 +191,8 @@ class ListingSplit:
 
     def held_out(self, holdout: HoldOut) -> ListingSplit:
         selection = holdout.select(item.key for item in self.items)
-        return ListingSplit([item for item in self.items if selection.keeps(item.key)], self.classes)
+        kept = [item for item in self.items if selection.keeps(item.key)]
+        return ListingSplit(kept, self.classes, self.ignore_index)
 
     def image_side(self) -> float:
         """The median shorter side of (at most) the first SIZE_SAMPLE images: a folder rarely mixes resolutions."""
@@ -202,6 +211,8 @@ class ShardSplit:
         manifest = read_manifest(self.urls)
         self.classes = manifest["classes"]
         self.arrays = manifest["arrays"]
+        segmentation = next(iter(manifest["manifests"].values())).get("segmentation")
+        self.ignore_index = None if segmentation is None else segmentation["ignore_index"]
         self.selection = selection
         self.num_samples = manifest["total"] if num_samples is None else num_samples
 

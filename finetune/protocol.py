@@ -32,13 +32,15 @@ from lightning.pytorch.callbacks import Callback
 from data_pipelines.manifest import write_json_atomic
 from data_pipelines.registry import lookup
 from data_pipelines.seeding import seed_all, stable_seed
-from finetune.data import TaskDataModule, TaskSplit, loader_specs
+from data_pipelines.transforms import TransformOptions
+from finetune.data import LoaderSpec, TaskDataModule, TaskSplit, loader_specs
 from finetune.modes.common import DownstreamRun
 from finetune.modes.features import FeatureExtractor, FeatureTable, extract_features
 from finetune.modes.full import build_finetune, ema_callbacks
 from finetune.modes.knn import knn_accuracy
 from finetune.modes.linear import selecting_linear_probe
 from finetune.modes.linear_mae import build_linear
+from finetune.modes.segment import build_segmentation
 from finetune.tasks import Task
 from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR
 from pretrain.engine.config import Settings, config_hash, settings
@@ -395,6 +397,71 @@ def compare_with_linear_probe(context: DownstreamContext, metrics: Mapping[str, 
     }
 
 
+# ---- dense mode ---------------------------------------------------------------------------------------------
+
+
+def segmentation_specs(
+    config: Mapping[str, Any], image_size: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[LoaderSpec, LoaderSpec]:
+    """(training crops of ``image_size``, whole test images one at a time: their sizes differ) for ``segment``."""
+    mode = config["mode"]
+    common = dict(
+        num_workers=config["num_workers"],
+        mean=mean,
+        std=std,
+        seed=config["seed"],
+        shuffle_buffer=config["shuffle_buffer"],
+        pin_memory=config["pin_memory"],
+    )
+    geometry = dict(image_size=image_size, eval_crop_fraction=None, randaugment=None, intensity_scale=None, bands=None)
+    crops = TransformOptions(**geometry, crop_scale=mode["crop_scale"], crop_ratio=mode["crop_ratio"])
+    whole = TransformOptions(**geometry, crop_scale=None, crop_ratio=None)
+    train = LoaderSpec("segment", crops, batch_size=mode["batch_size"], training=True, **common)
+    return train, LoaderSpec("segment_eval", whole, batch_size=1, training=False, **common)
+
+
+def run_segment(context: DownstreamContext) -> ModeOutcome | None:
+    """Train the mode's segmentation head (and the backbone unless frozen) on the training split, test once on
+    whole test images by sliding windows. A fixed recipe: no selection on validation. None when a signal stopped
+    the fit."""
+    config, task = context.config, context.task
+    mode = config["mode"]
+    if task.ignore_index is None:
+        raise ValueError(f"mode=segment needs a segmentation task (ade20k, voc2012, segfolder); {task.name} classifies")
+    seed_all(stable_seed(config["seed"], "fit", "segment"))
+    backbone, meta = context.load_backbone()
+    image_size = backbone.patch_embed.img_size
+    train_spec, test_spec = segmentation_specs(config, image_size, *normalization(config, meta, task.train))
+    plan = downstream_plan(config, mode, task.train, trains=True)
+    run = DownstreamRun(task.num_classes, plan, config["seed"], meta, config["trainer"]["max_bad_steps"])
+    module = build_segmentation(backbone, mode, run, task.ignore_index)
+    data = TaskDataModule(task.train, task.test, train_spec, test_spec, plan)
+    trainer = build_trainer(
+        config["trainer"],
+        config["logger"],
+        context.run_dir,
+        run_config=config,
+        plan=plan,
+        batch_size_fn=lambda batch: batch["image"].shape[0],
+    )
+    log.info(
+        "segment (%s head) on %s (%d images): %s", mode["head"], task.name, task.train.num_samples, plan.describe()
+    )
+    resume = str(config["resume"])
+    checkpoint = resume_checkpoint(trainer, resume, context.run_dir, config["trainer"]["universal_checkpoint_wait_s"])
+    with frozen_parts_expected() if mode["freeze_backbone"] else contextlib.nullcontext():
+        trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=False)
+    if stopped_by_signal(trainer) is not None:
+        return None
+    save_final_checkpoint(trainer, context.run_dir, config["trainer"]["checkpoint_every_n_steps"])
+    started = time.perf_counter()
+    trainer.test(module, datamodule=data)
+    speed = round(task.test.num_samples / (time.perf_counter() - started), 2)
+    metrics = {name: module.scores[name] for name in ("miou", "pixel_accuracy")}
+    per_class = dict(zip(task.train.classes, module.scores["per_class_iou"], strict=True))
+    return ModeOutcome(metrics, trainer, image_size, meta, speed, notes={"per_class_iou": per_class})
+
+
 @dataclass(frozen=True)
 class Mode:
     """How a mode runs (``run(context)`` -> its outcome, None when a signal stopped it)."""
@@ -409,6 +476,7 @@ MODES: dict[str, Mode] = {
     "linear_mae": Mode(partial(run_fit, fit_mode=FitMode(build_linear, no_callbacks, frozen_backbone=True))),
     "finetune": Mode(partial(run_fit, fit_mode=FINE_TUNING)),
     "finetune_mae": Mode(partial(run_fit, fit_mode=FINE_TUNING)),
+    "segment": Mode(run_segment),
 }
 
 

@@ -43,6 +43,11 @@ class Task:
     eval_crop_fraction: float  # the eval transform's centre crop (1.0: the whole image)
     group: str | None  # VTAB-1k group (natural, specialized, structured), averaged by finetune/report.py
 
+    @property
+    def ignore_index(self) -> int | None:
+        """Segmentation tasks: the mask value that counts nowhere; None for classification."""
+        return self.train.ignore_index
+
 
 def read_files(task: Mapping[str, Any], entries: list[str]) -> ListingSplit:
     """Official-format files through a ``data_pipelines`` source; several splits are concatenated."""
@@ -61,7 +66,7 @@ def read_files(task: Mapping[str, Any], entries: list[str]) -> ListingSplit:
     classes = [listing.classes for listing in listings]
     if any(other != classes[0] for other in classes):
         raise ValueError(f"task {task['name']}: the splits {entries} name different classes: {classes}")
-    return ListingSplit([item for listing in listings for item in listing.items], classes[0])
+    return ListingSplit([item for listing in listings for item in listing.items], classes[0], listings[0].ignore_index)
 
 
 def _shard_path(root: Path, entry: str) -> str:

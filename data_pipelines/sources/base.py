@@ -24,7 +24,8 @@ class EncodedImage:
     """Bytes of one image (or array) as they go into the tar, with the extension that names its format.
 
     Arrays also carry their shape facts and channel moments (for the manifest's statistics) and may carry
-    per-sample metadata, written beside them as ``key.json`` (a volume's voxel spacing).
+    per-sample metadata, written beside them as ``key.json`` (a volume's voxel spacing); segmentation samples
+    carry their mask.
     """
 
     extension: str
@@ -35,6 +36,7 @@ class EncodedImage:
     depth: int | None = None  # volumes: the first spatial axis
     moments: ChannelMoments | None = None
     metadata: dict[str, Any] | None = None
+    mask: bytes | None = None  # segmentation: the label map as a single-channel PNG, written as key.seg.png
 
 
 class Item(Protocol):
@@ -172,6 +174,7 @@ class Listing:
 
     items: list[Item]
     classes: list[str] | None
+    ignore_index: int | None = None  # segmentation sources: the mask value that counts nowhere
 
     @property
     def arrays(self) -> bool:

@@ -1,0 +1,165 @@
+"""Semantic-segmentation datasets in their official layouts: ADE20K (SceneParsing), Pascal VOC 2012, and a generic
+folder of image + mask pairs. Each item is an image with its mask, written into one shard sample
+(``key.jpg`` + ``key.seg.png``).
+
+Masks are stored in training label space: class indices ``0..K-1`` and :data:`IGNORE_INDEX` for pixels that count
+nowhere. ADE20K's label 0 ("other objects") becomes the ignore index and labels ``1..150`` become ``0..149`` (the
+benchmark's ``reduce_zero_label``); VOC's palette PNGs already hold ``0..20`` with 255 on object borders.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from data_pipelines.sources.base import (
+    KEPT_FORMATS,
+    EncodedImage,
+    Listing,
+    Source,
+    SourceRequest,
+    encode_pil,
+    make_key,
+    require_files,
+)
+
+IGNORE_INDEX = 255
+ADE20K_CLASSES = 150
+ADE20K_SPLITS = ("training", "validation")
+VOC_CLASSES = (
+    "background",
+    *("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow"),
+    *("diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"),
+)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def keep_labels(mask: np.ndarray) -> np.ndarray:
+    return mask
+
+
+def reduce_zero_label(mask: np.ndarray) -> np.ndarray:
+    """ADE20K: 0 ("other") -> ignore, k -> k - 1."""
+    return np.where(mask == 0, IGNORE_INDEX, mask.astype(np.int64) - 1).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class SegmentationItem:
+    """An image file and its mask file; the mask is mapped to training labels by ``labels`` (module-level, as
+    items are pickled to writer processes) and must have the image's size."""
+
+    key: str
+    label: None
+    path: str
+    mask_path: str
+    labels: Callable[[np.ndarray], np.ndarray]
+
+    def size(self) -> tuple[int, int]:
+        with Image.open(self.path) as image:
+            return image.size
+
+    def load_mask(self) -> np.ndarray:
+        with Image.open(self.mask_path) as mask:
+            if mask.mode not in ("L", "P"):
+                raise ValueError(
+                    f"{self.mask_path}: a mask must be a single-channel (L or P) PNG, got mode {mask.mode}"
+                )
+            return self.labels(np.asarray(mask))
+
+    def encode(self, image_format: str) -> EncodedImage:
+        data = Path(self.path).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            kept = image.format in KEPT_FORMATS
+            encoded = EncodedImage(KEPT_FORMATS[image.format], data, *image.size) if kept else None
+            encoded = encoded or encode_pil(image, image_format)
+        mask = self.load_mask()
+        if (mask.shape[1], mask.shape[0]) != (encoded.width, encoded.height):
+            raise ValueError(f"{self.mask_path}: mask {mask.shape[::-1]} and image {encoded.width}x{encoded.height}")
+        buffer = io.BytesIO()
+        Image.fromarray(mask, mode="L").save(buffer, format="PNG")
+        return EncodedImage(encoded.extension, encoded.data, encoded.width, encoded.height, mask=buffer.getvalue())
+
+
+def segmentation_items(
+    pairs: list[tuple[Path, Path]], root: Path, labels: Callable[[np.ndarray], np.ndarray]
+) -> list[SegmentationItem]:
+    return [
+        SegmentationItem(make_key(index, image, root), None, str(image), str(mask), labels)
+        for index, (image, mask) in enumerate(pairs)
+    ]
+
+
+def ade20k_class_names(folder: Path) -> list[str]:
+    """The 150 names of ``objectInfo150.txt`` (tab-separated, name last) when the release has it."""
+    info = folder / "objectInfo150.txt"
+    if not info.is_file():
+        return [f"class_{index}" for index in range(ADE20K_CLASSES)]
+    rows = [line.split("\t") for line in info.read_text().splitlines()[1:] if line.strip()]
+    return [row[-1].split(";")[0].strip() for row in rows][:ADE20K_CLASSES]
+
+
+def load_ade20k(request: SourceRequest) -> Listing:
+    folder = request.root / "ADEChallengeData2016"
+    images, masks = folder / "images" / request.split, folder / "annotations" / request.split
+    require_files([images, masks], "ade20k")
+    pairs = [(image, masks / f"{image.stem}.png") for image in sorted(images.glob("*.jpg"))]
+    require_files([mask for _, mask in pairs], "ade20k")
+    return Listing(segmentation_items(pairs, folder, reduce_zero_label), ade20k_class_names(folder), IGNORE_INDEX)
+
+
+def load_voc2012(request: SourceRequest) -> Listing:
+    from torchvision.datasets import VOCSegmentation
+
+    folder = request.root / "VOCdevkit" / "VOC2012"
+    split_file = folder / "ImageSets" / "Segmentation" / f"{request.split}.txt"
+    require_files([folder / "JPEGImages", folder / "SegmentationClass", split_file], "voc2012")
+    dataset = VOCSegmentation(str(request.root), year="2012", image_set=request.split, download=False)
+    pairs = [(Path(image), Path(mask)) for image, mask in zip(dataset.images, dataset.masks, strict=True)]
+    return Listing(segmentation_items(pairs, folder, keep_labels), list(VOC_CLASSES), IGNORE_INDEX)
+
+
+def load_segmentation_folder(request: SourceRequest) -> Listing:
+    """ROOT[/SPLIT]/images/<name>.<ext> with ROOT[/SPLIT]/masks/<name>.png; class names from ROOT/classes.txt
+    (one per line, line k is label k), else ``class_k`` up to the largest label in the masks."""
+    folder = request.root / request.split if request.split else request.root
+    require_files([folder / "images", folder / "masks"], "segmentation folder")
+    images = sorted(path for path in (folder / "images").iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    pairs = [(image, folder / "masks" / f"{image.stem}.png") for image in images]
+    require_files([mask for _, mask in pairs], "segmentation folder")
+    names_file = next((path for path in (folder / "classes.txt", request.root / "classes.txt") if path.is_file()), None)
+    items = segmentation_items(pairs, folder, keep_labels)
+    if names_file is not None:
+        classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    else:
+        masks = (item.load_mask() for item in items)
+        largest = max(int(np.max(np.where(mask == IGNORE_INDEX, 0, mask))) for mask in masks)
+        classes = [f"class_{index}" for index in range(largest + 1)]
+    return Listing(items, classes, IGNORE_INDEX)
+
+
+ADE20K = Source(
+    name="ade20k",
+    summary="ADE20K SceneParsing (ADEChallengeData2016), 150 classes; label 0 ('other') is ignored",
+    layout="ROOT/ADEChallengeData2016/{images,annotations}/{training,validation}/*.{jpg,png}",
+    splits=ADE20K_SPLITS,
+    load=load_ade20k,
+)
+VOC2012 = Source(
+    name="voc2012",
+    summary="Pascal VOC 2012 segmentation, 21 classes (border pixels 255 ignored), read with torchvision",
+    layout="ROOT/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation/{train,val}.txt}",
+    splits=("train", "val"),
+    load=load_voc2012,
+)
+SEGMENTATION_FOLDER = Source(
+    name="segfolder",
+    summary="image + mask pairs: images/<name>.jpg with masks/<name>.png (label per pixel, 255 ignored)",
+    layout="ROOT[/SPLIT]/{images/<name>.<ext>,masks/<name>.png}[, classes.txt]",
+    splits=None,
+    load=load_segmentation_folder,
+)

@@ -1,0 +1,147 @@
+"""Segmentation from tiny files in the official layouts (ADE20K, Pascal VOC 2012, an image + mask folder), into
+shards and through ``mode=segment`` to mIoU in results.json."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipelines.sources import get_source
+from data_pipelines.sources.base import SourceRequest
+from data_pipelines.write_shards import write_shards
+from finetune.run import finetune
+
+COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]], dtype=np.uint8)
+
+
+def scene(index: int, size: tuple[int, int] = (40, 32)) -> tuple[np.ndarray, np.ndarray]:
+    """An image of two or three coloured regions and its label map (region k has label k, colour COLOURS[k])."""
+    width, height = size
+    rng = np.random.default_rng(index)
+    labels = np.zeros((height, width), dtype=np.uint8)
+    cut = int(rng.integers(width // 4, 3 * width // 4))
+    labels[:, cut:] = 1
+    labels[int(rng.integers(height // 2, height)) :, : cut // 2] = 2
+    pixels = COLOURS[labels] + rng.integers(0, 20, (height, width, 3)).astype(np.uint8)
+    return pixels, labels
+
+
+def write_pair(image_path: Path, mask_path: Path, pixels: np.ndarray, mask: Image.Image) -> None:
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(image_path, quality=95)
+    mask.save(mask_path)
+
+
+def write_ade20k(root: Path, counts: dict[str, int]) -> None:
+    folder = root / "ADEChallengeData2016"
+    for split, count in counts.items():
+        for index in range(count):
+            pixels, labels = scene(index + 100 * (split == "validation"))
+            name = f"ADE_{split}_{index:08d}"
+            mask = Image.fromarray(labels + 1)  # the release's labels: 0 is "other", classes start at 1
+            write_pair(
+                folder / "images" / split / f"{name}.jpg", folder / "annotations" / split / f"{name}.png", pixels, mask
+            )
+
+
+def write_voc(root: Path, counts: dict[str, int]) -> None:
+    folder = root / "VOCdevkit" / "VOC2012"
+    for split, count in counts.items():
+        names = [f"2007_{split}{index:04d}" for index in range(count)]
+        for index, name in enumerate(names):
+            pixels, labels = scene(index)
+            labels[0] = 255  # a border, ignored
+            mask = Image.fromarray(labels, mode="P")
+            mask.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (252 * 3) + [224, 224, 192])
+            write_pair(
+                folder / "JPEGImages" / f"{name}.jpg", folder / "SegmentationClass" / f"{name}.png", pixels, mask
+            )
+        (folder / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+        (folder / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+
+
+def write_folder(root: Path, counts: dict[str, int]) -> None:
+    for split, count in counts.items():
+        for index in range(count):
+            pixels, labels = scene(index + 1000 * (split == "test"))
+            write_pair(
+                root / split / "images" / f"{index}.jpg",
+                root / split / "masks" / f"{index}.png",
+                pixels,
+                Image.fromarray(labels),
+            )
+    (root / "classes.txt").write_text("red\ngreen\nblue\n")
+
+
+def test_ade20k_masks_drop_the_zero_label_and_voc_keeps_its_ignored_borders(tmp_path: Path):
+    write_ade20k(tmp_path, {"training": 2, "validation": 1})
+    ade = get_source("ade20k").load(SourceRequest(tmp_path, "training"))
+    assert len(ade.classes) == 150 and ade.ignore_index == 255
+    np.testing.assert_array_equal(ade.items[0].load_mask(), scene(0)[1])  # 1..3 in the file -> 0..2
+    write_voc(tmp_path, {"train": 2, "val": 1})
+    voc = get_source("voc2012").load(SourceRequest(tmp_path, "train"))
+    assert voc.classes[:2] == ["background", "aeroplane"] and len(voc.classes) == 21
+    mask = voc.items[0].load_mask()
+    assert (mask[0] == 255).all() and set(np.unique(mask[1:])) <= {0, 1, 2}
+
+
+def test_image_and_mask_go_into_one_shard_sample(tmp_path: Path):
+    write_folder(tmp_path / "data", {"train": 3})
+    manifest = write_shards("segfolder", tmp_path / "data", tmp_path / "shards", split="train", workers=1)
+    assert manifest["segmentation"] == {"ignore_index": 255} and manifest["classes"] == ["red", "green", "blue"]
+    with tarfile.open(next((tmp_path / "shards").glob("*.tar"))) as archive:
+        names = archive.getnames()
+    assert sum(name.endswith(".seg.png") for name in names) == 3 and sum(name.endswith(".jpg") for name in names) == 3
+
+
+@pytest.fixture
+def segment(finetune_config, pretrained: Path, tmp_path: Path):
+    def run(task: str, data_root: Path, *overrides: str) -> dict:
+        config = finetune_config(
+            f"task={task}",
+            "mode=segment",
+            f"data_root={data_root}",
+            f"ckpt={pretrained / 'backbone.safetensors'}",
+            "num_workers=0",
+            "mode.batch_size=8",
+            *overrides,
+        )
+        return finetune(config, tmp_path)
+
+    return run
+
+
+def test_a_linear_head_on_frozen_tokens_segments_the_folder_task_and_reports_miou(segment, tmp_path: Path):
+    write_folder(tmp_path / "data", {"train": 16, "test": 4})
+    results = segment("segfolder", tmp_path / "data", "mode.epochs=15", "mode.optim.lr=0.01")
+    metrics = results["metrics"]
+    assert set(metrics) == {"miou", "pixel_accuracy"} and results["num_test"] == 4
+    assert metrics["pixel_accuracy"] > 60 and metrics["miou"] > 34  # three regions told by their colour
+    assert set(results["per_class_iou"]) == {"red", "green", "blue"}
+    assert json.loads((tmp_path / "results.json").read_text())["mode"] == "segment"
+
+
+@pytest.mark.parametrize("head", ["setr_pup", "setr_mla"])
+def test_setr_heads_fine_tune_the_backbone_on_ade20k(segment, tmp_path: Path, head: str):
+    write_ade20k(tmp_path / "data", {"training": 8, "validation": 2})
+    results = segment(
+        "ade20k",
+        tmp_path / "data",
+        f"mode.head={head}",
+        "mode.freeze_backbone=false",
+        "trainer.max_steps=3",
+        "mode.head_channels=16",
+    )
+    assert results["num_test"] == 2 and 0 <= results["metrics"]["miou"] <= 100
+    assert len(results["per_class_iou"]) == 150
+
+
+def test_a_classification_task_is_refused_by_the_segment_mode(segment, tmp_path: Path):
+    with pytest.raises(ValueError, match="needs a segmentation task"):
+        segment("demo", tmp_path)
