@@ -3,7 +3,8 @@
     python finetune/report.py multirun/finetune/2026-11-23_10-00-00   # prints markdown, writes report.md + report.csv
     python finetune/report.py runs/finetune other/runs --metric top5 --out reports/vitb
 
-One row per (checkpoint, mode, setting), one column per task (top-1 in percent unless ``--metric``; repeated runs
+One row per (checkpoint, mode, setting), one column per task (top-1 in percent unless ``--metric``, mIoU for runs
+that only segment, followed by their per-class IoU up to 25 classes; repeated runs
 such as seeds are averaged). The setting is what the command line changed besides the task, checkpoint, mode, seed
 and where things are kept, e.g. ``mode.optim.base_lr=0.001`` in a learning-rate sweep (empty: the defaults).
 VTAB-1k tasks are followed by their group means (natural, specialized, structured: the mean over the group's tasks)
@@ -32,6 +33,8 @@ from data_pipelines.sources.vtab import TASKS as VTAB_TASKS
 from finetune.results import RESULTS_FILE
 
 ROW_KEYS = ("checkpoint", "mode", "setting")
+METRIC_TITLES = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "miou": "mIoU", "pixel_accuracy": "pixel accuracy"}
+MAX_CLASS_COLUMNS = 25  # per-class IoU tables up to this many classes (VOC's 21)
 GROUPS = tuple(dict.fromkeys(task.group for task in VTAB_TASKS.values()))  # natural, specialized, structured
 GROUP_SIZES = Counter(task.group for task in VTAB_TASKS.values())
 ALL_VTAB = "vtab"
@@ -118,7 +121,7 @@ def to_markdown(columns: list[str], rows: list[dict[str, Any]], metric: str) -> 
     """The main table: a row per (checkpoint, mode, setting), a column per task and VTAB group."""
     header = [*ROW_KEYS, *columns]
     lines = [
-        f"{metric} accuracy (%) on each task's test split",
+        f"{METRIC_TITLES.get(metric, metric)} (%) on each task's test split",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] * len(ROW_KEYS) + ["---:"] * len(columns)) + "|",
@@ -126,6 +129,26 @@ def to_markdown(columns: list[str], rows: list[dict[str, Any]], metric: str) -> 
     for row in rows:
         cells = [*(row[key] for key in ROW_KEYS), *(_cell(row.get(column), column) for column in columns)]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def default_metric(results: Sequence[dict[str, Any]]) -> str:
+    """top1 when any run classifies, else miou (a report of segmentation runs)."""
+    return "top1" if any("top1" in result["metrics"] for result in results) else "miou"
+
+
+def per_class_iou_table(results: Sequence[dict[str, Any]]) -> str:
+    """Segmentation runs of at most MAX_CLASS_COLUMNS classes: a row per run, a column per class (IoU %); empty
+    otherwise (per-class IoU of larger label sets, ADE20K's 150, is in each results.json)."""
+    runs = [result for result in results if result.get("per_class_iou")]
+    if not runs or any(len(result["per_class_iou"]) > MAX_CLASS_COLUMNS for result in runs):
+        return ""
+    classes = list(dict.fromkeys(name for result in runs for name in result["per_class_iou"]))
+    lines = ["Per-class IoU (%)", "", "| run | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for result in runs:
+        label = " ".join(part for part in (result["task"], str(result["checkpoint"]), setting(result)) if part)
+        cells = [_cell(result["per_class_iou"].get(name), name) for name in classes]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -193,16 +216,19 @@ def to_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", help="folders searched recursively for results.json (or the files)")
-    parser.add_argument("--metric", default="top1", help="metrics key to tabulate (default top1)")
+    parser.add_argument("--metric", help="metrics key to tabulate (default: top1, or miou when the runs only segment)")
     parser.add_argument("--out", help="write OUT.md and OUT.csv (default: report.md/.csv in the first folder)")
     args = parser.parse_args(argv)
-    columns, rows = summarize(collect(args.roots), args.metric)
+    results = collect(args.roots)
+    metric = args.metric or default_metric(results)
+    columns, rows = summarize(results, metric)
     markdown = "\n".join(
         table
         for table in (
-            to_markdown(columns, rows, args.metric),
-            vtab_table(columns, rows, args.metric),
-            transfer_table(rows, args.metric),
+            to_markdown(columns, rows, metric),
+            vtab_table(columns, rows, metric),
+            transfer_table(rows, metric),
+            per_class_iou_table(results),
         )
         if table
     )

@@ -14,6 +14,7 @@ from PIL import Image
 from data_pipelines.sources import get_source
 from data_pipelines.sources.base import SourceRequest
 from data_pipelines.write_shards import write_shards
+from finetune import report
 from finetune.run import finetune
 
 COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]], dtype=np.uint8)
@@ -125,6 +126,10 @@ def test_a_linear_head_on_frozen_tokens_segments_the_folder_task_and_reports_mio
     assert metrics["pixel_accuracy"] > 60 and metrics["miou"] > 34  # three regions told by their colour
     assert set(results["per_class_iou"]) == {"red", "green", "blue"}
     assert json.loads((tmp_path / "results.json").read_text())["mode"] == "segment"
+    report.main([str(tmp_path / "results.json"), "--out", str(tmp_path / "report")])
+    table = (tmp_path / "report.md").read_text()
+    assert "mIoU (%)" in table and f"{metrics['miou']:.1f}" in table
+    assert "| red | green | blue |" in table  # the per-class IoU table
 
 
 @pytest.mark.parametrize("head", ["setr_pup", "setr_mla"])
