@@ -11,25 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_pipelines.segmentation_demo import draw_scene, write_segmentation_demo
 from data_pipelines.sources import get_source
 from data_pipelines.sources.base import SourceRequest
 from data_pipelines.write_shards import write_shards
 from finetune import report
 from finetune.run import finetune
 
-COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200]], dtype=np.uint8)
-
 
 def scene(index: int, size: tuple[int, int] = (40, 32)) -> tuple[np.ndarray, np.ndarray]:
-    """An image of two or three coloured regions and its label map (region k has label k, colour COLOURS[k])."""
-    width, height = size
-    rng = np.random.default_rng(index)
-    labels = np.zeros((height, width), dtype=np.uint8)
-    cut = int(rng.integers(width // 4, 3 * width // 4))
-    labels[:, cut:] = 1
-    labels[int(rng.integers(height // 2, height)) :, : cut // 2] = 2
-    pixels = COLOURS[labels] + rng.integers(0, 20, (height, width, 3)).astype(np.uint8)
-    return pixels, labels
+    """An image of coloured regions and its label map (region k has label k), the segmentation demo's drawing."""
+    return draw_scene(np.random.default_rng(index), *size)
 
 
 def write_pair(image_path: Path, mask_path: Path, pixels: np.ndarray, mask: Image.Image) -> None:
@@ -68,16 +60,7 @@ def write_voc(root: Path, counts: dict[str, int]) -> None:
 
 
 def write_folder(root: Path, counts: dict[str, int]) -> None:
-    for split, count in counts.items():
-        for index in range(count):
-            pixels, labels = scene(index + 1000 * (split == "test"))
-            write_pair(
-                root / split / "images" / f"{index}.jpg",
-                root / split / "masks" / f"{index}.png",
-                pixels,
-                Image.fromarray(labels),
-            )
-    (root / "classes.txt").write_text("red\ngreen\nblue\n")
+    write_segmentation_demo(root, counts, width=40, height=32)
 
 
 def test_ade20k_masks_drop_the_zero_label_and_voc_keeps_its_ignored_borders(tmp_path: Path):
@@ -132,19 +115,28 @@ def test_a_linear_head_on_frozen_tokens_segments_the_folder_task_and_reports_mio
     assert "| red | green | blue |" in table  # the per-class IoU table
 
 
-@pytest.mark.parametrize("head", ["setr_pup", "setr_mla"])
-def test_setr_heads_fine_tune_the_backbone_on_ade20k(segment, tmp_path: Path, head: str):
-    write_ade20k(tmp_path / "data", {"training": 8, "validation": 2})
-    results = segment(
-        "ade20k",
-        tmp_path / "data",
-        f"mode.head={head}",
-        "mode.freeze_backbone=false",
-        "trainer.max_steps=3",
-        "mode.head_channels=16",
-    )
+@pytest.mark.parametrize(
+    ("task", "write", "splits", "head"),
+    [
+        ("ade20k", write_ade20k, {"training": 8, "validation": 2}, "setr_pup"),
+        ("voc2012", write_voc, {"train": 8, "val": 2}, "setr_mla"),
+    ],
+)
+def test_setr_heads_fine_tune_the_backbone_on_the_official_layouts(segment, tmp_path: Path, task, write, splits, head):
+    write(tmp_path / "data", splits)
+    overrides = [f"mode.head={head}", "mode.freeze_backbone=false", "trainer.max_steps=3", "mode.head_channels=16"]
+    results = segment(task, tmp_path / "data", *overrides)
     assert results["num_test"] == 2 and 0 <= results["metrics"]["miou"] <= 100
-    assert len(results["per_class_iou"]) == 150
+    assert len(results["per_class_iou"]) == {"ade20k": 150, "voc2012": 21}[task]
+
+
+def test_segmentation_shards_train_and_test_as_a_shards_task(segment, tmp_path: Path):
+    write_folder(tmp_path / "data", {"train": 8, "test": 2})
+    for split in ("train", "test"):
+        write_shards("segfolder", tmp_path / "data", tmp_path / "shards" / split, split=split, workers=1)
+    shards = [f"task.train=[{tmp_path / 'shards' / 'train'}]", f"task.test=[{tmp_path / 'shards' / 'test'}]"]
+    results = segment("shards", tmp_path, *shards, "trainer.max_steps=3", "mode.batch_size=4")
+    assert results["num_test"] == 2 and set(results["per_class_iou"]) == {"red", "green", "blue"}
 
 
 def test_a_classification_task_is_refused_by_the_segment_mode(segment, tmp_path: Path):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torchmetrics.functional.classification import multiclass_jaccard_index
 
 from finetune.modes.dense_metrics import confusion_matrix, segmentation_scores
 from pretrain.models.segmentation import (
@@ -126,3 +127,13 @@ def test_miou_of_a_constructed_prediction_is_the_hand_computed_one():
     assert scores["miou"] == pytest.approx(100 * (1 / 3 + 2 / 3 + 1 / 2) / 3, abs=1e-3)
     assert scores["pixel_accuracy"] == pytest.approx(100 * 4 / 6, abs=1e-3)
     assert math.isnan(segmentation_scores(torch.zeros(2, 2, dtype=torch.long))["miou"])
+
+
+def test_miou_equals_torchmetrics_jaccard_on_random_maps():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (3, 16, 16), generator=generator)
+    labels[:, :2] = 255
+    predictions = torch.randint(0, 4, (3, 16, 16), generator=generator)
+    ours = segmentation_scores(confusion_matrix(predictions, labels, num_classes=4, ignore_index=255))["miou"]
+    reference = 100 * multiclass_jaccard_index(predictions, labels, num_classes=4, ignore_index=255, average="macro")
+    assert ours == pytest.approx(reference.item(), abs=1e-3)
