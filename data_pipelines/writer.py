@@ -36,10 +36,10 @@ from data_pipelines.manifest import (
     write_json_atomic,
 )
 from data_pipelines.registry import check_name
+from data_pipelines.segmentation_transforms import MASK_MEMBER
 from data_pipelines.sources.base import ENCODINGS, EncodedImage, Item, Listing
 
 PROGRESS_NAME = ".write_progress.json"
-MASK_MEMBER = "seg.png"  # a segmentation sample's mask: key.seg.png beside key.jpg
 MAX_SKIPPED_EXAMPLES = 20
 # What a broken or unreadable image raises; anything else is a bug and must stop the conversion.
 UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)

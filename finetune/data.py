@@ -98,6 +98,8 @@ def open_item(item: Item) -> Image.Image | torch.Tensor:
     reduced-size decoding applies), or an array item's values as float32 ``[C, *spatial]``."""
     if is_array_item(item):
         return torch.from_numpy(item.load()[0].astype(np.float32, copy=False))
+    if isinstance(item, SegmentationItem):
+        return Image.open(item.path)  # its mask is read beside it
     return Image.open(io.BytesIO(item.encode("png").data))
 
 

@@ -416,7 +416,7 @@ def segmentation_specs(
     geometry = dict(image_size=image_size, eval_crop_fraction=None, randaugment=None, intensity_scale=None, bands=None)
     crops = TransformOptions(**geometry, crop_scale=mode["crop_scale"], crop_ratio=mode["crop_ratio"])
     whole = TransformOptions(**geometry, crop_scale=None, crop_ratio=None)
-    train = LoaderSpec("segment", crops, batch_size=mode["batch_size"], training=True, **common)
+    train = LoaderSpec(mode["train_transform"], crops, batch_size=mode["batch_size"], training=True, **common)
     return train, LoaderSpec("segment_eval", whole, batch_size=1, training=False, **common)
 
 
@@ -436,8 +436,11 @@ def run_segment(context: DownstreamContext) -> ModeOutcome | None:
     run = DownstreamRun(task.num_classes, plan, config["seed"], meta, config["trainer"]["max_bad_steps"])
     module = build_segmentation(backbone, mode, run, task.ignore_index)
     data = TaskDataModule(task.train, task.test, train_spec, test_spec, plan)
+    trainer_config = dict(config["trainer"])
+    if mode["gradient_clip_val"] is not None:
+        trainer_config["gradient_clip_val"] = mode["gradient_clip_val"]
     trainer = build_trainer(
-        config["trainer"],
+        trainer_config,
         config["logger"],
         context.run_dir,
         run_config=config,
@@ -458,7 +461,8 @@ def run_segment(context: DownstreamContext) -> ModeOutcome | None:
     trainer.test(module, datamodule=data)
     speed = round(task.test.num_samples / (time.perf_counter() - started), 2)
     metrics = {name: module.scores[name] for name in ("miou", "pixel_accuracy")}
-    per_class = dict(zip(task.train.classes, module.scores["per_class_iou"], strict=True))
+    names = [*task.train.classes, *(f"class_{k}" for k in range(len(task.train.classes), task.num_classes))]
+    per_class = dict(zip(names, module.scores["per_class_iou"], strict=True))
     return ModeOutcome(metrics, trainer, image_size, meta, speed, notes={"per_class_iou": per_class})
 
 

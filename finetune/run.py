@@ -104,6 +104,8 @@ def _finetune(config: Settings, run_dir: Path, overrides: Sequence[str]) -> dict
     mode = get_mode(config["mode"]["name"])
     set_cpu_threads(config["trainer"], devices_per_node(config["trainer"]))
     task = task_of(config)
+    if task.ignore_index is not None and config["mode"]["name"] != "segment":
+        raise ValueError(f"task {task.name} is a segmentation task: run it with mode=segment")
     outcome = mode.run(DownstreamContext(config, task, run_dir, lambda: load_pretrained(config)))
     if outcome is None or stop_requested():
         return {}

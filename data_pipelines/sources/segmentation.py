@@ -39,6 +39,14 @@ VOC_CLASSES = (
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
+def read_mask(path: Path) -> np.ndarray:
+    """A label map: a single-channel PNG (mode L, or P whose palette indices are the labels)."""
+    with Image.open(path) as mask:
+        if mask.mode not in ("L", "P"):  # a colour-coded mask is a dataset convention to convert, not damage
+            raise TypeError(f"{path}: a mask must be a single-channel (L or P) PNG of labels, got mode {mask.mode}")
+        return np.asarray(mask)
+
+
 def keep_labels(mask: np.ndarray) -> np.ndarray:
     return mask
 
@@ -64,12 +72,7 @@ class SegmentationItem:
             return image.size
 
     def load_mask(self) -> np.ndarray:
-        with Image.open(self.mask_path) as mask:
-            if mask.mode not in ("L", "P"):
-                raise ValueError(
-                    f"{self.mask_path}: a mask must be a single-channel (L or P) PNG, got mode {mask.mode}"
-                )
-            return self.labels(np.asarray(mask))
+        return self.labels(read_mask(Path(self.mask_path)))
 
     def encode(self, image_format: str) -> EncodedImage:
         data = Path(self.path).read_bytes()
@@ -132,14 +135,13 @@ def load_segmentation_folder(request: SourceRequest) -> Listing:
     pairs = [(image, folder / "masks" / f"{image.stem}.png") for image in images]
     require_files([mask for _, mask in pairs], "segmentation folder")
     names_file = next((path for path in (folder / "classes.txt", request.root / "classes.txt") if path.is_file()), None)
-    items = segmentation_items(pairs, folder, keep_labels)
     if names_file is not None:
         classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
-    else:
-        masks = (item.load_mask() for item in items)
-        largest = max(int(np.max(np.where(mask == IGNORE_INDEX, 0, mask))) for mask in masks)
+    else:  # the largest label in any split's masks, so that every split names the same classes
+        masks = sorted({*request.root.glob("masks/*.png"), *request.root.glob("*/masks/*.png")})
+        largest = max(int(np.max(np.where(mask == IGNORE_INDEX, 0, mask))) for mask in map(read_mask, masks))
         classes = [f"class_{index}" for index in range(largest + 1)]
-    return Listing(items, classes, IGNORE_INDEX)
+    return Listing(segmentation_items(pairs, folder, keep_labels), classes, IGNORE_INDEX)
 
 
 ADE20K = Source(

@@ -25,6 +25,7 @@ from pretrain.models.segmentation import SETRMLA, SETRPUP, LinearHead, Segmenter
 from pretrain.models.vit import VisionTransformer
 
 HeadBuilder = Callable[[VisionTransformer, int, Mapping[str, Any]], nn.Module]
+VOLUME_HEADS = {"unetr"}  # heads of 3-D backbones; the others segment images
 HEADS: dict[str, HeadBuilder] = {
     "linear": lambda backbone, classes, mode: LinearHead(backbone.embed_dim, classes),
     "setr_pup": lambda backbone, classes, mode: SETRPUP(
@@ -49,7 +50,7 @@ class SegmentationModule(TrainingModule):
     ) -> None:
         super().__init__(segmenter, **training)
         self.num_classes, self.ignore_index, self.window_stride = num_classes, ignore_index, window_stride
-        self.register_buffer("confusion", torch.zeros(num_classes, num_classes, dtype=torch.long), persistent=False)
+        self.confusion: Tensor | None = None  # the test's pixel counts, made when testing starts
         self.scores: dict[str, Any] = {}
 
     @property
@@ -59,12 +60,23 @@ class SegmentationModule(TrainingModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
 
+    def on_before_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+        """Labels outside the classes fail here, on the host, with the numbers (on a GPU cross-entropy would
+        stop with a device assert)."""
+        labels = batch["mask"][batch["mask"] != self.ignore_index]
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(
+                f"mask labels {int(labels.min())}-{int(labels.max())} outside the task's {self.num_classes} classes "
+                f"(and the ignore index {self.ignore_index}): check the masks or task.num_classes"
+            )
+        return batch
+
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
         logits = self.model(batch["image"])
         return F.cross_entropy(logits.float(), batch["mask"], ignore_index=self.ignore_index)
 
     def on_test_epoch_start(self) -> None:
-        self.confusion.zero_()
+        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=self.device)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         window = max(self.backbone.patch_embed.image_shape)
@@ -81,6 +93,15 @@ def build_segmentation(
     backbone: VisionTransformer, mode: Mapping[str, Any], run: DownstreamRun, ignore_index: int
 ) -> SegmentationModule:
     """The segmentation module of a ``segment`` mode config, warmup converted to steps."""
+    volumes = len(backbone.patch_embed.grid_size) == 3
+    if (mode["head"] in VOLUME_HEADS) != volumes:
+        raise ValueError(
+            f"mode.head={mode['head']} segments {'volumes' if mode['head'] in VOLUME_HEADS else 'images'}, and "
+            f"this backbone reads {'volumes' if volumes else 'images'}: choose among "
+            f"{sorted(VOLUME_HEADS if volumes else set(HEADS) - VOLUME_HEADS)}"
+        )
+    if not 0 < mode["window_stride_fraction"] <= 1:
+        raise ValueError(f"mode.window_stride_fraction={mode['window_stride_fraction']} must be in (0, 1]")
     head = lookup(HEADS, mode["head"], "segmentation head")(backbone, run.num_classes, mode)
     segmenter = Segmenter(backbone, head, freeze_backbone=mode["freeze_backbone"])
     window = max(backbone.patch_embed.image_shape)

@@ -123,6 +123,17 @@ def deconv3d(in_channels: int, out_channels: int) -> nn.ConvTranspose3d:
     return nn.ConvTranspose3d(in_channels, out_channels, kernel_size=2, stride=2)
 
 
+def upsampling_path(in_channels: int, out_channels: int, steps: int) -> nn.Sequential:
+    """UNETR's skip path from the tokens: ``steps`` x (transposed conv x2 + conv block), as MONAI's UnetrPrUpBlock."""
+    layers: list[nn.Module] = []
+    for step in range(steps):
+        layers += [
+            deconv3d(in_channels if step == 0 else out_channels, out_channels),
+            conv3d_block(out_channels, out_channels),
+        ]
+    return nn.Sequential(*layers)
+
+
 class UNETRDecoder(nn.Module):
     """UNETR's decoder for 16^3 patches: blocks ``depth/4, depth/2, 3 depth/4, depth`` (3, 6, 9, 12 of 12) of the
     encoder, brought to 1/8, 1/4, 1/2 of the input by transposed convolutions, joined from the deepest up with a
@@ -136,9 +147,9 @@ class UNETRDecoder(nn.Module):
             raise ValueError(f"the UNETR decoder upsamples four times x2: it needs 16^3 patches, got {patch_size}")
         f = features
         self.stem = conv3d_block(in_chans, f)
-        self.skip2 = nn.Sequential(deconv3d(embed_dim, 2 * f), deconv3d(2 * f, 2 * f), deconv3d(2 * f, 2 * f))
-        self.skip3 = nn.Sequential(deconv3d(embed_dim, 4 * f), deconv3d(4 * f, 4 * f))
-        self.skip4 = deconv3d(embed_dim, 8 * f)
+        self.skip2 = upsampling_path(embed_dim, 2 * f, steps=3)
+        self.skip3 = upsampling_path(embed_dim, 4 * f, steps=2)
+        self.skip4 = upsampling_path(embed_dim, 8 * f, steps=1)
         self.up4 = deconv3d(embed_dim, 8 * f)
         self.merge4 = conv3d_block(16 * f, 8 * f)
         self.up3 = deconv3d(8 * f, 4 * f)
@@ -175,12 +186,23 @@ class Segmenter(nn.Module):
 
     def __init__(self, backbone: VisionTransformer, head: nn.Module, freeze_backbone: bool) -> None:
         super().__init__()
+        backbone.reset_classifier(0)
+        backbone.fc_norm = nn.Identity()  # pooling is not used: no parameter may go without a gradient (DDP)
         self.backbone = backbone
         self.head = head
         self.freeze_backbone = freeze_backbone
         self.blocks = evenly_spaced_blocks(len(backbone.blocks), head.blocks_needed)
         if freeze_backbone:
             backbone.requires_grad_(False)
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
+
+    def parameter_depths(self) -> dict[str, int]:
+        """The backbone's depths (layer-wise lr decay); the head is above its last block."""
+        depths = {f"backbone.{name}": depth for name, depth in self.backbone.parameter_depths().items()}
+        top = max(depths.values()) + 1
+        return {name: depths.get(name, top) for name, _ in self.named_parameters()}
 
     def train(self, mode: bool = True) -> Segmenter:
         super().train(mode)
@@ -205,6 +227,8 @@ def sliding_window_logits(model: nn.Module, images: Tensor, window: int, stride:
     """Logits of images larger than the model's window: the average over every ``window``-sized crop, taken every
     ``stride`` pixels with the last one flush against the border (MMSegmentation's ``slide`` inference)."""
     batch, _, *spatial = images.shape
+    if not 0 < stride <= window:
+        raise ValueError(f"a window stride of {stride} px leaves gaps between {window} px windows")
     if any(side < window for side in spatial):
         raise ValueError(f"images of {tuple(spatial)} are smaller than the {window} px window: resize them first")
     starts = [sorted({*range(0, side - window, stride), side - window}) for side in spatial]

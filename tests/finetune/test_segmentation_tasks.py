@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from yaml_defaults import transform_options
 
 from data_pipelines.segmentation_demo import draw_scene, write_segmentation_demo
 from data_pipelines.sources import get_source
 from data_pipelines.sources.base import SourceRequest
+from data_pipelines.transforms import build_transform
 from data_pipelines.write_shards import write_shards
 from finetune import report
 from finetune.run import finetune
@@ -37,7 +39,9 @@ def write_ade20k(root: Path, counts: dict[str, int]) -> None:
         for index in range(count):
             pixels, labels = scene(index + 100 * (split == "validation"))
             name = f"ADE_{split}_{index:08d}"
-            mask = Image.fromarray(labels + 1)  # the release's labels: 0 is "other", classes start at 1
+            release = labels + 1  # the release's labels: 0 is "other", classes start at 1
+            release[:2, :2] = 0
+            mask = Image.fromarray(release)
             write_pair(
                 folder / "images" / split / f"{name}.jpg", folder / "annotations" / split / f"{name}.png", pixels, mask
             )
@@ -67,12 +71,36 @@ def test_ade20k_masks_drop_the_zero_label_and_voc_keeps_its_ignored_borders(tmp_
     write_ade20k(tmp_path, {"training": 2, "validation": 1})
     ade = get_source("ade20k").load(SourceRequest(tmp_path, "training"))
     assert len(ade.classes) == 150 and ade.ignore_index == 255
-    np.testing.assert_array_equal(ade.items[0].load_mask(), scene(0)[1])  # 1..3 in the file -> 0..2
+    expected = scene(0)[1]  # 1..3 in the file -> 0..2, and "other" (0) -> ignored
+    expected[:2, :2] = 255
+    np.testing.assert_array_equal(ade.items[0].load_mask(), expected)
     write_voc(tmp_path, {"train": 2, "val": 1})
     voc = get_source("voc2012").load(SourceRequest(tmp_path, "train"))
     assert voc.classes[:2] == ["background", "aeroplane"] and len(voc.classes) == 21
     mask = voc.items[0].load_mask()
     assert (mask[0] == 255).all() and set(np.unique(mask[1:])) <= {0, 1, 2}
+
+
+def test_crops_and_flips_keep_image_and_mask_aligned(tmp_path: Path):
+    write_folder(tmp_path / "data", {"train": 4})
+    listing = get_source("segfolder").load(SourceRequest(tmp_path / "data", "train"))
+    crop = build_transform("segment", transform_options(24, crop_scale=(0.3, 1.0), randaugment=None), (0.5,) * 3)
+    agreement = []
+    for item in listing.items:
+        for _ in range(5):
+            pixels, mask = crop(Image.open(item.path), Image.fromarray(item.load_mask()))
+            colour = pixels.float().argmax(dim=0)  # region k is drawn in colour k: the image says the label
+            agreement.append((colour == mask).float().mean().item())
+    assert min(agreement) > 0.85 and np.mean(agreement) > 0.95  # misses only on region edges
+
+
+def test_folder_classes_come_from_every_split_without_a_class_list(tmp_path: Path):
+    write_folder(tmp_path / "data", {"train": 2, "test": 1})
+    (tmp_path / "data" / "classes.txt").unlink()
+    Image.fromarray(np.zeros((32, 40), dtype=np.uint8)).save(tmp_path / "data" / "test" / "masks" / "0.png")
+    source = get_source("segfolder")
+    train, test = (source.load(SourceRequest(tmp_path / "data", split)) for split in ("train", "test"))
+    assert train.classes == test.classes == ["class_0", "class_1", "class_2"]
 
 
 def test_image_and_mask_go_into_one_shard_sample(tmp_path: Path):
@@ -139,6 +167,14 @@ def test_segmentation_shards_train_and_test_as_a_shards_task(segment, tmp_path: 
     assert results["num_test"] == 2 and set(results["per_class_iou"]) == {"red", "green", "blue"}
 
 
-def test_a_classification_task_is_refused_by_the_segment_mode(segment, tmp_path: Path):
+def test_a_classification_task_is_refused_by_the_segment_mode_and_the_reverse(
+    segment, finetune_config, pretrained: Path, tmp_path: Path
+):
     with pytest.raises(ValueError, match="needs a segmentation task"):
         segment("demo", tmp_path)
+    write_folder(tmp_path / "data", {"train": 4, "test": 2})
+    config = finetune_config(
+        "task=segfolder", f"data_root={tmp_path / 'data'}", f"ckpt={pretrained / 'backbone.safetensors'}"
+    )
+    with pytest.raises(ValueError, match="is a segmentation task: run it with mode=segment"):
+        finetune(config, tmp_path)

@@ -137,3 +137,14 @@ def test_miou_equals_torchmetrics_jaccard_on_random_maps():
     ours = segmentation_scores(confusion_matrix(predictions, labels, num_classes=4, ignore_index=255))["miou"]
     reference = 100 * multiclass_jaccard_index(predictions, labels, num_classes=4, ignore_index=255, average="macro")
     assert ours == pytest.approx(reference.item(), abs=1e-3)
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_every_trainable_parameter_gets_a_gradient_as_ddp_requires(pool):
+    model = Segmenter(backbone(global_pool=pool, num_classes=7), LinearHead(32, CLASSES), freeze_backbone=False)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    depths = model.parameter_depths()
+    head = {depths[name] for name in depths if name.startswith("head.")}
+    assert len(head) == 1 and head.pop() > max(depths[name] for name in depths if name.startswith("backbone."))
+    assert "backbone.pos_embed" in model.no_weight_decay()
