@@ -30,7 +30,12 @@ from torchvision.transforms.v2 import functional as F
 from data_pipelines.array_transforms import ARRAY_TRANSFORMS
 from data_pipelines.arrays import array_member, decode_array
 from data_pipelines.registry import lookup
-from data_pipelines.segmentation_transforms import MASK_MEMBER, SEGMENTATION_TRANSFORMS
+from data_pipelines.segmentation_transforms import (
+    MASK_MEMBER,
+    SEGMENTATION_TRANSFORMS,
+    VOLUME_MASK_MEMBER,
+    VOLUME_SEGMENTATION_TRANSFORMS,
+)
 from data_pipelines.transform_options import TransformOptions
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -71,9 +76,13 @@ def read_label(sample: dict[str, Any]) -> int:
     return int(sample["cls"]) if "cls" in sample else -1
 
 
-def open_mask(sample: dict[str, Any]) -> Image.Image | None:
-    """A segmentation sample's mask (`key.seg.png`), or None for samples without one."""
-    return Image.open(io.BytesIO(sample[MASK_MEMBER])) if MASK_MEMBER in sample else None
+def open_mask(sample: dict[str, Any]) -> Image.Image | torch.Tensor | None:
+    """A segmentation sample's mask (`key.seg.png`; a volume's `key.seg.npz` as a tensor), or None without one."""
+    if MASK_MEMBER in sample:
+        return Image.open(io.BytesIO(sample[MASK_MEMBER]))
+    if VOLUME_MASK_MEMBER in sample:
+        return torch.from_numpy(decode_array(sample[VOLUME_MASK_MEMBER], "npz").astype(np.int64))
+    return None
 
 
 def collate_targets(targets: Sequence[int | torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -206,7 +215,7 @@ def build_transform(
     of an image and its mask (``segment``, ``segment_eval``: :mod:`segmentation_transforms`); ``mean`` (the
     normalization mean) is RandAugment's fill colour, and the centre of arrays' intensity scaling."""
     if name in SEGMENTATION_TRANSFORMS:
-        return SEGMENTATION_TRANSFORMS[name](options)
+        return (VOLUME_SEGMENTATION_TRANSFORMS if arrays else SEGMENTATION_TRANSFORMS)[name](options)
     if arrays:
         return lookup(ARRAY_TRANSFORMS, name, "transform")(options, mean)
     return lookup(TRANSFORMS, name, "transform")(options, mean)

@@ -36,7 +36,7 @@ from data_pipelines.manifest import (
     write_json_atomic,
 )
 from data_pipelines.registry import check_name
-from data_pipelines.segmentation_transforms import MASK_MEMBER
+from data_pipelines.segmentation_transforms import MASK_MEMBER, VOLUME_MASK_MEMBER
 from data_pipelines.sources.base import ENCODINGS, EncodedImage, Item, Listing
 
 PROGRESS_NAME = ".write_progress.json"
@@ -256,5 +256,5 @@ def tar_sample(sample: EncodedSample) -> dict[str, Any]:
     if sample.image.metadata:
         members["json"] = json.dumps(sample.image.metadata, sort_keys=True).encode()
     if sample.image.mask is not None:
-        members[MASK_MEMBER] = sample.image.mask
+        members[VOLUME_MASK_MEMBER if sample.image.extension in ARRAY_FORMATS else MASK_MEMBER] = sample.image.mask
     return members

@@ -122,8 +122,10 @@ class ItemDataset(Dataset):
         item = self.items[index]
         image = open_item(item)
         with seeded_rng(stable_seed(self.seed, index)):
-            if isinstance(item, SegmentationItem):
-                return (*self.transform(image, Image.fromarray(item.load_mask())), item.key)
+            if hasattr(item, "load_mask"):  # segmentation: the mask goes through the same transform
+                mask = item.load_mask()
+                mask = torch.from_numpy(mask.astype(np.int64)) if isinstance(image, torch.Tensor) else mask
+                return (*self.transform(image, mask), item.key)
             return self.transform(image), item.label, item.key
 
 

@@ -13,7 +13,7 @@ from data_pipelines.sources.elpv import ELPV
 from data_pipelines.sources.folder import IMAGE_FOLDER, UNLABELED_FOLDER
 from data_pipelines.sources.oxford import FLOWERS102, PETS
 from data_pipelines.sources.science import GEOTIFF_FOLDER, MEDMNIST, NIFTI_FOLDER, NPY_FOLDER
-from data_pipelines.sources.segmentation import ADE20K, SEGMENTATION_FOLDER, VOC2012
+from data_pipelines.sources.segmentation import ADE20K, NIFTI_SEGMENTATION, SEGMENTATION_FOLDER, VOC2012
 from data_pipelines.sources.vtab import VTAB
 
 SOURCES: dict[str, Source] = {
@@ -21,7 +21,7 @@ SOURCES: dict[str, Source] = {
     for source in (
         *(IMAGE_FOLDER, UNLABELED_FOLDER, CIFAR10_SOURCE, CIFAR100_SOURCE, PETS, FLOWERS102, VTAB, ELPV),
         *(GEOTIFF_FOLDER, NPY_FOLDER, NIFTI_FOLDER, MEDMNIST),
-        *(ADE20K, VOC2012, SEGMENTATION_FOLDER),
+        *(ADE20K, VOC2012, SEGMENTATION_FOLDER, NIFTI_SEGMENTATION),
     )
 }
 

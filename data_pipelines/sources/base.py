@@ -36,7 +36,7 @@ class EncodedImage:
     depth: int | None = None  # volumes: the first spatial axis
     moments: ChannelMoments | None = None
     metadata: dict[str, Any] | None = None
-    mask: bytes | None = None  # segmentation: the label map as a single-channel PNG, written as key.seg.png
+    mask: bytes | None = None  # segmentation: the label map, a single-channel PNG (key.seg.png) or npz (key.seg.npz)
 
 
 class Item(Protocol):
@@ -88,8 +88,9 @@ class ArrayItem:
 
 
 def is_array_item(item: Item) -> bool:
-    """Items that are arrays (N channels, volumes) rather than RGB images: they are stored in array formats."""
-    return isinstance(item, (ArrayFileItem, InMemoryArrayItem))
+    """Items that are arrays (N channels, volumes) rather than RGB images: they are stored in array formats
+    (any item with a ``load()`` of its array)."""
+    return isinstance(item, (ArrayFileItem, InMemoryArrayItem)) or hasattr(item, "load")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Semantic-segmentation datasets in their official layouts: ADE20K (SceneParsing), Pascal VOC 2012, and a generic
-folder of image + mask pairs. Each item is an image with its mask, written into one shard sample
-(``key.jpg`` + ``key.seg.png``).
+"""Semantic-segmentation datasets in their official layouts: ADE20K (SceneParsing), Pascal VOC 2012, a generic
+folder of image + mask pairs, and NIfTI volumes with label volumes. Each item is an image with its mask, written
+into one shard sample (``key.jpg`` + ``key.seg.png``; volumes ``key.npz`` + ``key.seg.npz``).
 
 Masks are stored in training label space: class indices ``0..K-1`` and :data:`IGNORE_INDEX` for pixels that count
 nowhere. ADE20K's label 0 ("other objects") becomes the ignore index and labels ``1..150`` become ``0..149`` (the
@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from data_pipelines.arrays import encode_array
 from data_pipelines.sources.base import (
     KEPT_FORMATS,
     EncodedImage,
     Listing,
     Source,
     SourceRequest,
+    encode_array_sample,
     encode_pil,
     make_key,
     require_files,
 )
+from data_pipelines.sources.science import NIFTI_SUFFIXES, read_nifti
 
 IGNORE_INDEX = 255
 ADE20K_CLASSES = 150
@@ -158,10 +162,68 @@ VOC2012 = Source(
     splits=("train", "val"),
     load=load_voc2012,
 )
+
+
+@dataclass(frozen=True)
+class VolumeSegmentationItem:
+    """A NIfTI volume and its NIfTI label map (the same voxel grid), stored as ``key.npz`` + ``key.seg.npz``."""
+
+    key: str
+    label: None
+    path: str
+    mask_path: str
+
+    def load(self) -> tuple[np.ndarray, dict[str, Any]]:
+        return read_nifti(self.path)
+
+    def load_mask(self) -> np.ndarray:
+        labels = read_nifti(self.mask_path)[0][0]
+        if labels.min() < 0 or labels.max() > IGNORE_INDEX or not np.array_equal(labels, np.round(labels)):
+            raise TypeError(f"{self.mask_path}: a label volume holds integers 0-{IGNORE_INDEX}")
+        return labels.astype(np.uint8)
+
+    def size(self) -> tuple[int, int]:
+        shape = self.load()[0].shape
+        return shape[-1], shape[-2]
+
+    def encode(self, image_format: str) -> EncodedImage:
+        array, metadata = self.load()
+        mask = self.load_mask()
+        if mask.shape != array.shape[1:]:
+            raise ValueError(f"{self.mask_path}: labels {mask.shape} and volume {array.shape[1:]} differ")
+        encoded = encode_array_sample(array, metadata, image_format)
+        return replace(encoded, mask=encode_array(mask, "npz"))
+
+
+def load_nifti_segmentation(request: SourceRequest) -> Listing:
+    """ROOT[/SPLIT]/{images,labels}/<name>.nii[.gz]: volumes and label volumes of the same names; class names
+    from ROOT/classes.txt (line k names label k)."""
+    folder = request.root / request.split if request.split else request.root
+    names_file = request.root / "classes.txt"
+    require_files([folder / "images", folder / "labels", names_file], "NIfTI segmentation folder")
+    images = sorted(path for path in (folder / "images").iterdir() if path.name.endswith(NIFTI_SUFFIXES))
+    pairs = [(image, folder / "labels" / image.name) for image in images]
+    require_files([label for _, label in pairs], "NIfTI segmentation folder")
+    items = [
+        VolumeSegmentationItem(make_key(index, image, folder), None, str(image), str(label))
+        for index, (image, label) in enumerate(pairs)
+    ]
+    classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    return Listing(items, classes, IGNORE_INDEX)
+
+
 SEGMENTATION_FOLDER = Source(
     name="segfolder",
     summary="image + mask pairs: images/<name>.jpg with masks/<name>.png (label per pixel, 255 ignored)",
     layout="ROOT[/SPLIT]/{images/<name>.<ext>,masks/<name>.png}[, classes.txt]",
     splits=None,
     load=load_segmentation_folder,
+)
+NIFTI_SEGMENTATION = Source(
+    name="nifti_segfolder",
+    summary="NIfTI volumes with NIfTI label maps of the same names (UNETR's data), class names in classes.txt",
+    layout="ROOT[/SPLIT]/{images,labels}/<name>.nii[.gz], ROOT/classes.txt",
+    splits=None,
+    load=load_nifti_segmentation,
+    array_format="npz",
 )

@@ -489,7 +489,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 
 def _preset_table() -> dict[str, dict[str, Any]]:
     """``vit_<size>_patch<p>`` for the paper sizes and patches 4/8/14/16/32 (4: for 32 px inputs), plus the tiny
-    ``vit_test_patch4`` (32 px) and ``vit_test_patch8`` (64 px) for tests and CPU benchmarks."""
+    ``vit_test_patch4`` (32 px), ``vit_test_patch8`` (64 px) and ``vit_test_patch16`` (32 px: UNETR's patch) for tests
+    and CPU benchmarks."""
     table = {
         f"vit_{size}_patch{patch}": dict(ARCHITECTURES[size], patch_size=patch)
         for size in ("tiny", "small", "base", "large", "huge")
@@ -497,6 +498,7 @@ def _preset_table() -> dict[str, dict[str, Any]]:
     }
     table["vit_test_patch4"] = dict(ARCHITECTURES["test"], patch_size=4, img_size=32)
     table["vit_test_patch8"] = dict(ARCHITECTURES["test"], patch_size=8, img_size=64)  # bench/fidelity.py, on CPU
+    table["vit_test_patch16"] = dict(ARCHITECTURES["test"], patch_size=16, img_size=32)  # UNETR's 16^3 patches
     return table
 
 

@@ -178,3 +178,47 @@ def test_a_classification_task_is_refused_by_the_segment_mode_and_the_reverse(
     )
     with pytest.raises(ValueError, match="is a segmentation task: run it with mode=segment"):
         finetune(config, tmp_path)
+
+
+def write_nifti_segmentation(root: Path, counts: dict[str, int], side: int = 20) -> None:
+    """Volumes with a bright ball (label 1) on a dim background (label 0), as NIfTI image + label pairs."""
+    import nibabel
+
+    grid = np.stack(np.meshgrid(*(np.arange(side),) * 3, indexing="ij"))
+    for split, count in counts.items():
+        for index in range(count):
+            rng = np.random.default_rng(index + 100 * (split == "test"))
+            centre = rng.uniform(6, side - 6, 3)
+            labels = (((grid - centre[:, None, None, None]) ** 2).sum(axis=0) < 25).astype(np.uint8)
+            volume = (labels.astype(np.int16) * 800 + rng.normal(0, 50, labels.shape)).astype(np.int16)
+            for folder, data in (("images", volume), ("labels", labels)):
+                path = root / split / folder / f"case{index}.nii.gz"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                nibabel.save(nibabel.Nifti1Image(data, np.eye(4)), path)
+    (root / "classes.txt").write_text("background\nball\n")
+
+
+def test_unetr_segments_nifti_volumes_from_files_and_from_shards(segment, tmp_path: Path):
+    write_nifti_segmentation(tmp_path / "data", {"train": 4, "test": 2})
+    listing = get_source("nifti_segfolder").load(SourceRequest(tmp_path / "data", "train"))
+    volume, mask = listing.items[0].load()[0], listing.items[0].load_mask()
+    assert volume.shape == (1, 20, 20, 20) and mask.shape == (20, 20, 20) and set(np.unique(mask)) == {0, 1}
+    manifest = write_shards("nifti_segfolder", tmp_path / "data", tmp_path / "shards", split="train", workers=1)
+    assert (manifest["format"], manifest["segmentation"]) == ("npz", {"ignore_index": 255})
+    with tarfile.open(next((tmp_path / "shards").glob("*.tar"))) as archive:
+        assert sum(name.endswith(".seg.npz") for name in archive.getnames()) == 4
+    model = ["model=vit_test", "model.preset=vit_test_patch16", "model.spatial_dims=3", "model.in_chans=1"]
+    results = segment(
+        "nifti_segfolder",
+        tmp_path / "data",
+        "ckpt=null",
+        *model,
+        "mode.head=unetr",
+        "mode.freeze_backbone=false",
+        "mode.unetr_features=4",
+        "mode.batch_size=2",
+        "trainer.max_steps=3",
+    )
+    assert results["num_test"] == 2 and set(results["per_class_iou"]) == {"background", "ball"}
+    with pytest.raises(ValueError, match="segments images, and this backbone reads volumes"):
+        segment("nifti_segfolder", tmp_path / "data", "ckpt=null", *model, "mode.head=linear", "mode.batch_size=2")
