@@ -1,12 +1,12 @@
 """Stream decoded, augmented, batched images from WebDataset shards: what a training or eval step reads.
 
     crops = TransformOptions(image_size=32, crop_scale=(0.2, 1), crop_ratio=(3 / 4, 4 / 3), eval_crop_fraction=1,
-                             randaugment=None)
+                             randaugment=None, intensity_scale=None, bands=None)
     loader = build_loader(StreamConfig("data/demo/train", batch_size=64, num_workers=2, transform="mae", augment=crops,
                                        mean=(0.5,) * 3, std=(0.25,) * 3, seed=0, shuffle_buffer=1000, manifest=None,
                                        pin_memory=False))
     for batch in loader:  # {"image": float [B,3,S,S], "label": long [B], "corrupt_skipped": long [], "key": [B]}
-        ...
+        ...  # segmentation shards give "mask": long [B,S,S] instead of "label"; array shards [B,C,*spatial] images
 
 The stages of one dataloader worker, in order (`ShardStream.pipeline`):
     shards of this epoch (shuffled by seed+epoch, same on every rank; or resampled with replacement)

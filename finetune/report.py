@@ -138,10 +138,10 @@ def default_metric(results: Sequence[dict[str, Any]]) -> str:
 
 
 def per_class_iou_table(results: Sequence[dict[str, Any]]) -> str:
-    """Segmentation runs of at most MAX_CLASS_COLUMNS classes: a row per run, a column per class (IoU %); empty
-    otherwise (per-class IoU of larger label sets, ADE20K's 150, is in each results.json)."""
-    runs = [result for result in results if result.get("per_class_iou")]
-    if not runs or any(len(result["per_class_iou"]) > MAX_CLASS_COLUMNS for result in runs):
+    """Segmentation runs of at most MAX_CLASS_COLUMNS classes: a row per run, a column per class (IoU %); runs of
+    larger label sets (ADE20K's 150) keep theirs in results.json."""
+    runs = [result for result in results if 0 < len(result.get("per_class_iou") or {}) <= MAX_CLASS_COLUMNS]
+    if not runs:
         return ""
     classes = list(dict.fromkeys(name for result in runs for name in result["per_class_iou"]))
     lines = ["Per-class IoU (%)", "", "| run | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
