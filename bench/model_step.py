@@ -189,6 +189,18 @@ def count_flops(loss_fn: Callable, images: Tensor, precision: str) -> float:
     return counter.get_total_flops() / images.shape[0]
 
 
+def time_rounds(contenders: list, rounds: int, steps: int, batch: int, device: torch.device) -> None:
+    """Interleaved rounds (a, b, a, b, ...): each contender's samples per second of each round, in its ``rounds``."""
+    for _ in range(rounds):
+        for contender in contenders:
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                contender.step()
+            synchronize(device)
+            contender.rounds.append(steps * batch / (time.perf_counter() - start))
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -229,14 +241,7 @@ def main() -> None:
         for _ in range(args.warmup):
             step()
         contenders.append(Contender(name, step, flops, []))
-    for _ in range(args.rounds):
-        for contender in contenders:
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                contender.step()
-            synchronize(device)
-            contender.rounds.append(args.steps * batch / (time.perf_counter() - start))
+    time_rounds(contenders, args.rounds, args.steps, batch, device)
 
     peak = args.peak_tflops or next(
         (v for k, v in PEAK_TFLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None

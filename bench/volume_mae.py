@@ -52,13 +52,12 @@ import argparse
 import json
 import os
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from model_step import count_flops, make_step, synchronize  # the same step, FLOP count and timing as model_step.py
+from model_step import count_flops, make_step, synchronize, time_rounds  # model_step.py's step and timing
 from torch import Tensor, nn
 
 from pretrain.models.mae import MaskedAutoencoder, patchify
@@ -175,14 +174,7 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> None:
         for contender in contenders:
             contender.step()
     synchronize(device)
-    for _ in range(args.rounds):
-        for contender in contenders:
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                contender.step()
-            synchronize(device)
-            contender.rounds.append(args.steps * batch / (time.perf_counter() - start))
+    time_rounds(contenders, args.rounds, args.steps, batch, device)
 
     tokens = (args.img_size // args.patch_size) ** 3
     visible = int(tokens * (1 - args.mask_ratio))
@@ -248,6 +240,8 @@ def main() -> None:
     )
     parser.add_argument("--monai-sdpa", action="store_true", help="add monai_sdpa: MONAI with SDPA attention")
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2 (the ratio's quartiles need two rounds)")
     warnings.filterwarnings("ignore", message="torch.meshgrid")  # MONAI's sin-cos table, not ours
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
