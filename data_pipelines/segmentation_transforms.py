@@ -32,7 +32,17 @@ def as_tv_tensors(image: Image.Image, mask: Image.Image | np.ndarray) -> tuple[t
     return tv_tensors.Image(F.pil_to_tensor(image.convert("RGB"))), tv_tensors.Mask(torch.from_numpy(labels))
 
 
-class SegmentationCrop:
+class JointTransform:
+    """A torchvision v2 transform applied to an image and its mask in one call (one random draw for both)."""
+
+    transform: v2.Transform
+
+    def __call__(self, image: Image.Image, mask: Image.Image | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels, labels = self.transform(*as_tv_tensors(image, mask))
+        return pixels.as_subclass(torch.Tensor), labels.as_subclass(torch.Tensor).long()
+
+
+class SegmentationCrop(JointTransform):
     """Training: the same random-resized crop and flip of image and mask."""
 
     def __init__(self, options: TransformOptions) -> None:
@@ -46,20 +56,12 @@ class SegmentationCrop:
             ]
         )
 
-    def __call__(self, image: Image.Image, mask: Image.Image | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels, labels = self.transform(*as_tv_tensors(image, mask))
-        return pixels.as_subclass(torch.Tensor), labels.as_subclass(torch.Tensor).long()
 
-
-class SegmentationResize:
+class SegmentationResize(JointTransform):
     """Eval: the shorter side to ``image_size`` for image and mask (the mask by nearest neighbour)."""
 
     def __init__(self, options: TransformOptions) -> None:
         self.transform = v2.Resize(options.image_size, interpolation=v2.InterpolationMode.BICUBIC)
-
-    def __call__(self, image: Image.Image, mask: Image.Image | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels, labels = self.transform(*as_tv_tensors(image, mask))
-        return pixels.as_subclass(torch.Tensor), labels.as_subclass(torch.Tensor).long()
 
 
 class VolumeSegmentationCrop:

@@ -212,6 +212,18 @@ def require_files(paths: Iterable[Path], source: str) -> None:
         raise FileNotFoundError(f"{source}: expected files are missing: {', '.join(missing)}")
 
 
+def folder_of(request: SourceRequest, what: str) -> Path:
+    """The folder to read: ROOT, or ROOT/SPLIT when a split is given; it must exist (``what`` names it)."""
+    folder = request.root / request.split if request.split else request.root
+    require_files([folder], what)
+    return folder
+
+
+def read_class_names(path: Path) -> list[str]:
+    """A class list file: line k names label k; blank lines are skipped."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
 def file_items(samples: Iterable[tuple[Path, int | None]], root: Path | None = None) -> list[Item]:
     """FileItems for (path, label) pairs, keyed by their position in this listing."""
     return [

@@ -7,24 +7,17 @@ from pathlib import Path
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from data_pipelines.sources.base import Listing, Source, SourceRequest, file_items, require_files
-
-
-def folder_of(request: SourceRequest) -> Path:
-    """The folder to read: ROOT, or ROOT/SPLIT when a split is given."""
-    folder = request.root / request.split if request.split else request.root
-    require_files([folder], "image folder")
-    return folder
+from data_pipelines.sources.base import Listing, Source, SourceRequest, file_items, folder_of
 
 
 def load_image_folder(request: SourceRequest) -> Listing:
-    folder = folder_of(request)
+    folder = folder_of(request, "image folder")
     dataset = ImageFolder(str(folder))
     return Listing(file_items(((Path(path), label) for path, label in dataset.samples), folder), dataset.classes)
 
 
 def load_unlabeled_folder(request: SourceRequest) -> Listing:
-    folder = folder_of(request)
+    folder = folder_of(request, "image folder")
     paths = sorted(
         path for path in folder.rglob("*") if path.is_file() and has_file_allowed_extension(path.name, IMG_EXTENSIONS)
     )

@@ -25,6 +25,7 @@ from data_pipelines.sources.base import (
     Listing,
     Source,
     SourceRequest,
+    folder_of,
     make_key,
     require_files,
 )
@@ -95,8 +96,7 @@ def array_folder_loader(suffixes: tuple[str, ...], read: ArrayReader) -> Callabl
     """A Source.load for class folders of array files read by ``read``."""
 
     def load(request: SourceRequest) -> Listing:
-        folder = request.root / request.split if request.split else request.root
-        require_files([folder], "class folders")
+        folder = folder_of(request, "class folders")
         samples, classes = class_folder_files(folder, suffixes)
         items = [
             ArrayFileItem(make_key(index, path, folder), label, str(path), read)

@@ -27,7 +27,9 @@ from data_pipelines.sources.base import (
     SourceRequest,
     encode_array_sample,
     encode_pil,
+    folder_of,
     make_key,
+    read_class_names,
     require_files,
 )
 from data_pipelines.sources.science import NIFTI_SUFFIXES, read_nifti
@@ -133,14 +135,14 @@ def load_voc2012(request: SourceRequest) -> Listing:
 def load_segmentation_folder(request: SourceRequest) -> Listing:
     """ROOT[/SPLIT]/images/<name>.<ext> with ROOT[/SPLIT]/masks/<name>.png; class names from ROOT/classes.txt
     (one per line, line k is label k), else ``class_k`` up to the largest label in the masks."""
-    folder = request.root / request.split if request.split else request.root
+    folder = folder_of(request, "segmentation folder")
     require_files([folder / "images", folder / "masks"], "segmentation folder")
     images = sorted(path for path in (folder / "images").iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
     pairs = [(image, folder / "masks" / f"{image.stem}.png") for image in images]
     require_files([mask for _, mask in pairs], "segmentation folder")
     names_file = next((path for path in (folder / "classes.txt", request.root / "classes.txt") if path.is_file()), None)
     if names_file is not None:
-        classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+        classes = read_class_names(names_file)
     else:  # the largest label in any split's masks, so that every split names the same classes
         masks = sorted({*request.root.glob("masks/*.png"), *request.root.glob("*/masks/*.png")})
         largest = max(int(np.max(np.where(mask == IGNORE_INDEX, 0, mask))) for mask in map(read_mask, masks))
@@ -198,7 +200,7 @@ class VolumeSegmentationItem:
 def load_nifti_segmentation(request: SourceRequest) -> Listing:
     """ROOT[/SPLIT]/{images,labels}/<name>.nii[.gz]: volumes and label volumes of the same names; class names
     from ROOT/classes.txt (line k names label k)."""
-    folder = request.root / request.split if request.split else request.root
+    folder = folder_of(request, "NIfTI segmentation folder")
     names_file = request.root / "classes.txt"
     require_files([folder / "images", folder / "labels", names_file], "NIfTI segmentation folder")
     images = sorted(path for path in (folder / "images").iterdir() if path.name.endswith(NIFTI_SUFFIXES))
@@ -208,8 +210,7 @@ def load_nifti_segmentation(request: SourceRequest) -> Listing:
         VolumeSegmentationItem(make_key(index, image, folder), None, str(image), str(label))
         for index, (image, label) in enumerate(pairs)
     ]
-    classes = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
-    return Listing(items, classes, IGNORE_INDEX)
+    return Listing(items, read_class_names(names_file), IGNORE_INDEX)
 
 
 SEGMENTATION_FOLDER = Source(

@@ -89,7 +89,7 @@ def flops_per_batch(objective: Mapping[str, Any], backbone: Mapping[str, Any], b
         return classifier_flops_per_batch(backbone, batch_size)
     with torch.device("meta"):
         model = build_model(objective, backbone)
-        images = torch.empty(batch_size, *input_shape(VisionTransformer(**backbone)))
+        images = torch.empty(batch_size, *input_shape(model.encoder))
     return measure_flops(model, lambda: model(images).loss, lambda loss: loss)
 
 
