@@ -40,6 +40,7 @@ from pretrain.engine.lifecycle import close_loggers
 from pretrain.engine.metadata import BackboneMeta
 from pretrain.engine.plan import devices_per_node
 from pretrain.engine.signals import handle_signals, stop_requested
+from pretrain.hydra_job import job_config, job_dir
 from pretrain.models.vit import VisionTransformer
 
 log = logging.getLogger("finetune")
@@ -142,8 +143,7 @@ def _finetune(config: Settings, run_dir: Path, overrides: Sequence[str]) -> dict
 def main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "ckpt"):
         raise SystemExit(MISSING_CKPT)
-    run = HydraConfig.get()
-    finetune(OmegaConf.to_container(cfg, resolve=True), Path(run.runtime.output_dir), list(run.overrides.task))
+    finetune(job_config(cfg), job_dir(), list(HydraConfig.get().overrides.task))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ from typing import Any
 
 import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from data_pipelines.demo import ensure_demo_shards
 from data_pipelines.manifest import channel_normalization, read_manifest
@@ -33,6 +32,7 @@ from pretrain.engine.plan import RunPlan, accumulation, devices_per_node, plan_r
 from pretrain.engine.shard_data import ShardDataModule
 from pretrain.engine.signals import handle_signals, stop_requested, stopped_by_signal
 from pretrain.engine.trainer import build_trainer
+from pretrain.hydra_job import job_config, job_dir
 from pretrain.objectives.build import build_module, stream_config, tokens_per_image
 from pretrain.objectives.mae import ReconstructionLogger
 
@@ -173,7 +173,7 @@ def _image_callbacks(config: Mapping[str, Any]) -> list[L.Callback]:
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    pretrain(OmegaConf.to_container(cfg, resolve=True), Path(HydraConfig.get().runtime.output_dir))
+    pretrain(job_config(cfg), job_dir())
 
 
 if __name__ == "__main__":

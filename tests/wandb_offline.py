@@ -49,6 +49,9 @@ class OfflineRun:
     """
 
     directory: Path
+    run_id: str = ""
+    group: str = ""
+    name: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -151,6 +154,7 @@ def read_offline_run(path: Path, timeout_s: float = 30.0) -> OfflineRun:
                 _set_nested(row, _item_path(item), _item_value(item))
             run.history.append(row)
         elif kind == "run":
+            run.run_id, run.group, run.name = record.run.run_id, record.run.run_group, record.run.display_name
             _apply_updates(run.config, record.run.config.update)
             _apply_updates(run.summary, record.run.summary.update)
         elif kind == "config":

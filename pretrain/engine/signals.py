@@ -4,9 +4,9 @@ SIGTERM and SIGINT (``kill``, Ctrl-C, a job runner stopping its job) ask the run
 step every rank agrees, one checkpoint is saved together, nothing is exported, and the app exits with 128 + the
 signal number, so ``a && b`` chains, Kubernetes Jobs and CI runners see a failure and ``resume=auto`` continues the
 run. A second SIGTERM or SIGINT ends the process at once (killed by it; the shell reports 128 + n as well). On SLURM
-with ``trainer.slurm_auto_requeue`` the time-limit warning (USR1, ``#SBATCH --signal=USR1@120``) stops the same way
-and requeues the job; its handler stays installed for the whole job, export and test included, so a late warning
-never kills the job.
+with ``trainer.slurm_auto_requeue`` the time-limit warning (USR1, ``#SBATCH --signal=USR1@120``) stops the same way,
+requeues the job and exits 138 (128 + USR1: not done, the rerun finishes); its handler stays installed for the whole
+job, export and test included, so a late warning never kills the job.
 
 The handlers only record the signal, in the process that installed them: forked DataLoader workers inherit them and
 get the signal too (Ctrl-C signals the whole process group, SLURM every process of the step). The ranks agree at a
@@ -58,6 +58,7 @@ class RunSignals:
         self.handled = (*STOP_SIGNALS, *((requeue_signal,) if requeue_signal is not None else ()))
         self.received: int | None = None  # the first signal this process got
         self.agreed: int | None = None  # the signal every rank stopped for
+        self.requeue_on_exit = False  # set on rank 0 when the ranks stopped for the requeue signal
         self.on_exit_now: Callable[[], None] | None = None  # ends the rank processes this one launched
         self._pid = os.getpid()
         self._previous: dict[int, Any] = {}
@@ -122,12 +123,24 @@ class RunSignals:
                 return signum
         return None
 
+    @property
+    def exit_signal(self) -> int | None:
+        """The signal the process ends for: a stop signal, or the requeue signal once the ranks stopped for it."""
+        if self.stop_signal is not None:
+            return self.stop_signal
+        if self.requeue_signal is not None and self.agreed == self.requeue_signal:
+            return self.requeue_signal
+        return None
+
     def process_exit_code(self) -> int:
-        """Ranks that Lightning launched from the first process report to it, which reports to the user: they end
-        with 0, because its launcher kills every process, the first one included, when one exits non-zero."""
-        stop = self.stop_signal
-        assert stop is not None
-        return 0 if launched_by_a_rank() else exit_code(stop)
+        """128 + :attr:`exit_signal`, from the process that reports to the user. Ranks that Lightning launched from
+        the first process report to it and end with 0, because its launcher kills every process, the first one
+        included, when one exits non-zero; so do the ranks but 0 after a requeue, which srun's
+        ``--kill-on-bad-exit`` would otherwise end before rank 0 has requeued the job."""
+        signum = self.exit_signal
+        assert signum is not None
+        reports_to_another = signum == self.requeue_signal and not self.requeue_on_exit
+        return 0 if launched_by_a_rank() or reports_to_another else exit_code(signum)
 
 
 _active: RunSignals | None = None
@@ -157,9 +170,12 @@ def requeue_signal(trainer: Mapping[str, Any]) -> int | None:
 
 @contextmanager
 def handle_signals(trainer: Mapping[str, Any]) -> Iterator[RunSignals]:
-    """Handle the run's signals for the whole job; on leaving after a stop signal, exit with its code.
+    """Handle the run's signals for the whole job. Leaving after the ranks stopped for a signal exits with its code
+    (:meth:`RunSignals.process_exit_code`); after SLURM's warning rank 0 requeues the job first, as the process's last
+    act, so that SLURM stops the step only once the checkpoint is written and the loggers are closed.
 
-    Also when a library turned the signal into ``SystemExit`` (Lightning raises ``SIGTERMException``, code 0).
+    Also when a library turned the signal into ``SystemExit`` (Lightning raises ``SIGTERMException``, code 0), or
+    failed on the way out (SLURM stops W&B's service process together with the ranks).
     """
     global _active
     signals = RunSignals(requeue_signal(trainer))
@@ -171,8 +187,12 @@ def handle_signals(trainer: Mapping[str, Any]) -> Iterator[RunSignals]:
     try:
         yield signals
     except SystemExit:
-        if signals.stop_signal is None:
+        if signals.exit_signal is None:
             raise
+    except Exception:
+        if signals.exit_signal is None:
+            raise
+        log.exception("failed after signal %d; resume=auto continues from the newest checkpoint", signals.exit_signal)
     finally:
         _active = None
         signals.restore()
@@ -181,9 +201,16 @@ def handle_signals(trainer: Mapping[str, Any]) -> Iterator[RunSignals]:
                 signal.signal(signum, signal.SIG_DFL)
         if first:
             os.environ.pop(LAUNCHER_ENV, None)
-    if signals.stop_signal is not None:
-        log.info("stopped by signal %d: resume with the same run_dir (resume=auto)", signals.stop_signal)
-        raise SystemExit(signals.process_exit_code())
+    if signals.exit_signal is None:
+        return
+    if signals.exit_signal == signals.requeue_signal:
+        # Not done: an exit code of 0 would let a job runner (submitit, `a && b`) take the run for finished.
+        log.info("stopped for SLURM's requeue: the rerun resumes from the checkpoint")
+        if signals.requeue_on_exit:
+            requeue_slurm_job()
+    else:
+        log.info("stopped by signal %d: resume with the same run_dir (resume=auto)", signals.exit_signal)
+    raise SystemExit(signals.process_exit_code())
 
 
 def requeue_slurm_job() -> None:
@@ -191,7 +218,11 @@ def requeue_slurm_job() -> None:
     job_id = os.environ["SLURM_JOB_ID"]
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
         job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    try:
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    except FileNotFoundError:
+        log.warning("cannot requeue SLURM job %s: scontrol is not on PATH", job_id)
+        return
     if result.returncode == 0:
         log.info("requeued SLURM job %s", job_id)
     else:
@@ -200,7 +231,7 @@ def requeue_slurm_job() -> None:
 
 class StopOnSignal(Callback):
     """After the optimizer step in which any rank got a handled signal: one checkpoint by all ranks, then stop;
-    rank 0 requeues the job when the signal was SLURM's warning.
+    rank 0 requeues the job on its way out when the signal was SLURM's warning (:func:`handle_signals`).
 
     ``checkpoint_dir/step_N.ckpt`` is the newest checkpoint, so ``resume=auto`` picks it. ModelCheckpoint does not
     track it, so its rotation (``keep_checkpoints``) leaves it in place.
@@ -243,8 +274,8 @@ class StopOnSignal(Callback):
         trainer.should_stop = True
         self.stopped_for = signum
         log.info("signal %d: checkpointed step %d and stopped", signum, trainer.global_step)
-        if signum == self.signals.requeue_signal and trainer.is_global_zero:
-            requeue_slurm_job()
+        if signum == self.signals.requeue_signal:
+            self.signals.requeue_on_exit = trainer.is_global_zero  # when leaving handle_signals
 
     def _agree(self, trainer: L.Trainer) -> int | None:
         """For modules that do not vote in their own step reduction: one small all-reduce of its own."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
+from lightning.pytorch.utilities import rank_zero_only
 
 from data_pipelines.registry import check_name, lookup
 from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR, AtomicCheckpointIO
@@ -33,6 +35,7 @@ from pretrain.engine.step_metrics import StepThroughput
 
 log = logging.getLogger(__name__)
 
+WANDB_RUN_ID_FILE = "wandb_run_id"
 CPU_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true")  # Lightning's CPU plugins (no fp16 autocast on CPU)
 
 
@@ -70,6 +73,21 @@ def has_wandb_credentials() -> bool:
         return False
 
 
+def kept_wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of ``run_dir``, made by rank 0 on first use and kept in ``run_dir/wandb_run_id``: a run resumed
+    or requeued on the same run directory continues its W&B run (other ranks log nothing, any id does for them)."""
+    path = run_dir / WANDB_RUN_ID_FILE
+    if path.exists():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:8]  # W&B's own ids: 8 lowercase letters and digits
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        temporary.write_text(run_id + "\n")
+        os.replace(temporary, path)
+    return run_id
+
+
 def _wandb_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any]) -> Logger:
     mode = config["mode"]
     offline = mode == "offline" or (mode == "auto" and not has_wandb_credentials())
@@ -78,12 +96,13 @@ def _wandb_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[
     return WandbLogger(
         project=config["project"],
         entity=config["entity"],
+        group=config["group"],
         name=config["name"],
-        id=config["run_id"],
+        id=config["run_id"] or kept_wandb_run_id(run_dir),
         tags=list(config["tags"]),
         save_dir=str(run_dir),
         offline=offline,
-        resume="allow" if config["run_id"] else None,
+        resume="allow",
         config=plain(run_config),
     )
 
@@ -99,6 +118,14 @@ LOGGERS: dict[str, Callable[[Mapping[str, Any], Path, Mapping[str, Any]], Logger
     "csv": _csv_logger,
     "none": lambda config, run_dir, run_config: None,
 }
+
+
+def in_sweep(logger: Mapping[str, Any], sweep_dir: str, job_overrides: str) -> dict[str, Any]:
+    """The ``logger`` config of one job of a sweep in ``sweep_dir``: unless the config names them, its W&B runs share
+    the sweep directory as their group and each is named by its job's overrides (Hydra's ``override_dirname``)."""
+    if logger["kind"] != "wandb":
+        return dict(logger)
+    return {**logger, "group": logger["group"] or sweep_dir, "name": logger["name"] or job_overrides or None}
 
 
 def build_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any]) -> Logger | None:

@@ -89,11 +89,55 @@ def test_a_run_in_this_process_leaves_no_trace_that_would_make_later_subprocesse
     assert LAUNCHER_ENV not in os.environ
 
 
-def test_in_a_slurm_job_the_warning_signal_is_handled_for_the_whole_job_and_exits_0(in_slurm_job):
+def test_a_warning_signal_after_training_is_handled_and_the_job_exits_0(in_slurm_job):
     with handle_signals(TRAINER) as signals:
         os.kill(os.getpid(), signal.SIGUSR1)  # the default action would end the process
         assert signals.received == signal.SIGUSR1
         assert not stop_requested()  # a requeue, not a stop: export and test still run
+
+
+@pytest.fixture
+def scontrol_calls(tmp_path, monkeypatch):
+    """An ``scontrol`` first on PATH that records its arguments (the real one runs in tests/slurm)."""
+    calls = tmp_path / "scontrol_calls"
+    script = tmp_path / "bin" / "scontrol"
+    script.parent.mkdir()
+    script.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+    return calls
+
+
+def test_rank_0_stopped_for_the_warning_signal_requeues_on_its_way_out_and_exits_138(in_slurm_job, scontrol_calls):
+    # 138, not 0: submitit records a job as finished when its function returns, and it is not.
+    with pytest.raises(SystemExit) as leaving, handle_signals(TRAINER) as signals:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert signals.agree(signals.vote(torch.zeros(())).tolist()) == signal.SIGUSR1
+        signals.requeue_on_exit = True  # StopOnSignal on rank 0, after the checkpoint
+        assert not scontrol_calls.exists()  # not before the run has closed its loggers
+    assert scontrol_calls.read_text() == "requeue 1\n"
+    assert leaving.value.code == 128 + signal.SIGUSR1
+
+
+def test_the_other_ranks_leave_the_requeue_to_rank_0_and_exit_0(in_slurm_job, scontrol_calls):
+    # srun --kill-on-bad-exit would end rank 0 before it requeued the job if they exited non-zero.
+    with pytest.raises(SystemExit) as leaving, handle_signals(TRAINER) as signals:
+        signals.agree([0, 0, 1])  # another rank got the warning
+    assert not scontrol_calls.exists()
+    assert leaving.value.code == 0
+
+
+def test_an_error_on_the_way_out_after_a_stop_still_exits_with_the_signals_code():
+    # SLURM stops W&B's service process with the ranks: closing the logger then raises.
+    with pytest.raises(SystemExit) as leaving, handle_signals(TRAINER):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise ConnectionResetError("Connection lost")
+    assert leaving.value.code == 128 + signal.SIGTERM
+
+
+def test_an_error_without_a_signal_is_raised_as_it_is():
+    with pytest.raises(ConnectionResetError), handle_signals(TRAINER):
+        raise ConnectionResetError("Connection lost")
 
 
 def test_votes_are_one_hot_and_a_stop_outranks_a_requeue_and_sigint_outranks_sigterm():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,3 +46,28 @@ def slurm_jobs(slurm_cluster_ready: None, tmp_path: Path) -> Iterator[SlurmJobs]
     jobs = SlurmJobs(tmp_path)
     yield jobs
     jobs.cancel_unfinished()
+
+
+@pytest.fixture(scope="session")
+def demo_root(slurm_cluster_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo set in `<root>/demo/{train,test}`, the layout finetune's task=demo expects below data_root."""
+    root = tmp_path_factory.mktemp("data")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_pipelines.demo",
+            "--out",
+            str(root / "demo"),
+            "--num-train",
+            "1024",
+            "--num-test",
+            "256",
+            "--max-count",
+            "128",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return root

@@ -45,7 +45,7 @@ class SlurmJobs:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.submitted: list[int] = []
+        self.submitted: list[int | str] = []
 
     def submit(
         self,
@@ -74,17 +74,17 @@ class SlurmJobs:
         self.submitted.append(job_id)
         return job_id
 
-    def info(self, job_id: int) -> dict[str, str]:
+    def info(self, job_id: int | str) -> dict[str, str]:
         """The fields of `scontrol show job -o`: JobState, Restarts, ExitCode, StdOut, Reason, ..."""
         line = slurm_command("scontrol", "show", "job", "-o", str(job_id))
         return dict(re.findall(r"(?:^|\s)(\w+)=(\S*)", line))
 
-    def output(self, job_id: int) -> str:
+    def output(self, job_id: int | str) -> str:
         path = Path(self.info(job_id)["StdOut"])
         return path.read_text() if path.exists() else ""
 
     def wait_for(
-        self, job_id: int, condition: Callable[[dict[str, str]], bool], description: str, timeout_s: float
+        self, job_id: int | str, condition: Callable[[dict[str, str]], bool], description: str, timeout_s: float
     ) -> dict[str, str]:
         """Polls the job until `condition(info)` holds; on timeout cancels it and fails with its state and log."""
         deadline = time.monotonic() + timeout_s
@@ -100,8 +100,33 @@ class SlurmJobs:
                 )
             time.sleep(POLL_INTERVAL_S)
 
-    def wait_until_finished(self, job_id: int, timeout_s: float) -> dict[str, str]:
+    def wait_until_finished(self, job_id: int | str, timeout_s: float) -> dict[str, str]:
         return self.wait_for(job_id, lambda info: info["JobState"] in FINISHED_STATES, "finished", timeout_s)
+
+    def wait_for_file(self, job_id: int | str, path: Path, timeout_s: float) -> None:
+        """Until the job has written ``path``; fails with its log if it ends first."""
+        self.wait_for(
+            job_id,
+            lambda info: path.exists() or info["JobState"] not in ("PENDING", "RUNNING"),
+            f"writing {path.name}",
+            timeout_s,
+        )
+        assert path.exists(), f"job {job_id} ended before writing {path}:\n{self.output(job_id)[-5000:]}"
+
+    def start_requeued_job_now(self, job_id: int | str) -> None:
+        """A requeued job waits for its BeginTime before it may start again; skip that wait once it is pending."""
+        self.wait_for(
+            job_id,
+            lambda info: info["Restarts"] != "0" and info["JobState"] in ("PENDING", "RUNNING"),
+            "requeued",
+            timeout_s=60,
+        )
+        if self.info(job_id)["JobState"] == "PENDING":
+            subprocess.run(
+                ["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
+                capture_output=True,
+                timeout=COMMAND_TIMEOUT_S,
+            )
 
     def cancel_unfinished(self) -> None:
         for job_id in self.submitted:
@@ -111,3 +136,13 @@ class SlurmJobs:
                 continue
             if not finished:
                 subprocess.run(["scancel", str(job_id)], timeout=COMMAND_TIMEOUT_S)
+
+
+def make_repo(root: Path) -> Path:
+    """A stand-in for the repository to submit from: the launch scripts and links to the apps and configs."""
+    repo = root / "repo"
+    repo.mkdir()
+    for name in ("slurm", "pretrain", "finetune", "conf"):
+        (repo / name).symlink_to(REPO_ROOT / name)
+    (repo / "logs").mkdir()  # sbatch does not create the --output directory
+    return repo

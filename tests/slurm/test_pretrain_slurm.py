@@ -16,14 +16,13 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from slurm_jobs import COMMAND_TIMEOUT_S, REPO_ROOT, SlurmJobs, slurm_command
+from slurm_jobs import REPO_ROOT, SlurmJobs, make_repo, slurm_command
 
 from pretrain.engine.checkpoints import read_checkpoint
 
@@ -50,41 +49,6 @@ def tiny_pretraining(shards: Path, *overrides: str) -> tuple[str, ...]:
         f"data.shards={shards}",
         *overrides,
     )
-
-
-def make_repo(root: Path) -> Path:
-    """A stand-in for the repository to submit from: the launch scripts and links to the apps and configs."""
-    repo = root / "repo"
-    repo.mkdir()
-    for name in ("slurm", "pretrain", "finetune", "conf"):
-        (repo / name).symlink_to(REPO_ROOT / name)
-    (repo / "logs").mkdir()  # sbatch does not create the --output directory
-    return repo
-
-
-@pytest.fixture(scope="session")
-def demo_root(slurm_cluster_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small demo set in `<root>/demo/{train,test}`, the layout finetune's task=demo expects below data_root."""
-    root = tmp_path_factory.mktemp("data")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "data_pipelines.demo",
-            "--out",
-            str(root / "demo"),
-            "--num-train",
-            "1024",
-            "--num-test",
-            "256",
-            "--max-count",
-            "128",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return root
 
 
 def steps_trained_by_last_run(run_dir: Path) -> int:
@@ -147,30 +111,6 @@ def test_pretrain_job_trains_with_ddp_on_two_cpu_tasks_and_exports_one_backbone(
     assert output.count("exported the backbone to") == 1
 
 
-def _wait_for_file(path: Path, jobs: SlurmJobs, job_id: int, timeout_s: float) -> None:
-    jobs.wait_for(
-        job_id,
-        lambda info: path.exists() or info["JobState"] not in ("PENDING", "RUNNING"),
-        f"writing {path.name}",
-        timeout_s,
-    )
-    assert path.exists(), f"job {job_id} ended before writing {path}:\n{jobs.output(job_id)[-5000:]}"
-
-
-def _start_requeued_job_now(jobs: SlurmJobs, job_id: int) -> None:
-    """A requeued job waits for its BeginTime before it may start again; skip that wait once it is pending."""
-    jobs.wait_for(
-        job_id,
-        lambda info: info["Restarts"] != "0" and info["JobState"] in ("PENDING", "RUNNING"),
-        "requeued",
-        timeout_s=60,
-    )
-    if jobs.info(job_id)["JobState"] == "PENDING":
-        subprocess.run(
-            ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=COMMAND_TIMEOUT_S
-        )
-
-
 INTERRUPTED_STEPS, INTERRUPTED_EVERY = 30, 5  # max_steps and checkpoint interval of the interrupted jobs
 
 
@@ -193,13 +133,13 @@ def _interrupted_training(
     )
     run_dir = repo / "runs" / "pretrain" / str(job_id)
     # Interrupt once training is under way: after the first periodic checkpoint, long before max_steps.
-    _wait_for_file(run_dir / "checkpoints" / f"step_{INTERRUPTED_EVERY:06d}.ckpt", jobs, job_id, JOB_TIMEOUT_S)
+    jobs.wait_for_file(job_id, run_dir / "checkpoints" / f"step_{INTERRUPTED_EVERY:06d}.ckpt", JOB_TIMEOUT_S)
     if interrupt == "warning_signal":
         # What `#SBATCH --signal=USR1@N` does before the time limit: signal every process of the srun step.
         slurm_command("scancel", "--signal=USR1", str(job_id))
     else:
         slurm_command("scontrol", "requeue", str(job_id))
-    _start_requeued_job_now(jobs, job_id)
+    jobs.start_requeued_job_now(job_id)
     return job_id, run_dir, jobs.wait_until_finished(job_id, timeout_s=JOB_TIMEOUT_S)
 
 
@@ -336,7 +276,7 @@ def test_a_task_killed_on_one_node_fails_the_job_at_once_and_a_rerun_resumes(
     job_id = slurm_jobs.submit(
         repo / "slurm" / "pretrain.sh", *TWO_NODE_JOB, "--no-requeue", cwd=repo, env=CPU_ENV, script_args=arguments
     )
-    _wait_for_file(run_dir / "checkpoints" / f"step_{every:06d}.ckpt", slurm_jobs, job_id, timeout_s=JOB_TIMEOUT_S)
+    slurm_jobs.wait_for_file(job_id, run_dir / "checkpoints" / f"step_{every:06d}.ckpt", JOB_TIMEOUT_S)
     (victim,) = _app_pids_on("vitfm-node2")
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
