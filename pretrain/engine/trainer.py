@@ -52,6 +52,7 @@ def deepspeed_strategy(
     return strategy_class(
         stage=config["zero_stage"],
         offload_optimizer=config["offload_optimizer"],
+        reduce_bucket_size=config["reduce_bucket_size"],
         logging_batch_size_per_gpu=plan.batch_size,
     )
 
