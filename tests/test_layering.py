@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-APPS = {"pretrain/run.py", "pretrain/export.py", "pretrain/analyze.py", "finetune/run.py", "finetune/report.py"}
+APPS = {
+    "pretrain/run.py",
+    "pretrain/export.py",
+    "pretrain/analyze.py",
+    "pretrain/plan.py",
+    "finetune/run.py",
+    "finetune/report.py",
+}
 
 
 def modules(folder: str) -> list[Path]:

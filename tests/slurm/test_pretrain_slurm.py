@@ -143,13 +143,13 @@ def _interrupted_training(
     return job_id, run_dir, jobs.wait_until_finished(job_id, timeout_s=JOB_TIMEOUT_S)
 
 
-@pytest.mark.parametrize("interrupt", ["warning_signal", "scontrol_requeue"])
-def test_interrupted_pretrain_job_requeues_resumes_and_stops_at_max_steps(
-    slurm_jobs: SlurmJobs, tmp_path: Path, demo_root: Path, interrupt: str
+# The warning signal on one node: tests/slurm/test_sweeps_slurm.py (a sweep job), and on two nodes below.
+def test_a_requeued_pretrain_job_resumes_and_stops_at_max_steps(
+    slurm_jobs: SlurmJobs, tmp_path: Path, demo_root: Path
 ) -> None:
     max_steps, every = INTERRUPTED_STEPS, INTERRUPTED_EVERY
     repo = make_repo(tmp_path)
-    job_id, run_dir, info = _interrupted_training(slurm_jobs, repo, demo_root, CPU_JOB, interrupt)
+    job_id, run_dir, info = _interrupted_training(slurm_jobs, repo, demo_root, CPU_JOB, "scontrol_requeue")
 
     output = slurm_jobs.output(job_id)
     assert info["JobState"] == "COMPLETED", output[-5000:]
@@ -163,7 +163,7 @@ def test_interrupted_pretrain_job_requeues_resumes_and_stops_at_max_steps(
     resumed_step = read_checkpoint(checkpoint)["global_step"]
     assert checkpoint == run_dir / "checkpoints" / f"step_{resumed_step:06d}.ckpt"
     # ...written at the signal, at the step all ranks stopped after (maybe between two periodic checkpoints):
-    # `scontrol requeue` SIGTERMs the tasks, which checkpoint within SLURM's KillWait as for the warning signal.
+    # `scontrol requeue` SIGTERMs the tasks, which checkpoint within SLURM's KillWait.
     assert every <= resumed_step < max_steps
     # Nothing wrote checkpoints elsewhere: not Lightning's hpc_ckpt_*, not a forked DataLoader worker.
     assert not list(run_dir.glob("hpc_ckpt_*"))
