@@ -19,6 +19,7 @@ from typing import Any
 
 import hydra
 import torch
+from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 from omegaconf import DictConfig, OmegaConf
 
 from data_pipelines.manifest import read_manifest
@@ -55,6 +56,8 @@ ZERO_COLUMNS = {
 def run_layout(trainer: Mapping[str, Any]) -> Layout:
     """The layout ``pretrain/run.py`` builds from the ``trainer`` group."""
     strategy = "deepspeed" if trainer["strategy"] == "deepspeed" else "ddp"
+    if strategy == "deepspeed" and trainer["offload_optimizer"] and int(trainer["zero_stage"]) == 0:
+        raise ValueError("trainer.offload_optimizer=true needs trainer.zero_stage 1, 2 or 3: ZeRO-0 keeps no partition")
     return Layout(
         strategy=strategy,
         zero_stage=int(trainer["zero_stage"]) if strategy == "deepspeed" else 0,
@@ -62,6 +65,7 @@ def run_layout(trainer: Mapping[str, Any]) -> Layout:
         compute_bytes=compute_bytes(strategy, trainer["precision"]),
         offload_optimizer=strategy == "deepspeed" and bool(trainer["offload_optimizer"]),
         reduce_bucket_size=int(trainer["reduce_bucket_size"]),
+        prefetch_bucket_size=int(DeepSpeedZeroConfig().prefetch_bucket_size),  # DeepSpeed's default; Lightning keeps it
     )
 
 
@@ -134,10 +138,12 @@ def plan_report(config: Mapping[str, Any]) -> str:
     deepspeed = replace(layout, strategy="deepspeed", compute_bytes=compute_bytes("deepspeed", trainer["precision"]))
     ddp = replace(layout, strategy="ddp", zero_stage=0, offload_optimizer=False)
     layouts = {"DDP": replace(ddp, compute_bytes=compute_bytes("ddp", trainer["precision"]))}
-    layouts |= {
-        name: replace(deepspeed, zero_stage=stage, offload_optimizer=off) for (stage, off), name in ZERO_COLUMNS.items()
-    }
-    chosen = "DDP" if layout.strategy == "ddp" else ZERO_COLUMNS[(layout.zero_stage, layout.offload_optimizer)]
+    columns = dict(ZERO_COLUMNS)
+    if layout.strategy == "deepspeed":  # the run's own column, also where it is none of the usual ones (ZeRO-1 offload)
+        columns.setdefault((layout.zero_stage, layout.offload_optimizer), f"ZeRO-{layout.zero_stage} off")
+    for (stage, off), name in columns.items():
+        layouts[name] = replace(deepspeed, zero_stage=stage, offload_optimizer=off)
+    chosen = "DDP" if layout.strategy == "ddp" else columns[(layout.zero_stage, layout.offload_optimizer)]
     accumulate = accumulation(trainer, batch_size)
     global_batch = batch_size * layout.processes * accumulate
     flops_per_image = flops_per_batch(config["objective"], backbone_options(config["model"]), 1)

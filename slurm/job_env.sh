@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced by slurm/pretrain.sh and slurm/finetune.sh inside a job. Derives the layout from the allocation
+# Sourced by slurm/pretrain.sh and slurm/finetune.sh inside a job, and by the sweep jobs of
+# conf/hydra/launcher/slurm.yaml. Derives the layout from the allocation
 # (never hard-coded) and prints it; inside each srun task Lightning's SLURMEnvironment reads its own rank
 # from SLURM_PROCID, SLURM_LOCALID and SLURM_NODEID.
 NODES=${SLURM_JOB_NUM_NODES:-$SLURM_NNODES}

@@ -37,7 +37,8 @@ from torch import nn
 
 from pretrain.models.vit import BlockStack
 
-MIXED_PRECISIONS = ("bf16-mixed", "16-mixed", "bf16-true", "16-true", "bf16", "16")
+AUTOCAST_PRECISIONS = ("bf16-mixed", "16-mixed", "bf16", "16")  # Lightning's names ("bf16" is "bf16-mixed")
+HALF_PRECISIONS = (*AUTOCAST_PRECISIONS, "bf16-true", "16-true")
 MASTER_STATES = 16  # bytes per parameter: fp32 master copy 4, fp32 gradient 4, Adam m 4, v 4
 
 
@@ -67,12 +68,13 @@ class Layout:
     offload_optimizer: bool = False
     reduce_bucket_size: int = 0  # elements, DeepSpeed's gradient reduction buckets
     overlap_comm: bool = True  # DeepSpeed: double reduction buckets
+    prefetch_bucket_size: int = 0  # elements, ZeRO-3's parameters gathered ahead of their modules
 
 
 def compute_bytes(strategy: str, precision: str) -> int:
     """Bytes of a parameter's compute copy: DeepSpeed casts the model under bf16/fp16; DDP keeps fp32 but for
     ``*-true`` half precisions."""
-    half = str(precision) in MIXED_PRECISIONS
+    half = str(precision) in HALF_PRECISIONS
     if strategy == "deepspeed":
         return 2 if half else 4
     return 2 if str(precision) in ("bf16-true", "16-true") else 4
@@ -115,13 +117,16 @@ def model_state_bytes(size: ModelSize, layout: Layout) -> dict[str, int]:
 
 def buffer_bytes(size: ModelSize, layout: Layout) -> int:
     """Communication buffers: DeepSpeed's gradient reduction buckets (two with ``overlap_comm`` at stages 1-2, in
-    fp32 at stage 1), DDP's gradient buckets (a second copy of the gradients)."""
+    fp32 at stage 1) and ZeRO-3's prefetched parameters; DDP's gradient buckets (a second copy of the gradients)."""
     if layout.strategy != "deepspeed":
         return layout.compute_bytes * size.total if layout.processes > 1 else 0
     if layout.zero_stage == 0 or layout.processes == 1 and layout.zero_stage < 3:
         return 0
+    if layout.zero_stage == 3:
+        prefetched = min(layout.prefetch_bucket_size, size.total)
+        return (layout.reduce_bucket_size + prefetched) * layout.compute_bytes
     element = 4 if layout.zero_stage == 1 else layout.compute_bytes
-    buckets = 2 if layout.overlap_comm and layout.zero_stage < 3 else 1
+    buckets = 2 if layout.overlap_comm else 1
     return buckets * layout.reduce_bucket_size * element
 
 
@@ -154,7 +159,8 @@ def trace_activations(
     model: nn.Module, loss_of: Callable[[int], torch.Tensor], precision: str, cast: bool
 ) -> ActivationProfile:
     """Trace ``loss_of(batch_size)`` (a forward of ``model`` on a CPU batch) at 1 and 2 images, plain and with
-    activation checkpointing; ``cast``: a bf16 copy of the model (DeepSpeed), else autocast per ``precision``."""
+    activation checkpointing; ``cast``: a bf16 copy of the model (2-byte parameters: DeepSpeed's cast, ``*-true``),
+    else autocast per ``precision``."""
     model = model.to(torch.bfloat16) if cast else model
     blocks = [module for module in model.modules() if isinstance(module, BlockStack)]
 
@@ -176,7 +182,7 @@ def trace_activations(
 
 @contextlib.contextmanager
 def _autocast(precision: str, cast: bool) -> Iterator[None]:
-    if not cast and str(precision) in ("bf16-mixed", "16-mixed"):
+    if not cast and str(precision) in AUTOCAST_PRECISIONS:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             yield
     else:
@@ -231,5 +237,7 @@ def peak_bytes(states: dict[str, int], buffers: int, activations: int) -> int:
 
 def largest_micro_batch(memory: int, states: dict[str, int], buffers: int, activations: Activations) -> int:
     """The most images per micro-batch whose :func:`peak_bytes` fits ``memory`` bytes (0: not even one)."""
-    room = memory - states["parameters"] - states["optimizer states"] - buffers - activations.fixed
-    return max(0, room // activations.per_image) if activations.per_image > 0 else 0
+    room = memory - states["parameters"] - states["optimizer states"] - buffers
+    if room < states["gradients"] or activations.per_image <= 0:
+        return 0
+    return max(0, (room - activations.fixed) // activations.per_image)

@@ -58,7 +58,7 @@ class RunSignals:
         self.handled = (*STOP_SIGNALS, *((requeue_signal,) if requeue_signal is not None else ()))
         self.received: int | None = None  # the first signal this process got
         self.agreed: int | None = None  # the signal every rank stopped for
-        self.requeue_on_exit = False  # set on rank 0 when the ranks stopped for the requeue signal
+        self.checkpointed = False  # the ranks wrote the checkpoint of the step they stopped after
         self.on_exit_now: Callable[[], None] | None = None  # ends the rank processes this one launched
         self._pid = os.getpid()
         self._previous: dict[int, Any] = {}
@@ -128,9 +128,13 @@ class RunSignals:
         """The signal the process ends for: a stop signal, or the requeue signal once the ranks stopped for it."""
         if self.stop_signal is not None:
             return self.stop_signal
-        if self.requeue_signal is not None and self.agreed == self.requeue_signal:
-            return self.requeue_signal
-        return None
+        return self.requeue_signal if self.requeued else None
+
+    @property
+    def requeued(self) -> bool:
+        """Whether the ranks stopped for the requeue signal with their checkpoint written: the job must run again
+        (also when a stop signal, such as the time limit's SIGTERM, comes after it)."""
+        return self.requeue_signal is not None and self.agreed == self.requeue_signal and self.checkpointed
 
     def process_exit_code(self) -> int:
         """128 + :attr:`exit_signal`, from the process that reports to the user. Ranks that Lightning launched from
@@ -139,8 +143,13 @@ class RunSignals:
         ``--kill-on-bad-exit`` would otherwise end before rank 0 has requeued the job."""
         signum = self.exit_signal
         assert signum is not None
-        reports_to_another = signum == self.requeue_signal and not self.requeue_on_exit
-        return 0 if launched_by_a_rank() or reports_to_another else exit_code(signum)
+        reports_to_rank_0 = signum == self.requeue_signal and not is_slurm_rank_0()
+        return 0 if launched_by_a_rank() or reports_to_rank_0 else exit_code(signum)
+
+
+def is_slurm_rank_0() -> bool:
+    """Rank 0 of the SLURM step (the requeue signal is only handled inside one)."""
+    return os.environ.get("SLURM_PROCID") == "0"
 
 
 _active: RunSignals | None = None
@@ -175,7 +184,8 @@ def handle_signals(trainer: Mapping[str, Any]) -> Iterator[RunSignals]:
     act, so that SLURM stops the step only once the checkpoint is written and the loggers are closed.
 
     Also when a library turned the signal into ``SystemExit`` (Lightning raises ``SIGTERMException``, code 0), or
-    failed on the way out (SLURM stops W&B's service process together with the ranks).
+    failed after the checkpoint (SLURM stops W&B's service process together with the ranks); an error before the
+    checkpoint is raised as it is.
     """
     global _active
     signals = RunSignals(requeue_signal(trainer))
@@ -190,9 +200,9 @@ def handle_signals(trainer: Mapping[str, Any]) -> Iterator[RunSignals]:
         if signals.exit_signal is None:
             raise
     except Exception:
-        if signals.exit_signal is None:
+        if not signals.checkpointed:
             raise
-        log.exception("failed after signal %d; resume=auto continues from the newest checkpoint", signals.exit_signal)
+        log.exception("failed after the checkpoint of signal %d; resume=auto continues from it", signals.agreed)
     finally:
         _active = None
         signals.restore()
@@ -201,15 +211,15 @@ def handle_signals(trainer: Mapping[str, Any]) -> Iterator[RunSignals]:
                 signal.signal(signum, signal.SIG_DFL)
         if first:
             os.environ.pop(LAUNCHER_ENV, None)
-    if signals.exit_signal is None:
-        return
-    if signals.exit_signal == signals.requeue_signal:
+    if signals.requeued:
         # Not done: an exit code of 0 would let a job runner (submitit, `a && b`) take the run for finished.
         log.info("stopped for SLURM's requeue: the rerun resumes from the checkpoint")
-        if signals.requeue_on_exit:
+        if is_slurm_rank_0():
             requeue_slurm_job()
-    else:
-        log.info("stopped by signal %d: resume with the same run_dir (resume=auto)", signals.exit_signal)
+    if signals.exit_signal is None:
+        return
+    if signals.stop_signal is not None:
+        log.info("stopped by signal %d: resume with the same run_dir (resume=auto)", signals.stop_signal)
     raise SystemExit(signals.process_exit_code())
 
 
@@ -273,9 +283,8 @@ class StopOnSignal(Callback):
             trainer.save_checkpoint(checkpoint_path(self.checkpoint_dir, trainer.global_step), weights_only=False)
         trainer.should_stop = True
         self.stopped_for = signum
+        self.signals.checkpointed = True  # a requeue signal: rank 0 requeues on leaving handle_signals
         log.info("signal %d: checkpointed step %d and stopped", signum, trainer.global_step)
-        if signum == self.signals.requeue_signal:
-            self.signals.requeue_on_exit = trainer.is_global_zero  # when leaving handle_signals
 
     def _agree(self, trainer: L.Trainer) -> int | None:
         """For modules that do not vote in their own step reduction: one small all-reduce of its own."""
@@ -286,8 +295,8 @@ class StopOnSignal(Callback):
 
 
 def stopped_by_signal(trainer: L.Trainer) -> int | None:
-    """The signal that stopped the fit (None: it ran to its end). After a SLURM warning the requeued job finishes
-    the work; after SIGTERM/SIGINT the app exits with the signal's code once it leaves :func:`handle_signals`."""
+    """The signal that stopped the fit (None: it ran to its end). The app then exits with the signal's code once
+    it leaves :func:`handle_signals`; after a SLURM warning the requeued job finishes the work."""
     for callback in trainer.callbacks:
         if isinstance(callback, StopOnSignal) and callback.stopped_for is not None:
             log.info("stopped at step %d by signal %d", trainer.global_step, callback.stopped_for)

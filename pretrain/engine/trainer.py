@@ -7,6 +7,7 @@ length and layout come in as a :class:`~pretrain.engine.plan.RunPlan`, settled b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import netrc
 import os
@@ -74,19 +75,22 @@ def has_wandb_credentials() -> bool:
         return False
 
 
-def kept_wandb_run_id(run_dir: Path) -> str:
-    """The W&B run id of ``run_dir``, made by rank 0 on first use and kept in ``run_dir/wandb_run_id``: a run resumed
-    or requeued on the same run directory continues its W&B run (other ranks log nothing, any id does for them)."""
+def kept_wandb_run_id(run_dir: Path, fresh: bool) -> str:
+    """The W&B run id of ``run_dir``, kept in ``run_dir/wandb_run_id``: a run resumed or requeued on the same run
+    directory continues its W&B run; ``fresh`` (``resume=none``) starts a new one. The first process to write the
+    file sets the id for all (a hard link cannot replace an existing file); only the one that logs (rank 0) ever
+    removes it, and the others never log, so an old id read by them does no harm."""
     path = run_dir / WANDB_RUN_ID_FILE
-    if path.exists():
-        return path.read_text().strip()
-    run_id = uuid.uuid4().hex[:8]  # W&B's own ids: 8 lowercase letters and digits
-    if rank_zero_only.rank == 0:
+    if fresh and rank_zero_only.rank == 0:
+        path.unlink(missing_ok=True)
+    if not path.exists():
         run_dir.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        temporary.write_text(run_id + "\n")
-        os.replace(temporary, path)
-    return run_id
+        candidate = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        candidate.write_text(uuid.uuid4().hex[:8] + "\n")  # W&B's own ids: 8 lowercase letters and digits
+        with contextlib.suppress(FileExistsError):
+            os.link(candidate, path)
+        candidate.unlink()
+    return path.read_text().strip()
 
 
 def _wandb_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any]) -> Logger:
@@ -99,7 +103,7 @@ def _wandb_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[
         entity=config["entity"],
         group=config["group"],
         name=config["name"],
-        id=config["run_id"] or kept_wandb_run_id(run_dir),
+        id=config["run_id"] or kept_wandb_run_id(run_dir, fresh=run_config.get("resume") == "none"),
         tags=list(config["tags"]),
         save_dir=str(run_dir),
         offline=offline,

@@ -24,15 +24,8 @@ import torch.distributed as dist
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-os.environ["DS_ACCELERATOR"] = "cpu"  # read by DeepSpeed at import (see deepspeed_cpu_train.py for the cache)
-os.environ.setdefault(
-    "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "vitfm" / "torch_extensions" / f"torch-{torch.__version__}")
-)
-
-import deepspeed  # noqa: E402
-
-from pretrain.models.mae import MaskedAutoencoder  # noqa: E402
-from pretrain.models.vit import VisionTransformer  # noqa: E402
+from pretrain.models.mae import MaskedAutoencoder
+from pretrain.models.vit import VisionTransformer
 
 ENCODER = {"img_size": 224, "patch_size": 16, "embed_dim": 384, "depth": 6, "num_heads": 6, "num_classes": 0}
 DECODER = {"decoder_embed_dim": 256, "decoder_depth": 2, "decoder_num_heads": 8}
@@ -63,6 +56,15 @@ def peak_tensor_bytes(profiler: profile) -> int:
 
 def measure_deepspeed(zero_stage: int, images: torch.Tensor, bucket: int) -> list[int]:
     """The peak of each rank of a ZeRO engine (all ranks return the list)."""
+    # Read by DeepSpeed at import, so imported here: the test imports this module for its model and must not
+    # change its own environment (see deepspeed_cpu_train.py for the extension cache).
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    os.environ.setdefault(
+        "TORCH_EXTENSIONS_DIR",
+        str(Path.home() / ".cache" / "vitfm" / "torch_extensions" / f"torch-{torch.__version__}"),
+    )
+    import deepspeed
+
     deepspeed.init_distributed(dist_backend="gloo")
     world = dist.get_world_size()
     config = {

@@ -28,6 +28,7 @@ from deepspeed.runtime.zero.stage_1_and_2 import (
     estimate_zero2_model_states_mem_needs_all_live,
 )
 from deepspeed_cpu_peak import ENCODER, build_model
+from test_deepspeed_cpu import free_port
 
 from pretrain.engine.memory_plan import (
     Layout,
@@ -113,7 +114,7 @@ def measured_peaks(tmp_path: Path, *arguments: str, processes: int = 1) -> list[
     launch = [sys.executable]
     if processes > 1:
         launch += ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_addr=127.0.0.1"]
-        launch += ["--master_port=29517"]
+        launch += [f"--master_port={free_port()}"]
     command = [*launch, str(HERE / "deepspeed_cpu_peak.py"), f"--batch-size={BATCH}", f"--output={output}", *arguments]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

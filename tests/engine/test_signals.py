@@ -108,29 +108,58 @@ def scontrol_calls(tmp_path, monkeypatch):
     return calls
 
 
-def test_rank_0_stopped_for_the_warning_signal_requeues_on_its_way_out_and_exits_138(in_slurm_job, scontrol_calls):
+def test_rank_0_stopped_for_the_warning_signal_requeues_on_its_way_out_and_exits_138(
+    in_slurm_job, scontrol_calls, monkeypatch
+):
     # 138, not 0: submitit records a job as finished when its function returns, and it is not.
+    monkeypatch.setenv("SLURM_PROCID", "0")
     with pytest.raises(SystemExit) as leaving, handle_signals(TRAINER) as signals:
         os.kill(os.getpid(), signal.SIGUSR1)
         assert signals.agree(signals.vote(torch.zeros(())).tolist()) == signal.SIGUSR1
-        signals.requeue_on_exit = True  # StopOnSignal on rank 0, after the checkpoint
+        signals.checkpointed = True  # StopOnSignal, after the step's checkpoint
         assert not scontrol_calls.exists()  # not before the run has closed its loggers
     assert scontrol_calls.read_text() == "requeue 1\n"
     assert leaving.value.code == 128 + signal.SIGUSR1
 
 
-def test_the_other_ranks_leave_the_requeue_to_rank_0_and_exit_0(in_slurm_job, scontrol_calls):
+def test_the_other_ranks_leave_the_requeue_to_rank_0_and_exit_0(in_slurm_job, scontrol_calls, monkeypatch):
     # srun --kill-on-bad-exit would end rank 0 before it requeued the job if they exited non-zero.
+    monkeypatch.setenv("SLURM_PROCID", "1")
     with pytest.raises(SystemExit) as leaving, handle_signals(TRAINER) as signals:
         signals.agree([0, 0, 1])  # another rank got the warning
+        signals.checkpointed = True
     assert not scontrol_calls.exists()
     assert leaving.value.code == 0
 
 
-def test_an_error_on_the_way_out_after_a_stop_still_exits_with_the_signals_code():
-    # SLURM stops W&B's service process with the ranks: closing the logger then raises.
-    with pytest.raises(SystemExit) as leaving, handle_signals(TRAINER):
+def test_sigterm_after_the_requeue_checkpoint_still_requeues_and_exits_143(in_slurm_job, scontrol_calls, monkeypatch):
+    # The time limit's SIGTERM while the loggers close: without the requeue, SLURM would end the job for good.
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    with pytest.raises(SystemExit) as leaving, handle_signals(TRAINER) as signals:
+        signals.agree([0, 0, 1])
+        signals.checkpointed = True
         os.kill(os.getpid(), signal.SIGTERM)
+    assert scontrol_calls.read_text() == "requeue 1\n"
+    assert leaving.value.code == 128 + signal.SIGTERM
+
+
+def test_an_error_before_the_requeue_checkpoint_is_raised_and_nothing_is_requeued(
+    in_slurm_job, scontrol_calls, monkeypatch
+):
+    # A non-finite loss or a full disk at the agreed step: the run failed, it must not end as a requeue or as done.
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    with pytest.raises(OSError), handle_signals(TRAINER) as signals:
+        signals.agree([0, 0, 1])
+        raise OSError("No space left on device")
+    assert not scontrol_calls.exists()
+
+
+def test_an_error_on_the_way_out_after_the_checkpoint_exits_with_the_signals_code():
+    # SLURM stops W&B's service process with the ranks: closing the logger then raises.
+    with pytest.raises(SystemExit) as leaving, handle_signals(TRAINER) as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        signals.agree([0, 1])
+        signals.checkpointed = True
         raise ConnectionResetError("Connection lost")
     assert leaving.value.code == 128 + signal.SIGTERM
 

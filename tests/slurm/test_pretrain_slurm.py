@@ -252,7 +252,7 @@ def test_a_two_node_job_trains_on_both_requeues_on_the_warning_signal_and_resume
     # Each run: both ranks, one per node, in one process group of 2 (each rank logs the plan).
     assert output.count("2 node(s) x 1 device(s) = 2 processes; global batch 32") == 4, output[-5000:]
     assert output.count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 2
-    assert "requeued SLURM job" in output
+    assert output.count("requeued SLURM job") == 1  # by rank 0 alone
     resumed = {Path(path) for path in re.findall(r"\[pretrain[.a-z_]*\]\[INFO\] - resuming from (\S+)", output)}
     assert len(resumed) == 1, output[-5000:]  # every rank resumed from the same checkpoint
     resumed_step = read_checkpoint(resumed.pop())["global_step"]
