@@ -184,8 +184,8 @@ def handle_signals(trainer: Mapping[str, Any]) -> Iterator[RunSignals]:
     act, so that SLURM stops the step only once the checkpoint is written and the loggers are closed.
 
     Also when a library turned the signal into ``SystemExit`` (Lightning raises ``SIGTERMException``, code 0), or
-    failed after the checkpoint (SLURM stops W&B's service process together with the ranks); an error before the
-    checkpoint is raised as it is.
+    failed after a stop signal (SLURM stops W&B's service process together with the ranks) or after the requeue
+    checkpoint; an error after the requeue signal but before its checkpoint is raised as it is.
     """
     global _active
     signals = RunSignals(requeue_signal(trainer))
@@ -200,9 +200,11 @@ def handle_signals(trainer: Mapping[str, Any]) -> Iterator[RunSignals]:
         if signals.exit_signal is None:
             raise
     except Exception:
-        if not signals.checkpointed:
+        # After a stop signal the process is ending anyway (SLURM stops W&B's service process with the ranks, so the
+        # next log call raises); after the requeue signal only once its checkpoint is written.
+        if not (signals.checkpointed or signals.stop_signal is not None):
             raise
-        log.exception("failed after the checkpoint of signal %d; resume=auto continues from it", signals.agreed)
+        log.exception("failed after signal %d; resume=auto continues from the newest checkpoint", signals.exit_signal)
     finally:
         _active = None
         signals.restore()

@@ -25,6 +25,7 @@ FINISHED_STATES = {
     "TIMEOUT",
 }
 POLL_INTERVAL_S = 0.25
+CREDENTIAL_EXPIRY_S = 11  # AuthInfo=cred_expire=10 in slurm.conf.in, and a second to spare
 COMMAND_TIMEOUT_S = 60
 
 
@@ -114,13 +115,18 @@ class SlurmJobs:
         assert path.exists(), f"job {job_id} ended before writing {path}:\n{self.output(job_id)[-5000:]}"
 
     def start_requeued_job_now(self, job_id: int | str) -> None:
-        """A requeued job waits for its BeginTime before it may start again; skip that wait once it is pending."""
+        """A requeued job waits for its BeginTime before it may start again; skip that wait once it is pending.
+
+        Not before the previous run's job credential has expired (``AuthInfo=cred_expire`` in slurm.conf.in): a
+        rerun allocated earlier is killed as "non-startable: Job credential revoked" and the job ends FAILED.
+        """
         self.wait_for(
             job_id,
             lambda info: info["Restarts"] != "0" and info["JobState"] in ("PENDING", "RUNNING"),
             "requeued",
             timeout_s=60,
         )
+        time.sleep(CREDENTIAL_EXPIRY_S)
         if self.info(job_id)["JobState"] == "PENDING":
             subprocess.run(
                 ["scontrol", "update", f"JobId={job_id}", "StartTime=now"],

@@ -1,8 +1,8 @@
 """The launch scripts run the real apps on the test cluster: `sbatch slurm/pretrain.sh` trains with DDP over two
-CPU tasks (gloo) and exports one backbone; a job interrupted mid-run (the time-limit warning signal, or
-`scontrol requeue`) is requeued, resumes from its newest checkpoint and stops at trainer.max_steps; the same on
-two nodes, where a task killed on one node fails the job at once and a rerun resumes; `sbatch slurm/finetune.sh`
-evaluates the exported backbone.
+CPU tasks (gloo) and exports one backbone; a job on two nodes sent the time-limit warning mid-run is requeued,
+resumes on both from its newest checkpoint and stops at trainer.max_steps; a task killed on one node fails the job
+at once and a rerun resumes; `sbatch slurm/finetune.sh` evaluates the exported backbone. (One node interrupted by
+the warning or by `scontrol requeue`: the sweep jobs of test_sweeps_slurm.py.)
 
 Each job runs in a stand-in for the repository under tmp_path (the real `slurm/` scripts, links to `pretrain/`,
 `finetune/` and `conf/`; the package itself is imported from its editable install), so its `logs/` and
@@ -111,14 +111,14 @@ def test_pretrain_job_trains_with_ddp_on_two_cpu_tasks_and_exports_one_backbone(
     assert output.count("exported the backbone to") == 1
 
 
-INTERRUPTED_STEPS, INTERRUPTED_EVERY = 30, 5  # max_steps and checkpoint interval of the interrupted jobs
+INTERRUPTED_STEPS, INTERRUPTED_EVERY = 20, 5  # max_steps and checkpoint interval of the interrupted jobs
 
 
-def _interrupted_training(
-    jobs: SlurmJobs, repo: Path, demo_root: Path, layout: tuple[str, ...], interrupt: str
+def _warned_training(
+    jobs: SlurmJobs, repo: Path, demo_root: Path, layout: tuple[str, ...]
 ) -> tuple[int, Path, dict[str, str]]:
-    """Submit a pretraining job, interrupt it after its first periodic checkpoint (the time-limit warning or
-    `scontrol requeue`), let the requeued job start at once and finish: (job id, run directory, final state)."""
+    """Submit a pretraining job, send it the time-limit warning after its first periodic checkpoint, let the
+    requeued job start at once and finish: (job id, run directory, final state)."""
     job_id = jobs.submit(
         repo / "slurm" / "pretrain.sh",
         *layout,
@@ -134,48 +134,10 @@ def _interrupted_training(
     run_dir = repo / "runs" / "pretrain" / str(job_id)
     # Interrupt once training is under way: after the first periodic checkpoint, long before max_steps.
     jobs.wait_for_file(job_id, run_dir / "checkpoints" / f"step_{INTERRUPTED_EVERY:06d}.ckpt", JOB_TIMEOUT_S)
-    if interrupt == "warning_signal":
-        # What `#SBATCH --signal=USR1@N` does before the time limit: signal every process of the srun step.
-        slurm_command("scancel", "--signal=USR1", str(job_id))
-    else:
-        slurm_command("scontrol", "requeue", str(job_id))
+    # What `#SBATCH --signal=USR1@N` does before the time limit: signal every process of the srun step.
+    slurm_command("scancel", "--signal=USR1", str(job_id))
     jobs.start_requeued_job_now(job_id)
     return job_id, run_dir, jobs.wait_until_finished(job_id, timeout_s=JOB_TIMEOUT_S)
-
-
-# The warning signal on one node: tests/slurm/test_sweeps_slurm.py (a sweep job), and on two nodes below.
-def test_a_requeued_pretrain_job_resumes_and_stops_at_max_steps(
-    slurm_jobs: SlurmJobs, tmp_path: Path, demo_root: Path
-) -> None:
-    max_steps, every = INTERRUPTED_STEPS, INTERRUPTED_EVERY
-    repo = make_repo(tmp_path)
-    job_id, run_dir, info = _interrupted_training(slurm_jobs, repo, demo_root, CPU_JOB, "scontrol_requeue")
-
-    output = slurm_jobs.output(job_id)
-    assert info["JobState"] == "COMPLETED", output[-5000:]
-    assert info["Restarts"] == "1", output[-5000:]
-    assert f"job {job_id} restart 0 on " in output and f"job {job_id} restart 1 on " in output
-    # The rerun (same job id, same run directory) resumed from a checkpoint of the first run...
-    resumed = {Path(path) for path in re.findall(r"\[pretrain[.a-z_]*\]\[INFO\] - resuming from (\S+)", output)}
-    assert len(resumed) == 1, output[-5000:]
-    checkpoint = resumed.pop()
-    assert f"Restored all states from the checkpoint at {checkpoint}" in output
-    resumed_step = read_checkpoint(checkpoint)["global_step"]
-    assert checkpoint == run_dir / "checkpoints" / f"step_{resumed_step:06d}.ckpt"
-    # ...written at the signal, at the step all ranks stopped after (maybe between two periodic checkpoints):
-    # `scontrol requeue` SIGTERMs the tasks, which checkpoint within SLURM's KillWait.
-    assert every <= resumed_step < max_steps
-    # Nothing wrote checkpoints elsewhere: not Lightning's hpc_ckpt_*, not a forked DataLoader worker.
-    assert not list(run_dir.glob("hpc_ckpt_*"))
-    # ...and trained each remaining step once: nothing before the checkpoint again, nothing past max_steps.
-    assert steps_trained_by_last_run(run_dir) == max_steps - resumed_step
-    final = read_checkpoint(run_dir / "checkpoints" / f"step_{max_steps:06d}.ckpt")
-    assert final["global_step"] == max_steps
-    assert not [
-        path for path in (run_dir / "checkpoints").iterdir() if read_checkpoint(path)["global_step"] > max_steps
-    ]
-    assert (run_dir / "backbone.safetensors").is_file()
-    assert output.count("exported the backbone to") == 1
 
 
 @pytest.mark.skipif(
@@ -240,7 +202,7 @@ def test_a_two_node_job_trains_on_both_requeues_on_the_warning_signal_and_resume
 ) -> None:
     max_steps, every = INTERRUPTED_STEPS, INTERRUPTED_EVERY
     repo = make_repo(tmp_path)
-    job_id, run_dir, info = _interrupted_training(slurm_jobs, repo, demo_root, TWO_NODE_JOB, "warning_signal")
+    job_id, run_dir, info = _warned_training(slurm_jobs, repo, demo_root, TWO_NODE_JOB)
 
     output = slurm_jobs.output(job_id)
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", output[-5000:]

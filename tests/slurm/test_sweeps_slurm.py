@@ -1,7 +1,8 @@
 """Hydra sweeps on the test cluster through hydra-submitit-launcher (``-m hydra/launcher=slurm_cpu``): a two-point
-pretraining sweep, one SLURM array task each, one of them sent the time-limit warning mid-run, requeued and resumed
-by the app itself; its W&B runs (offline, read back) share the sweep's group and the requeued job keeps its run id.
-Then a two-point k-NN sweep over the two exported backbones, tabulated by ``finetune/report.py``.
+pretraining sweep, one SLURM array task each, both interrupted mid-run (one preempted by ``scontrol requeue``, one
+sent the time-limit warning, which the app answers with its own requeue), both resumed; their W&B runs (offline,
+read back) share the sweep's group and each rerun continues its run. Then a two-point k-NN sweep over the two
+exported backbones, tabulated by ``finetune/report.py``.
 
 The sweep process is the user's login shell: it submits the array job and waits until every point has finished.
 """
@@ -23,9 +24,11 @@ from pretrain.engine.checkpoints import read_checkpoint
 
 pytestmark = pytest.mark.slurm
 
-MAX_STEPS, EVERY = 30, 5
+MAX_STEPS, EVERY = 20, 5
 SWEEP_TIMEOUT_S = 420
 LEARNING_RATES = ("0.0001", "0.0002")
+# Point 0 is preempted (`scontrol requeue`: SIGTERM), point 1 gets the time-limit warning (what --signal=USR1@120 does).
+INTERRUPTS = (("scontrol", "requeue"), ("scancel", "--signal=USR1"))
 
 
 def start_sweep(repo: Path, app: str, *overrides: str) -> subprocess.Popen:
@@ -82,56 +85,61 @@ def pretraining_sweep(slurm_cluster_ready: None, demo_root: Path, tmp_path_facto
     )
     jobs = SlurmJobs(repo)
     try:
-        interrupted = array_task(sweep_dir, 1)
-        jobs.submitted.append(interrupted)
-        jobs.wait_for_file(interrupted, sweep_dir / "1" / "checkpoints" / f"step_{EVERY:06d}.ckpt", timeout_s=240)
-        slurm_command("scancel", "--signal=USR1", interrupted)  # what the time-limit warning does
-        jobs.start_requeued_job_now(interrupted)
+        tasks = [array_task(sweep_dir, point) for point in range(len(LEARNING_RATES))]
+        jobs.submitted.extend(tasks)
+        for point, (task, interrupt) in enumerate(zip(tasks, INTERRUPTS, strict=True)):
+            jobs.wait_for_file(task, sweep_dir / str(point) / "checkpoints" / f"step_{EVERY:06d}.ckpt", timeout_s=240)
+            slurm_command(*interrupt, task)
+        for task in tasks:
+            jobs.start_requeued_job_now(task)
         output = finish(sweep)
-        info = {task: jobs.info(task) for task in (array_task(sweep_dir, 0), interrupted)}
+        info = [jobs.info(task) for task in tasks]
     finally:
         if sweep.poll() is None:
             sweep.kill()
         jobs.cancel_unfinished()
-    return {"repo": repo, "dir": sweep_dir, "output": output, "info": info, "interrupted": interrupted}
+    return {"repo": repo, "dir": sweep_dir, "output": output, "info": info, "tasks": tasks}
 
 
-def test_a_pretraining_sweep_runs_one_slurm_job_per_point_and_the_requeued_one_resumes(pretraining_sweep: dict):
-    sweep_dir, interrupted = pretraining_sweep["dir"], pretraining_sweep["interrupted"]
-    uninterrupted = next(task for task in pretraining_sweep["info"] if task != interrupted)
-    assert [info["JobState"] for info in pretraining_sweep["info"].values()] == ["COMPLETED", "COMPLETED"]
-    assert [info["Restarts"] for info in pretraining_sweep["info"].values()] == ["0", "1"]
-    assert {info["JobName"] for info in pretraining_sweep["info"].values()} == {"vitfm-pretrain"}
-    for point, lr in enumerate(LEARNING_RATES):
+def test_a_pretraining_sweep_runs_one_slurm_job_per_point_and_the_requeued_ones_resume(pretraining_sweep: dict):
+    sweep_dir, tasks = pretraining_sweep["dir"], pretraining_sweep["tasks"]
+    assert [info["JobState"] for info in pretraining_sweep["info"]] == ["COMPLETED", "COMPLETED"]
+    assert [info["Restarts"] for info in pretraining_sweep["info"]] == ["1", "1"]
+    assert {info["JobName"] for info in pretraining_sweep["info"]} == {"vitfm-pretrain"}
+    for point, (lr, task, info) in enumerate(zip(LEARNING_RATES, tasks, pretraining_sweep["info"], strict=True)):
         run_dir = sweep_dir / str(point)
         assert f"optim.base_lr={lr}" in (run_dir / ".hydra" / "overrides.yaml").read_text()
         assert read_checkpoint(run_dir / "checkpoints" / f"step_{MAX_STEPS:06d}.ckpt")["global_step"] == MAX_STEPS
         assert (run_dir / "backbone.safetensors").is_file()
+        log = job_log(sweep_dir, task)
+        job_id = info["JobId"]  # the array task's own id, kept by the requeue
+        assert f"job {job_id} restart 0 on " in log and f"job {job_id} restart 1 on " in log  # slurm/job_env.sh ran
+        resumed = re.findall(r"\[pretrain[.a-z_]*\]\[INFO\] - resuming from (\S+)", log)
+        assert len(resumed) == 1 and Path(resumed[0]).parent == run_dir / "checkpoints", log[-5000:]
+        assert EVERY <= read_checkpoint(Path(resumed[0]))["global_step"] < MAX_STEPS
+        assert log.count("exported the backbone to") == 1
+    preempted, warned = (job_log(sweep_dir, task) for task in tasks)
+    # scontrol requeue: SLURM SIGTERMs the step (W&B's service too) and requeues the job itself.
+    assert "stopped by signal 15" in preempted and "requeued SLURM job" not in preempted
+    # The time-limit warning: the app checkpoints, closes its loggers, and rank 0 requeues the array task.
+    assert "stopped for SLURM's requeue" in warned and warned.count(f"requeued SLURM job {tasks[1]}") == 1
 
-    log = job_log(sweep_dir, interrupted)
-    job_id = pretraining_sweep["info"][interrupted]["JobId"]  # the array task's own id, kept by the requeue
-    assert f"job {job_id} restart 0 on " in log and f"job {job_id} restart 1 on " in log  # slurm/job_env.sh ran
-    assert "stopped for SLURM's requeue" in log and f"requeued SLURM job {interrupted}" in log
-    resumed = re.findall(r"\[pretrain[.a-z_]*\]\[INFO\] - resuming from (\S+)", log)
-    assert len(resumed) == 1 and Path(resumed[0]).parent == sweep_dir / "1" / "checkpoints", log[-5000:]
-    resumed_step = read_checkpoint(Path(resumed[0]))["global_step"]
-    assert EVERY <= resumed_step < MAX_STEPS
-    assert log.count("exported the backbone to") == 1
-    assert "resuming from" not in job_log(sweep_dir, uninterrupted)
 
-
-def test_the_sweeps_wandb_runs_share_its_group_and_the_requeued_job_continues_its_run(pretraining_sweep: dict):
+def test_the_sweeps_wandb_runs_share_its_group_and_the_requeued_jobs_continue_their_runs(pretraining_sweep: dict):
     sweep_dir = pretraining_sweep["dir"]
-    runs = {point: sorted((sweep_dir / str(point) / "wandb").glob("offline-run-*")) for point in (0, 1)}
-    assert [len(found) for found in runs.values()] == [1, 2]  # the requeued job's rerun is a second offline folder
-    first, (before, after) = read_offline_run(runs[0][0]), map(read_offline_run, runs[1])
-    assert first.group == before.group == after.group == str(sweep_dir)
-    assert f"optim.base_lr={LEARNING_RATES[1]}" in after.name
-    # One W&B run per sweep point: the rerun continues the interrupted one (wandb sync joins the folders).
-    assert before.run_id == after.run_id == (sweep_dir / "1" / "wandb_run_id").read_text().strip() != first.run_id
-    logged = [row["trainer/global_step"] for row in after.history if "train/loss" in row]
+    runs = [sorted((sweep_dir / str(point) / "wandb").glob("offline-run-*")) for point in (0, 1)]
+    assert [len(found) for found in runs] == [2, 2]  # each rerun writes a second offline folder
+    ids = [(sweep_dir / str(point) / "wandb_run_id").read_text().strip() for point in (0, 1)]
+    assert ids[0] != ids[1] and all(ids[point] in run.name for point in (0, 1) for run in runs[point])
+    # The rerun's folders; and the warned job's first one, which closed before the requeue (the preempted job's
+    # first one may end where SLURM stopped W&B's service).
+    preempted_rerun, (warned_first, warned_rerun) = read_offline_run(runs[0][1]), map(read_offline_run, runs[1])
+    assert preempted_rerun.group == warned_first.group == warned_rerun.group == str(sweep_dir)
+    assert [preempted_rerun.run_id, warned_first.run_id, warned_rerun.run_id] == [ids[0], ids[1], ids[1]]
+    assert f"optim.base_lr={LEARNING_RATES[1]}" in warned_rerun.name
+    logged = [row["trainer/global_step"] for row in warned_rerun.history if "train/loss" in row]
     assert logged and logged[-1] == MAX_STEPS - 1 and len(set(logged)) == len(logged)
-    assert max(row["trainer/global_step"] for row in before.history if "train/loss" in row) < logged[0]
+    assert max(row["trainer/global_step"] for row in warned_first.history if "train/loss" in row) < logged[0]
 
 
 def test_a_finetuning_sweep_over_the_sweeps_backbones_is_tabulated_by_the_report(
