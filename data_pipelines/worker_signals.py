@@ -1,4 +1,5 @@
-"""DataLoader workers leave stop signals to the process they feed."""
+"""How worker processes answer stop signals: DataLoader workers leave them to the process they feed; the shard
+writer's encoding processes end on them."""
 
 from __future__ import annotations
 
@@ -14,3 +15,14 @@ def ignore_stop_signals(worker_id: int) -> None:
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def end_on_stop_signals() -> None:
+    """``multiprocessing.Pool`` initializer: SIGTERM and SIGINT end the process again.
+
+    A process forked while a run handles its signals (``pretrain.engine.signals``: a downstream task writing its
+    shards on first use) inherits handlers that leave stopping to the run and do nothing in it; ``Pool.terminate``
+    stops its workers with SIGTERM and would then wait for them forever.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -38,6 +38,7 @@ from data_pipelines.manifest import (
 from data_pipelines.registry import check_name
 from data_pipelines.segmentation_transforms import MASK_MEMBER, VOLUME_MASK_MEMBER
 from data_pipelines.sources.base import ENCODINGS, EncodedImage, Item, Listing
+from data_pipelines.worker_signals import end_on_stop_signals
 
 PROGRESS_NAME = ".write_progress.json"
 MAX_SKIPPED_EXAMPLES = 20
@@ -185,7 +186,7 @@ def encoded_stream(
     if workers <= 1:
         yield map(encode, items)
         return
-    with multiprocessing.Pool(workers) as pool:
+    with multiprocessing.Pool(workers, initializer=end_on_stop_signals) as pool:
         yield pool.imap(encode, items, chunksize=16)
 
 

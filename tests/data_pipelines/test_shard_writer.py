@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import webdataset as wds
 
 from data_pipelines import writer
+from data_pipelines.sources.base import EncodedImage
 from data_pipelines.write_shards import write_shards
+from pretrain.engine.signals import handle_signals
 
 
 def read_raw_samples(out: Path) -> dict[str, dict]:
@@ -108,3 +112,29 @@ def test_unlabeled_folder_writes_no_cls(class_folder: Path, tmp_path: Path) -> N
     samples = read_raw_samples(tmp_path / "out")
     assert len(samples) == 8 and not any("cls" in sample for sample in samples.values())
     assert manifest["classes"] is None
+
+
+@dataclass(frozen=True)
+class SignalProbe:
+    """An item whose encoding reports how the encoding process answers SIGTERM."""
+
+    key: str
+    label: int | None = None
+
+    def encode(self, image_format: str) -> EncodedImage:
+        ends = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        return EncodedImage("png", b"", 1, 1, metadata={"sigterm_ends_it": ends})
+
+
+def test_encoding_processes_forked_inside_a_run_that_handles_signals_end_on_sigterm() -> None:
+    # A downstream task writes its shards on first use, inside the run's signal handling: the encoding processes
+    # inherited handlers that ignore SIGTERM, and Pool.terminate (which stops them with it) could wait forever.
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with handle_signals({"slurm_auto_requeue": False}):
+            with writer.encoded_stream([SignalProbe(str(index)) for index in range(4)], "png", workers=2) as results:
+                reports = [result.image.metadata["sigterm_ends_it"] for result in results]
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    assert reports == [True] * 4
