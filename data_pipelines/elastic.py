@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import bisect
 import logging
-import tarfile
+import mmap
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 import torch
-from webdataset.tariterators import base_plus_ext
 
 from data_pipelines.seeding import stable_seed
 from data_pipelines.shards import expand_shards, local_path
@@ -37,6 +36,7 @@ from data_pipelines.stream import (
     resolve_rank,
     shard_facts,
 )
+from data_pipelines.tar_members import split_member_name, tar_members
 from data_pipelines.transforms import Normalize, build_transform
 
 log = logging.getLogger(__name__)
@@ -84,16 +84,14 @@ def index_shard(path: str) -> list[tuple[str, Members]]:
     the samples before the damage."""
     samples: list[tuple[str, Members]] = []
     try:
-        with tarfile.open(path) as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                key, extension = base_plus_ext(member.name)
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as archive:
+            for member in tar_members(archive):
+                key, extension = split_member_name(member.name)
                 if key is None:
                     continue
                 if not samples or samples[-1][0] != key:
                     samples.append((key, []))
-                samples[-1][1].append((extension, member.offset_data, member.size))
+                samples[-1][1].append((extension, member.offset, member.size))
     except CORRUPT_TAR_ERRORS as error:
         log.warning("shard %s is damaged after %d samples: %s", path, len(samples), error)
     return samples

@@ -45,8 +45,10 @@ class ShardStats:
     moment_count: float = 0.0  # arrays: per-channel sums of values and squares (data_pipelines.arrays)
     channel_sums: list[float] = field(default_factory=list)
     channel_squares: list[float] = field(default_factory=list)
+    source_bytes: int = 0  # of the images as their source held them (more than `bytes` where resized on write)
+    resized: int = 0
 
-    def add(self, image: EncodedImage) -> None:
+    def add(self, image: EncodedImage, source_bytes: int, resized: bool) -> None:
         first = self.count == 0
         for axis, size in (("width", image.width), ("height", image.height), ("depth", image.depth or 0)):
             setattr(self, f"{axis}_min", size if first else min(getattr(self, f"{axis}_min"), size))
@@ -58,6 +60,8 @@ class ShardStats:
         if image.moments is not None:
             self.moments_add(image.moments)
         self.bytes += len(image.data)
+        self.source_bytes += source_bytes
+        self.resized += resized
         self.count += 1
 
     def moments(self) -> ChannelMoments:

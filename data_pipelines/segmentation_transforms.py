@@ -16,20 +16,20 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
 from data_pipelines.array_transforms import random_box, resize
+from data_pipelines.decode import StoredImage
 from data_pipelines.transform_options import TransformOptions
 
 MASK_MEMBER = "seg.png"
 VOLUME_MASK_MEMBER = "seg.npz"  # a volume's label map, an npz array like the volume itself
 
 
-def as_tv_tensors(image: Image.Image, mask: Image.Image | np.ndarray) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+def as_tv_tensors(image: StoredImage, mask: Image.Image | np.ndarray) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
     labels = np.array(mask, dtype=np.uint8)
     if (image.height, image.width) != labels.shape:
         raise ValueError(f"image {image.size} and mask {labels.shape[::-1]} differ in size")
-    return tv_tensors.Image(F.pil_to_tensor(image.convert("RGB"))), tv_tensors.Mask(torch.from_numpy(labels))
+    return tv_tensors.Image(image.decode().permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(labels))
 
 
 class JointTransform:
@@ -37,7 +37,7 @@ class JointTransform:
 
     transform: v2.Transform
 
-    def __call__(self, image: Image.Image, mask: Image.Image | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: StoredImage, mask: Image.Image | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         pixels, labels = self.transform(*as_tv_tensors(image, mask))
         return pixels.as_subclass(torch.Tensor), labels.as_subclass(torch.Tensor).long()
 

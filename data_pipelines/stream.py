@@ -56,6 +56,7 @@ from data_pipelines.registry import check_name
 from data_pipelines.resume import plan_skip
 from data_pipelines.seeding import seeded_rng, stable_seed
 from data_pipelines.shards import expand_shards, local_path
+from data_pipelines.tar_members import local_tar_samples
 from data_pipelines.transforms import (
     CORRUPT_SAMPLE_ERRORS,
     TRANSFORM_NAMES,
@@ -188,7 +189,7 @@ def read_shards(
     counter: CorruptCounter,
     keep: Callable[[dict[str, Any]], bool] | None,
 ) -> Iterator[dict[str, Any]]:
-    """The samples of each shard in turn (webdataset's tar reading), those ``keep`` accepts (a hold-out side).
+    """The samples of each shard in turn, those ``keep`` accepts (a hold-out side).
 
     Samples a damaged shard lost are counted per sample: its manifest count less the samples read from it. Every
     sample carries in ``__lost__`` the losses found since the sample before it, and the worker's last sample also
@@ -198,7 +199,7 @@ def read_shards(
     held = None
     for shard in shards:
         read = 0
-        for sample in wds.tariterators.tarfile_samples([shard], handler=counter.tar_error):
+        for sample in shard_samples(shard, counter):
             read += 1
             if keep is not None and not keep(sample):
                 continue
@@ -211,6 +212,19 @@ def read_shards(
     if held is not None:
         held["__lost__"] = counter.take()
         yield held
+
+
+def shard_samples(shard: dict[str, Any], counter: CorruptCounter) -> Iterator[dict[str, Any]]:
+    """One shard's samples: local ``.tar`` files through a memory map (:mod:`data_pipelines.tar_members`), other
+    URLs (``pipe:``, ``http:``, compressed) through webdataset; damage ends the shard and goes to ``counter``."""
+    path = local_path(shard["url"])
+    if path is None or not shard["url"].endswith(".tar"):
+        yield from wds.tariterators.tarfile_samples([shard], handler=counter.tar_error)
+        return
+    try:
+        yield from local_tar_samples(path, shard["url"])
+    except CORRUPT_TAR_ERRORS as error:
+        counter.tar_error(error)
 
 
 def number_samples(samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -5,17 +5,15 @@
 - eval:       resize the shorter side to image_size / eval_crop_fraction, then center crop image_size
 - flip:       eval + horizontal flip (light augmentation for transfer)
 
-Why it is fast (bench/loader.py measures it): the crop is drawn from the image header before decoding; a JPEG is
-decoded at the smallest DCT scale (1/2, 1/4, 1/8, PIL's draft mode) that still covers the crop at output
-resolution, so no output pixel is upsampled that would not have been; crop + resize is one antialiased bicubic
-resize on uint8 (torchvision.transforms.v2), and floats appear only for the whole batch. A crop decoded at scale
-1/r has its edges on that scale's pixel grid, i.e. within r/2 stored pixels of the drawn box.
+Why it is fast (bench/loader.py measures it): the crop is drawn from the image header before decoding, and only
+as many pixels are decoded as the crop needs at output resolution (:mod:`data_pipelines.decode`); crop + resize
+is one antialiased bicubic resize on uint8 (torchvision.transforms.v2), and floats appear only for the whole
+batch.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +27,7 @@ from torchvision.transforms.v2 import functional as F
 
 from data_pipelines.array_transforms import ARRAY_TRANSFORMS
 from data_pipelines.arrays import array_member, decode_array
+from data_pipelines.decode import StoredImage
 from data_pipelines.registry import lookup
 from data_pipelines.segmentation_transforms import (
     MASK_MEMBER,
@@ -45,23 +44,21 @@ TIMM_TRANSLATE_FRACTION = 0.45  # timm's create_transform: RandAugment translate
 TIMM_MAGNITUDE_MAX = 9.999
 # What a corrupt, truncated or incomplete sample raises while it is decoded; anything else is a bug.
 CORRUPT_SAMPLE_ERRORS = (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError)
-DCT_REDUCTIONS = (8, 4, 2)
 
-# lazily opened image -> uint8 [3, S, S]; or, for arrays, float32 [C, *spatial] -> float32 [C, S, S(, S)]
-ImageTransform = Callable[[Image.Image | torch.Tensor], torch.Tensor]
-Box = tuple[float, float, float, float]  # left, top, width, height in pixels of the stored image
+# stored (encoded) image -> uint8 [3, S, S]; or, for arrays, float32 [C, *spatial] -> float32 [C, S, S(, S)]
+ImageTransform = Callable[[StoredImage | torch.Tensor], torch.Tensor]
 
 
-def open_image(sample: dict[str, Any]) -> Image.Image:
-    """The sample's image, opened lazily (only the header is read until pixels are needed)."""
+def open_image(sample: dict[str, Any]) -> StoredImage:
+    """The sample's image, of which only the header is read until pixels are needed."""
     for extension in IMAGE_EXTENSIONS:
         if extension in sample:
-            return Image.open(io.BytesIO(sample[extension]))
+            return StoredImage.read(sample[extension])
     raise KeyError(f"sample {sample.get('__key__')} has no image member ({', '.join(IMAGE_EXTENSIONS)})")
 
 
-def open_input(sample: dict[str, Any]) -> Image.Image | torch.Tensor:
-    """The sample's image (lazily opened) or, for array samples, its values as a float32 ``[C, *spatial]``."""
+def open_input(sample: dict[str, Any]) -> StoredImage | torch.Tensor:
+    """The sample's image (its header read) or, for array samples, its values as a float32 ``[C, *spatial]``."""
     member = array_member(sample)
     if member is None:
         return open_image(sample)
@@ -92,31 +89,6 @@ def collate_targets(targets: Sequence[int | torch.Tensor]) -> dict[str, torch.Te
     return {"label": torch.tensor(targets, dtype=torch.long)}
 
 
-def decode_region(image: Image.Image, box: Box, output_size: int) -> torch.Tensor:
-    """The pixels of `box` as uint8 [3, h, w], from a JPEG decoded as small as `output_size` allows."""
-    left, top, width, height = box
-    full_width, full_height = image.size
-    reduction = next((factor for factor in DCT_REDUCTIONS if min(width, height) // output_size >= factor), 1)
-    if reduction > 1 and image.format == "JPEG":
-        image.draft("RGB", (full_width // reduction, full_height // reduction))
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    scale_x, scale_y = image.width / full_width, image.height / full_height
-    x0, x1 = _pixel_span(left * scale_x, (left + width) * scale_x, image.width)
-    y0, y1 = _pixel_span(top * scale_y, (top + height) * scale_y, image.height)
-    with warnings.catch_warnings():
-        # A read-only view of the decoded bytes, one copy fewer; nothing below writes into it (resize makes new).
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        pixels = torch.from_numpy(np.asarray(image))
-    # Height-width-channel memory seen as [3, h, w] is channels-last, the layout of torch's fast uint8 resize.
-    return pixels[y0:y1, x0:x1].permute(2, 0, 1)
-
-
-def _pixel_span(start: float, end: float, limit: int) -> tuple[int, int]:
-    first = min(max(round(start), 0), limit - 1)
-    return first, min(max(round(end), first + 1), limit)
-
-
 def resize_square(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return F.resize(pixels, [size, size], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
 
@@ -129,9 +101,11 @@ class RandomResizedCropFlip:
         self.scale = list(options.required("crop_scale", "training crop"))
         self.ratio = list(options.required("crop_ratio", "training crop"))
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        top, left, height, width = transforms_v1.RandomResizedCrop.get_params(image, self.scale, self.ratio)
-        crop = resize_square(decode_region(image, (left, top, width, height), self.size), self.size)
+    def __call__(self, image: StoredImage) -> torch.Tensor:
+        # get_params reads only the image's shape: a zero-stride tensor of that shape stands in for the pixels.
+        shape = torch.empty((), dtype=torch.uint8).expand(3, image.height, image.width)
+        top, left, height, width = transforms_v1.RandomResizedCrop.get_params(shape, self.scale, self.ratio)
+        crop = resize_square(image.region((left, top, width, height), self.size), self.size)
         return F.horizontal_flip(crop) if torch.rand(1) < 0.5 else crop
 
 
@@ -142,7 +116,7 @@ class ResizeCenterCrop:
         self.size = options.image_size
         self.resized_short_side = int(options.image_size / options.required("eval_crop_fraction", "eval"))
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: StoredImage) -> torch.Tensor:
         width, height = image.size
         # torchvision's Resize + CenterCrop geometry (its rounding included), mapped back to stored pixels.
         short, long = sorted((width, height))
@@ -151,7 +125,7 @@ class ResizeCenterCrop:
         scale_x, scale_y = width / resized_width, height / resized_height
         left, top = round((resized_width - self.size) / 2), round((resized_height - self.size) / 2)
         box = (left * scale_x, top * scale_y, self.size * scale_x, self.size * scale_y)
-        return resize_square(decode_region(image, box, self.size), self.size)
+        return resize_square(image.region(box, self.size), self.size)
 
 
 class CropFlipRandAugment:
@@ -171,7 +145,7 @@ class CropFlipRandAugment:
         policy = options.required("randaugment", "supervised")
         self.randaugment = timm_augment.rand_augment_transform(policy, hparams)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: StoredImage) -> torch.Tensor:
         augmented = self.randaugment(F.to_pil_image(self.crop_flip(image)))
         return F.pil_to_tensor(augmented)
 
@@ -185,7 +159,7 @@ class ResizeFlip:
     def __init__(self, options: TransformOptions) -> None:
         self.resize = ResizeCenterCrop(options)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: StoredImage) -> torch.Tensor:
         pixels = self.resize(image)
         return F.horizontal_flip(pixels) if torch.rand(1) < 0.5 else pixels
 

@@ -66,12 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data_pipelines.write_shards",
         description="Convert a dataset into WebDataset shards NAME-%06d.tar (key.jpg|png|webp|npy|npz + key.cls) "
-        "with a manifest.json beside them. Encoded files (JPEG/PNG/WebP) keep their original bytes; "
-        "arrays and other formats are encoded in --format. Re-running the same command resumes an "
-        "interrupted conversion; existing shards from anything else are never mixed in (see --overwrite).",
+        "with a manifest.json beside them. Encoded files (JPEG/PNG/WebP) keep their original bytes unless "
+        "--resize-* makes them smaller; arrays and other formats are encoded in --format. Re-running the same "
+        "command resumes an interrupted conversion; existing shards from anything else are never mixed in "
+        "(see --overwrite).",
         epilog=f"sources:\n{sources}\n\nexamples:\n"
         "  python -m data_pipelines.write_shards cifar10 --root ~/data --split train --out shards/cifar10-train\n"
         "  python -m data_pipelines.write_shards imagefolder --root ~/photos --split train --out shards/photos\n"
+        "  python -m data_pipelines.write_shards imagefolder --root ~/imagenet --split train --resize-short-side 256 "
+        "--out shards/in1k-train-256\n"
         "  python -m data_pipelines.write_shards vtab --root ~/vtab-1k --task cifar --split train800val200 "
         "--out shards/vtab-cifar\n"
         "  python -m data_pipelines.write_shards geotiff_folder --root ~/EuroSAT_MS --out shards/eurosat-ms\n"
@@ -110,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=WRITE_DEFAULTS["seed"],
         help="seed of the order samples are written in (default %(default)s)",
     )
+    parser.add_argument(
+        "--resize-short-side",
+        type=int,
+        metavar="PIXELS",
+        help="store images larger than this on their shorter side smaller, keeping the aspect ratio (e.g. 256 to "
+        "train at 224): fewer bytes to read and pixels to decode; images are never enlarged (default: as they are)",
+    )
+    parser.add_argument(
+        "--resize-max-pixels",
+        type=int,
+        metavar="PIXELS",
+        help="likewise, at most this many pixels per image (e.g. 262144 = 512 x 512)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete shards and manifest already in --out first")
     return parser
 
@@ -122,6 +138,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (FileNotFoundError, FileExistsError, KeyError, ValueError, ModuleNotFoundError) as error:
         parser.exit(2, f"error: {error.args[0] if error.args else error}\n")
     print(f"{manifest['total']} samples in {len(manifest['shards'])} shards, {manifest['skipped']['count']} skipped")
+    resize = manifest["resize"]
+    if resize is not None:
+        saved = 1 - resize["bytes"] / resize["source_bytes"]
+        print(
+            f"resized {resize['resized']} of {manifest['total']} images: {resize['source_bytes'] / 1e6:.1f} MB -> "
+            f"{resize['bytes'] / 1e6:.1f} MB ({saved:.0%} saved)"
+        )
 
 
 if __name__ == "__main__":

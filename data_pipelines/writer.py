@@ -6,6 +6,9 @@ conversion make it refuse unless `overwrite=True`, so old and new shards never m
 
 Items are written in a seeded random order, so that every shard mixes all classes (a stream shuffles only
 within a buffer); keys come from the source's sorted listing, so they do not depend on that order.
+
+Images larger than the resize options allow are stored smaller (:mod:`data_pipelines.resize`); the manifest
+records the limits, how many images were resized and the bytes before and after.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from data_pipelines.manifest import (
     write_json_atomic,
 )
 from data_pipelines.registry import check_name
+from data_pipelines.resize import ResizePolicy, resize_encoded
 from data_pipelines.segmentation_transforms import MASK_MEMBER, VOLUME_MASK_MEMBER
 from data_pipelines.sources.base import ENCODINGS, EncodedImage, Item, Listing
 from data_pipelines.worker_signals import end_on_stop_signals
@@ -55,11 +59,20 @@ class WriteOptions:
     workers: int = 1
     seed: int = 0
     overwrite: bool = False
+    resize_short_side: int | None = None  # store images with a shorter side of at most this many pixels
+    resize_max_pixels: int | None = None  # ... and at most this many pixels in all
 
     def __post_init__(self) -> None:
         check_name(self.image_format, [*ENCODINGS, *ARRAY_FORMATS], "image format")
         if self.max_count < 1 or self.max_size < 1:
             raise ValueError(f"max_count and max_size must be positive, got {self.max_count} and {self.max_size}")
+        for name in ("resize_short_side", "resize_max_pixels"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive number of pixels, got {getattr(self, name)}")
+
+    @property
+    def resize(self) -> ResizePolicy:
+        return ResizePolicy(self.resize_short_side, self.resize_max_pixels)
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,8 @@ class EncodedSample:
     key: str
     label: int | None
     image: EncodedImage
+    source_bytes: int  # of the image as the source holds it
+    resized: bool  # stored smaller than the source holds it
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,10 @@ def write_listing(listing: Listing, out_dir: Path, options: WriteOptions, proven
         kind, formats = ("arrays", ARRAY_FORMATS) if listing.arrays else ("images", tuple(ENCODINGS))
         raise ValueError(
             f"{provenance.get('source')} holds {kind}: store them as {' or '.join(formats)}, not {options.image_format}"
+        )
+    if listing.arrays and options.resize.active:
+        raise ValueError(
+            f"{provenance.get('source')} holds arrays, stored as they are: resizing applies to images"
         )
     settings = {**provenance, **asdict(options), "items": len(listing.items)}
     del settings["workers"], settings["overwrite"]  # they change how, not what, is written
@@ -164,25 +183,42 @@ def build_manifest(
         "channel_stats": channel_statistics(progress.shards),
         "segmentation": None if listing.ignore_index is None else {"ignore_index": listing.ignore_index},
         "image_size": image_size_summary(progress.shards),
+        "resize": resize_summary(progress.shards, options.resize),
         "skipped": {"count": progress.skipped_count, "examples": progress.skipped_examples},
         "settings": progress.settings,
     }
 
 
-def encode_item(item: Item, image_format: str) -> EncodedSample | UnreadableItem:
-    """Runs in a worker process: the item's tar-ready bytes, or why it could not be read."""
+def resize_summary(shards: list[ShardStats], policy: ResizePolicy) -> dict[str, int | None] | None:
+    """The resize limits, the images they made smaller, and the bytes of all images before and after."""
+    if not policy.active:
+        return None
+    return {
+        "short_side": policy.short_side,
+        "max_pixels": policy.max_pixels,
+        "resized": sum(shard.resized for shard in shards),
+        "source_bytes": sum(shard.source_bytes for shard in shards),
+        "bytes": sum(shard.bytes for shard in shards),
+    }
+
+
+def encode_item(item: Item, image_format: str, resize: ResizePolicy) -> EncodedSample | UnreadableItem:
+    """Runs in a worker process: the item's tar-ready bytes (resized when larger than ``resize`` allows), or why
+    it could not be read."""
     try:
-        return EncodedSample(item.key, item.label, item.encode(image_format))
+        image = item.encode(image_format)
+        stored = resize_encoded(image, resize)
+        return EncodedSample(item.key, item.label, stored, len(image.data), resized=stored is not image)
     except UNREADABLE_IMAGE_ERRORS as error:
         return UnreadableItem(item.key, f"{type(error).__name__}: {error}")
 
 
 @contextlib.contextmanager
 def encoded_stream(
-    items: Iterable[Item], image_format: str, workers: int
+    items: Iterable[Item], image_format: str, resize: ResizePolicy, workers: int
 ) -> Iterator[Iterator[EncodedSample | UnreadableItem]]:
     """Encode items in `workers` processes, keeping their order (the shards must not depend on scheduling)."""
-    encode = functools.partial(encode_item, image_format=image_format)
+    encode = functools.partial(encode_item, image_format=image_format, resize=resize)
     if workers <= 1:
         yield map(encode, items)
         return
@@ -199,8 +235,14 @@ class _ShardRecorder:
         self.position = progress.consumed
         self.current = ShardStats(file="")
 
-    def add(self, image: EncodedImage) -> None:
-        self.current.add(image)
+    def add(self, sample: EncodedSample) -> None:
+        self.current.add(sample.image, sample.source_bytes, sample.resized)
+
+    def bytes_saved(self) -> str:
+        """Bytes saved by resizing so far, for the progress bar."""
+        shards = [*self.progress.shards, self.current]
+        source, stored = sum(shard.source_bytes for shard in shards), sum(shard.bytes for shard in shards)
+        return f"{source / 1e6:.1f} -> {stored / 1e6:.1f} MB" if source else ""
 
     def skip(self, item: UnreadableItem) -> None:
         self.progress.skipped_count += 1
@@ -234,7 +276,8 @@ def _write_remaining(listing: Listing, out_dir: Path, options: WriteOptions, pro
         mtime=0,  # identical bytes on every run, so a resumed conversion equals an uninterrupted one
     )
     bar = tqdm(total=len(listing.items), initial=progress.consumed, desc=f"writing {options.name}", unit="img")
-    with encoded_stream(remaining, options.image_format, options.workers) as results, bar:
+    resizing = options.resize.active
+    with encoded_stream(remaining, options.image_format, options.resize, options.workers) as results, bar:
         for position, result in enumerate(results, start=progress.consumed):
             recorder.position = position
             bar.update()
@@ -243,7 +286,9 @@ def _write_remaining(listing: Listing, out_dir: Path, options: WriteOptions, pro
                 bar.write(f"skipping unreadable image {result.key}: {result.error}")
                 continue
             writer.write(tar_sample(result))
-            recorder.add(result.image)
+            recorder.add(result)
+            if resizing:
+                bar.set_postfix_str(recorder.bytes_saved(), refresh=False)
     recorder.position = len(listing.items)
     writer.close()
 

@@ -12,20 +12,20 @@ Sharding over ranks follows one rule:
 from __future__ import annotations
 
 import functools
-import io
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 from webdataset.tariterators import base_plus_ext
 
 from data_pipelines.arrays import ChannelMoments, select_channels
+from data_pipelines.decode import StoredImage
 from data_pipelines.holdout import HoldOut, KeySelection
 from data_pipelines.manifest import channel_normalization, read_manifest
 from data_pipelines.seeding import seeded_rng, stable_seed
@@ -93,14 +93,14 @@ class TaskSplit(Protocol):
         ...
 
 
-def open_item(item: Item) -> Image.Image | torch.Tensor:
-    """An item's image as the transforms take it: its own bytes opened lazily (a JPEG stays a JPEG, so the
-    reduced-size decoding applies), or an array item's values as float32 ``[C, *spatial]``."""
+def open_item(item: Item) -> StoredImage | torch.Tensor:
+    """An item's image as the transforms take it: its own bytes with their header read (a JPEG stays a JPEG, so
+    the reduced-size decoding applies), or an array item's values as float32 ``[C, *spatial]``."""
     if is_array_item(item):
         return torch.from_numpy(item.load()[0].astype(np.float32, copy=False))
     if isinstance(item, SegmentationItem):
-        return Image.open(item.path)  # its mask is read beside it
-    return Image.open(io.BytesIO(item.encode("png").data))
+        return StoredImage.read(Path(item.path).read_bytes())  # its mask is read beside it
+    return StoredImage.read(item.encode("png").data)
 
 
 class ItemDataset(Dataset):

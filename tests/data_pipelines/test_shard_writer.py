@@ -11,6 +11,7 @@ import pytest
 import webdataset as wds
 
 from data_pipelines import writer
+from data_pipelines.resize import ResizePolicy
 from data_pipelines.sources.base import EncodedImage
 from data_pipelines.write_shards import write_shards
 from pretrain.engine.signals import handle_signals
@@ -80,11 +81,11 @@ def test_interrupted_conversion_resumes_to_identical_shards(
     encode = writer.encode_item
     calls = []
 
-    def encode_then_die(item, image_format):
+    def encode_then_die(item, image_format, resize):
         calls.append(item)
         if len(calls) == 5:  # mid-way through the second shard
             raise KeyboardInterrupt
-        return encode(item, image_format)
+        return encode(item, image_format, resize)
 
     monkeypatch.setattr(writer, "encode_item", encode_then_die)
     with pytest.raises(KeyboardInterrupt):
@@ -132,7 +133,8 @@ def test_encoding_processes_forked_inside_a_run_that_handles_signals_end_on_sigt
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         with handle_signals({"slurm_auto_requeue": False}):
-            with writer.encoded_stream([SignalProbe(str(index)) for index in range(4)], "png", workers=2) as results:
+            probes = [SignalProbe(str(index)) for index in range(4)]
+            with writer.encoded_stream(probes, "png", ResizePolicy(None, None), workers=2) as results:
                 reports = [result.image.metadata["sigterm_ends_it"] for result in results]
     finally:
         for signum, handler in before.items():

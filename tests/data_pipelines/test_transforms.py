@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
 from image_files import image_bytes
-from PIL import Image
 from torchvision import transforms as T
 from yaml_defaults import transform_options
 
+from data_pipelines.decode import StoredImage
 from data_pipelines.seeding import seeded_rng
-from data_pipelines.transforms import Normalize, build_transform, decode_region
+from data_pipelines.transforms import Normalize, build_transform
 
 MEAN = (0.485, 0.456, 0.406)  # the normalization mean: RandAugment's fill colour
 
@@ -26,8 +24,8 @@ def photo() -> bytes:
     return image_bytes(pixels.astype(np.uint8))
 
 
-def open_photo(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data))
+def open_photo(data: bytes) -> StoredImage:
+    return StoredImage.read(data)
 
 
 def test_eval_transform_matches_torchvision_resize_and_center_crop(photo: bytes) -> None:
@@ -35,14 +33,14 @@ def test_eval_transform_matches_torchvision_resize_and_center_crop(photo: bytes)
     # uses a=-0.5, torch's a=-0.75) and the crop's rounding to whole stored pixels.
     ours = build_transform("eval", transform_options(160, eval_crop_fraction=0.875), MEAN)(open_photo(photo)).float()
     resize = T.Resize(int(160 / 0.875), interpolation=T.InterpolationMode.BICUBIC)
-    reference = T.Compose([resize, T.CenterCrop(160), T.PILToTensor()])(open_photo(photo).convert("RGB")).float()
+    reference = T.Compose([resize, T.CenterCrop(160), T.PILToTensor()])(open_photo(photo).pil().convert("RGB")).float()
     assert ours.shape == (3, 160, 160) and (ours - reference).abs().mean() < 1.5
 
 
 def test_reduced_jpeg_decode_matches_full_decode_after_resize(photo: bytes) -> None:
     box = (0.0, 0.0, 400.0, 300.0)
-    reduced = decode_region(open_photo(photo), box, output_size=64)  # 300 // 64 >= 4: decoded at 1/4 scale
-    full = decode_region(open_photo(photo), box, output_size=300)
+    reduced = open_photo(photo).region(box, output_size=64)  # 300 // 64 >= 4: decoded at 1/4 scale
+    full = open_photo(photo).region(box, output_size=300)
     assert reduced.shape == (3, 75, 100) and full.shape == (3, 300, 400)
     resize = T.Resize((64, 64), interpolation=T.InterpolationMode.BICUBIC, antialias=True)
     assert (resize(reduced).float() - resize(full).float()).abs().mean() < 2.0

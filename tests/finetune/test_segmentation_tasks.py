@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from yaml_defaults import transform_options
 
+from data_pipelines.decode import StoredImage
 from data_pipelines.segmentation_demo import draw_scene, write_segmentation_demo
 from data_pipelines.sources import get_source
 from data_pipelines.sources.base import SourceRequest
@@ -88,7 +89,7 @@ def test_crops_and_flips_keep_image_and_mask_aligned(tmp_path: Path):
     agreement = []
     for item in listing.items:
         for _ in range(5):
-            pixels, mask = crop(Image.open(item.path), Image.fromarray(item.load_mask()))
+            pixels, mask = crop(StoredImage.read(Path(item.path).read_bytes()), Image.fromarray(item.load_mask()))
             colour = pixels.float().argmax(dim=0)  # region k is drawn in colour k: the image says the label
             agreement.append((colour == mask).float().mean().item())
     assert min(agreement) > 0.85 and np.mean(agreement) > 0.95  # misses only on region edges
