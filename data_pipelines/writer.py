@@ -118,9 +118,7 @@ def write_listing(listing: Listing, out_dir: Path, options: WriteOptions, proven
             f"{provenance.get('source')} holds {kind}: store them as {' or '.join(formats)}, not {options.image_format}"
         )
     if listing.arrays and options.resize.active:
-        raise ValueError(
-            f"{provenance.get('source')} holds arrays, stored as they are: resizing applies to images"
-        )
+        raise ValueError(f"{provenance.get('source')} holds arrays, stored as they are: resizing applies to images")
     settings = {**provenance, **asdict(options), "items": len(listing.items)}
     del settings["workers"], settings["overwrite"]  # they change how, not what, is written
     out_dir.mkdir(parents=True, exist_ok=True)
