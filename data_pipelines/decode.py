@@ -62,14 +62,12 @@ class StoredImage:
 
         A region decoded at scale 1/r has its edges on that scale's pixel grid, within r/2 stored pixels of `box`.
         """
-        left, top, width, height = box
+        width, height = box[2:]
         reduction = next((factor for factor in DCT_REDUCTIONS if min(width, height) // output_size >= factor), 1)
         pixels = self.decode(reduction)
-        scale_x, scale_y = pixels.shape[1] / self.width, pixels.shape[0] / self.height
-        x0, x1 = _pixel_span(left * scale_x, (left + width) * scale_x, pixels.shape[1])
-        y0, y1 = _pixel_span(top * scale_y, (top + height) * scale_y, pixels.shape[0])
+        rows, columns = box_slices(box, self.size, (pixels.shape[1], pixels.shape[0]))
         # Height-width-channel memory seen as [3, h, w] is channels-last, the layout of torch's fast uint8 resize.
-        return pixels[y0:y1, x0:x1].permute(2, 0, 1)
+        return pixels[rows, columns].permute(2, 0, 1)
 
     def decode(self, reduction: int = 1) -> torch.Tensor:
         """All pixels as uint8 [H', W', 3], at DCT scale 1/reduction for JPEGs (at least 1/reduction of each side)."""
@@ -86,6 +84,16 @@ class StoredImage:
             # A read-only view of the decoded bytes, one copy fewer; nothing writes into it (resizing makes new).
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             return torch.from_numpy(np.asarray(image))
+
+
+def box_slices(box: Box, stored_size: tuple[int, int], decoded_size: tuple[int, int]) -> tuple[slice, slice]:
+    """(rows, columns) of a box in stored pixels on the grid of the decoded image, (width, height) sizes; at
+    least one pixel each."""
+    left, top, width, height = box
+    scale_x, scale_y = decoded_size[0] / stored_size[0], decoded_size[1] / stored_size[1]
+    x0, x1 = _pixel_span(left * scale_x, (left + width) * scale_x, decoded_size[0])
+    y0, y1 = _pixel_span(top * scale_y, (top + height) * scale_y, decoded_size[1])
+    return slice(y0, y1), slice(x0, x1)
 
 
 def _pixel_span(start: float, end: float, limit: int) -> tuple[int, int]:

@@ -32,12 +32,14 @@ from data_pipelines.stream import (
     BatchDecoder,
     ShardLoader,
     StreamConfig,
+    check_device_decoding,
     epoch_shards,
     resolve_rank,
     shard_facts,
+    worker_normalize,
 )
 from data_pipelines.tar_members import split_member_name, tar_members
-from data_pipelines.transforms import Normalize, build_transform
+from data_pipelines.transforms import build_transform
 
 log = logging.getLogger(__name__)
 OPEN_SHARDS = 64  # at least this many shards a worker keeps open (and indexed); at least two blocks' worth
@@ -182,8 +184,8 @@ class ElasticStream(torch.utils.data.IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         cfg = self.cfg
         transform = build_transform(cfg.transform, cfg.augment, cfg.mean, self.arrays)
-        normalize = Normalize(cfg.mean, cfg.std) if cfg.normalize else None
-        decoder = BatchDecoder(transform, normalize, stable_seed(cfg.seed, self.epoch, "elastic"), self.arrays)
+        seed = stable_seed(cfg.seed, self.epoch, "elastic")
+        decoder = BatchDecoder(transform, worker_normalize(cfg), seed, self.arrays, cfg.decode_on_device)
         return decoder.decode_batches(self.groups(range(self.skip_batches + worker, self.batches_per_epoch(), workers)))
 
     def groups(self, micro_batches: range) -> Iterator[tuple[list[dict[str, Any]], int]]:
@@ -223,6 +225,7 @@ def build_elastic_loader(cfg: StreamConfig, accumulate: int, block_shards: int) 
             "is not one (copy the shards to local disk, or use data.order=resampled)"
         )
     facts = shard_facts(urls, cfg.manifest)
+    check_device_decoding(cfg, facts.arrays)
     if facts.counts is None:
         raise ValueError("data.order=elastic needs the shards' manifest.json (per-shard sample counts)")
     stream = ElasticStream(cfg, urls, facts.counts, accumulate, block_shards, facts.arrays)

@@ -50,6 +50,8 @@ import torch
 import torch.distributed
 import webdataset as wds
 
+from data_pipelines.decode import StoredImage
+from data_pipelines.device_decode import DeviceDecoder, PendingJpeg, handover_batch
 from data_pipelines.holdout import KeySelection
 from data_pipelines.manifest import read_manifest
 from data_pipelines.registry import check_name
@@ -62,6 +64,7 @@ from data_pipelines.transforms import (
     TRANSFORM_NAMES,
     ImageTransform,
     Normalize,
+    PlannedCrop,
     TransformOptions,
     build_transform,
     collate_targets,
@@ -107,6 +110,9 @@ class StreamConfig:
     # False: "image" stays uint8 and the consumer applies transforms.Normalize on its device, which saves the
     # loader's CPU a float pass and moves 4x fewer bytes (see bench/loader.py).
     normalize: bool = True
+    # True: JPEGs are handed over still encoded, with their crops drawn, for the consumer to decode on its device
+    # (data_pipelines.device_decode.DeviceDecoder; nvJPEG on CUDA); other formats are decoded here as usual.
+    decode_on_device: bool = False
 
     def __post_init__(self) -> None:
         self.mean, self.std = tuple(self.mean), tuple(self.std)
@@ -242,12 +248,16 @@ class BatchDecoder:
     is held until the next is decoded), so no count is lost.
     """
 
-    def __init__(self, transform: ImageTransform, normalize: Normalize | None, seed: int, arrays: bool) -> None:
-        """``arrays``: the transform takes arrays (the manifest says the shards hold them), not encoded images."""
+    def __init__(
+        self, transform: ImageTransform, normalize: Normalize | None, seed: int, arrays: bool, handover: bool
+    ) -> None:
+        """``arrays``: the transform takes arrays (the manifest says the shards hold them), not encoded images;
+        ``handover``: JPEGs stay encoded with their crops drawn (:func:`device_decode.handover_batch`)."""
         self.transform = transform
         self.normalize = normalize
         self.seed = seed
         self.arrays = arrays
+        self.handover = handover
 
     def __call__(self, groups: Iterator[list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
         return self.decode_batches((group, 0) for group in groups)
@@ -275,6 +285,9 @@ class BatchDecoder:
         skipped = lost + len(group) - len(decoded)
         if not decoded:
             return None, skipped
+        if self.handover:
+            outputs, targets, keys = zip(*decoded, strict=True)
+            return handover_batch(outputs, targets, list(keys), self.transform.size), skipped
         images = torch.stack([image for image, _, _ in decoded])
         batch = {
             "image": images if self.normalize is None else self.normalize(images),
@@ -283,8 +296,9 @@ class BatchDecoder:
         }
         return batch, skipped
 
-    def decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int | torch.Tensor, str] | None:
-        """(image, class label or segmentation mask, key), or None for a corrupt sample."""
+    def decode(self, sample: dict[str, Any]) -> tuple[torch.Tensor | PendingJpeg, int | torch.Tensor, str] | None:
+        """(image, class label or segmentation mask, key), or None for a corrupt sample; a JPEG to hand over
+        gives its :class:`PendingJpeg` for the image."""
         try:
             mask = open_mask(sample)
             target = read_label(sample)
@@ -296,7 +310,9 @@ class BatchDecoder:
                     "(none found means images): keep manifest.json beside the shards or pass manifest=PATH"
                 )
             with seeded_rng(stable_seed(self.seed, sample["__position__"])):
-                if mask is None:
+                if self.handover and isinstance(opened, StoredImage) and opened.jpeg:
+                    image = PendingJpeg(opened, self.transform.plan(opened))
+                elif mask is None:
                     image = self.transform(opened)
                 else:
                     image, target = self.transform(opened, mask)
@@ -366,7 +382,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             number_samples,
             wds.batched(cfg.batch_size, collation_fn=None, partial=True),
             wds.slice(self.skip_plan.skips[role], None),
-            BatchDecoder(transform, Normalize(cfg.mean, cfg.std) if cfg.normalize else None, seed, self.arrays),
+            BatchDecoder(transform, worker_normalize(cfg), seed, self.arrays, cfg.decode_on_device),
         )
 
     def shard_source(self, role: int, seed: int) -> wds.ResampledShards | wds.SimpleShardList:
@@ -376,6 +392,11 @@ class ShardStream(torch.utils.data.IterableDataset):
             return wds.ResampledShards(self.urls, seed=epoch_seed, worker_seed=lambda: seed, deterministic=True)
         shards = share(epoch_shards(self.urls, self.cfg.seed, self.epoch), self.rank, self.world_size)
         return wds.SimpleShardList(share(shards, role, self.num_workers))
+
+
+def worker_normalize(cfg: StreamConfig) -> Normalize | None:
+    """The normalization workers apply: none when the consumer normalizes (uint8 or device-decoded batches)."""
+    return Normalize(cfg.mean, cfg.std) if cfg.normalize and not cfg.decode_on_device else None
 
 
 class EpochStream(Protocol):
@@ -432,7 +453,9 @@ def build_loader(cfg: StreamConfig) -> ShardLoader:
             f"{len(urls)} shards cannot feed {world_size} ranks x {max(1, cfg.num_workers)} workers without leaving "
             "some empty: write smaller shards (write_shards --max-count), lower num_workers, or use resampled=True"
         )
-    stream = ShardStream(cfg, urls, rank, world_size, shard_facts(urls, cfg.manifest))
+    facts = shard_facts(urls, cfg.manifest)
+    check_device_decoding(cfg, facts.arrays)
+    stream = ShardStream(cfg, urls, rank, world_size, facts)
     check_equal_epochs(cfg, stream, world_size)
     return ShardLoader(stream, cfg.num_workers, cfg.pin_memory)
 
@@ -456,6 +479,27 @@ def shard_facts(urls: list[str], manifest: str | None) -> ShardFacts:
             raise
         return ShardFacts(None, False)
     return ShardFacts(found["counts"], found["arrays"])
+
+
+def check_device_decoding(cfg: StreamConfig, arrays: bool) -> None:
+    """Decoding on the device takes transforms that are a crop, a resize and a flip, of encoded images."""
+    if not cfg.decode_on_device:
+        return
+    transform = build_transform(cfg.transform, cfg.augment, cfg.mean, arrays)
+    if arrays or not isinstance(transform, PlannedCrop):
+        what = "array shards" if arrays else f"the {cfg.transform!r} transform with these options"
+        raise ValueError(
+            "decoding on the device takes encoded images and a crop, resize and flip: the mae, eval and flip "
+            f"transforms, or supervised without RandAugment; {what} must decode in the loader workers "
+            "(data.decode=cpu)"
+        )
+
+
+def device_decoder(cfg: StreamConfig) -> DeviceDecoder:
+    """What finishes ``cfg``'s handover batches of encoded images on the training device."""
+    check_device_decoding(cfg, arrays=False)
+    transform = build_transform(cfg.transform, cfg.augment, cfg.mean)
+    return DeviceDecoder(transform, Normalize(cfg.mean, cfg.std))
 
 
 def check_equal_epochs(cfg: StreamConfig, stream: ShardStream, world_size: int) -> None:

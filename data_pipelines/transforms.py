@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from torchvision.transforms.v2 import functional as F
 
 from data_pipelines.array_transforms import ARRAY_TRANSFORMS
 from data_pipelines.arrays import array_member, decode_array
-from data_pipelines.decode import StoredImage
+from data_pipelines.decode import Box, StoredImage
 from data_pipelines.registry import lookup
 from data_pipelines.segmentation_transforms import (
     MASK_MEMBER,
@@ -93,7 +93,33 @@ def resize_square(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return F.resize(pixels, [size, size], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
 
 
-class RandomResizedCropFlip:
+class CropPlan(NamedTuple):
+    """Where a transform crops a stored image and whether it flips the crop, drawn from the header alone: the
+    pixels can then be decoded elsewhere (on the GPU: :mod:`data_pipelines.device_decode`)."""
+
+    box: Box
+    flip: bool
+
+
+class PlannedCrop:
+    """A transform that is a crop, a resize to ``size`` squared and maybe a horizontal flip."""
+
+    size: int
+
+    def plan(self, image: StoredImage) -> CropPlan:
+        raise NotImplementedError
+
+    def finish(self, region: torch.Tensor, flip: bool) -> torch.Tensor:
+        """The output from the decoded pixels of the plan's box (uint8 ``[3, h, w]``, on any device)."""
+        crop = resize_square(region, self.size)
+        return F.horizontal_flip(crop) if flip else crop
+
+    def __call__(self, image: StoredImage) -> torch.Tensor:
+        box, flip = self.plan(image)
+        return self.finish(image.region(box, self.size), flip)
+
+
+class RandomResizedCropFlip(PlannedCrop):
     """MAE's train transform: RandomResizedCrop(crop_scale, crop_ratio, bicubic) then a horizontal flip."""
 
     def __init__(self, options: TransformOptions) -> None:
@@ -101,22 +127,21 @@ class RandomResizedCropFlip:
         self.scale = list(options.required("crop_scale", "training crop"))
         self.ratio = list(options.required("crop_ratio", "training crop"))
 
-    def __call__(self, image: StoredImage) -> torch.Tensor:
+    def plan(self, image: StoredImage) -> CropPlan:
         # get_params reads only the image's shape: a zero-stride tensor of that shape stands in for the pixels.
         shape = torch.empty((), dtype=torch.uint8).expand(3, image.height, image.width)
         top, left, height, width = transforms_v1.RandomResizedCrop.get_params(shape, self.scale, self.ratio)
-        crop = resize_square(image.region((left, top, width, height), self.size), self.size)
-        return F.horizontal_flip(crop) if torch.rand(1) < 0.5 else crop
+        return CropPlan((left, top, width, height), bool(torch.rand(1) < 0.5))
 
 
-class ResizeCenterCrop:
+class ResizeCenterCrop(PlannedCrop):
     """The eval transform: shorter side to image_size / eval_crop_fraction, center crop image_size."""
 
     def __init__(self, options: TransformOptions) -> None:
         self.size = options.image_size
         self.resized_short_side = int(options.image_size / options.required("eval_crop_fraction", "eval"))
 
-    def __call__(self, image: StoredImage) -> torch.Tensor:
+    def plan(self, image: StoredImage) -> CropPlan:
         width, height = image.size
         # torchvision's Resize + CenterCrop geometry (its rounding included), mapped back to stored pixels.
         short, long = sorted((width, height))
@@ -124,8 +149,7 @@ class ResizeCenterCrop:
         resized_width, resized_height = (resized_long, self.resized_short_side)[:: 1 if width >= height else -1]
         scale_x, scale_y = width / resized_width, height / resized_height
         left, top = round((resized_width - self.size) / 2), round((resized_height - self.size) / 2)
-        box = (left * scale_x, top * scale_y, self.size * scale_x, self.size * scale_y)
-        return resize_square(image.region(box, self.size), self.size)
+        return CropPlan((left * scale_x, top * scale_y, self.size * scale_x, self.size * scale_y), flip=False)
 
 
 class CropFlipRandAugment:
@@ -150,18 +174,14 @@ class CropFlipRandAugment:
         return F.pil_to_tensor(augmented)
 
 
-class ResizeFlip:
+class ResizeFlip(ResizeCenterCrop):
     """Light augmentation for transfer: the eval transform's whole image (or centre crop), flipped half the time.
 
     For small labelled sets where random crops can cut out what the label is about (a defect at a cell's edge).
     """
 
-    def __init__(self, options: TransformOptions) -> None:
-        self.resize = ResizeCenterCrop(options)
-
-    def __call__(self, image: StoredImage) -> torch.Tensor:
-        pixels = self.resize(image)
-        return F.horizontal_flip(pixels) if torch.rand(1) < 0.5 else pixels
+    def plan(self, image: StoredImage) -> CropPlan:
+        return CropPlan(super().plan(image).box, bool(torch.rand(1) < 0.5))
 
 
 def supervised_transform(options: TransformOptions, mean: Sequence[float]) -> ImageTransform:

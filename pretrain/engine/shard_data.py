@@ -8,19 +8,23 @@ every sample once in the same order on any number of processes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
 import lightning as L
+import torch
 
+from data_pipelines.device_decode import is_handover
 from data_pipelines.elastic import build_elastic_loader
 from data_pipelines.registry import check_name
-from data_pipelines.stream import StreamConfig, build_loader
+from data_pipelines.stream import StreamConfig, build_loader, device_decoder
 from pretrain.engine.plan import RunPlan
 from pretrain.engine.positioned_loader import StepPositionedLoader
 
 ORDERS = ("resampled", "elastic")
+log = logging.getLogger(__name__)
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -40,6 +44,7 @@ class ShardDataModule(L.LightningDataModule):
         self.stream = stream
         self.plan = plan
         self.order, self.shuffle_shards = order, shuffle_shards
+        self.device_decoder = device_decoder(stream) if stream.decode_on_device else None
 
     def train_dataloader(self) -> Any:
         trainer = self.trainer
@@ -56,4 +61,12 @@ class ShardDataModule(L.LightningDataModule):
             build_elastic_loader(config, self.plan.accumulate, self.shuffle_shards) if elastic else build_loader(config)
         )
         layout = self.plan.data_layout(self.stream.seed, elastic)
+        if self.device_decoder is not None and trainer.strategy.root_device.type != "cuda":
+            log.warning("data.decode=gpu without a GPU: the training process decodes the JPEGs on the CPU")
         return StepPositionedLoader(loader, layout, self.plan.batches_per_epoch)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Batches whose JPEGs the workers left encoded (data.decode=gpu) are decoded on ``device`` here."""
+        if self.device_decoder is not None and is_handover(batch):
+            batch = self.device_decoder(batch, device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)

@@ -28,6 +28,7 @@ from pretrain.objectives.mae import MAEModule
 from pretrain.objectives.supervised import SupervisedModule
 
 OBJECTIVES: dict[str, type[TrainingModule]] = {"mae": MAEModule, "supervised": SupervisedModule}
+DECODE_ON_DEVICE = {"cpu": False, "gpu": True}  # data.decode: where JPEGs are decoded (data_pipelines.device_decode)
 MAE_OPTIONS = ("mask_ratio", "norm_pix_loss", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
 
 
@@ -126,5 +127,6 @@ def stream_config(config: Mapping[str, Any], plan: RunPlan) -> StreamConfig:
         manifest=data["manifest"],
         pin_memory=data["pin_memory"],
         resampled=data["order"] == "resampled",
+        decode_on_device=lookup(DECODE_ON_DEVICE, data["decode"], "data.decode"),
         batches_per_epoch=plan.batches_per_epoch,
     )

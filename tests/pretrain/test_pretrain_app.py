@@ -1,5 +1,7 @@
 """The pretraining app end to end: real shards, real Lightning trainer, real offline W&B run read back."""
 
+import csv
+import math
 import subprocess
 import sys
 
@@ -8,6 +10,8 @@ import torch
 from app_runner import REPO_ROOT, app_overrides, run_app
 from wandb_offline import read_offline_run
 
+from data_pipelines.demo import demo_listing
+from data_pipelines.writer import WriteOptions, write_listing
 from pretrain.engine.backbone_io import load_backbone
 
 pytestmark = pytest.mark.slow
@@ -62,6 +66,27 @@ def test_supervised_objective_trains_with_csv_logger(demo_shards, tmp_path):
     assert "train/loss" in metrics
     _, meta = load_backbone(run_dir / "backbone.safetensors")
     assert meta.objective == "supervised"
+
+
+def test_gpu_decode_switch_trains_from_handed_over_jpegs(tmp_path):
+    # JPEG shards: the workers hand the bytes over, the training process decodes them (on the CPU here).
+    listing = demo_listing("train", 256, 32, seed=0)
+    write_listing(listing, tmp_path / "train", WriteOptions("demo", 64, image_format="jpg"), {"source": "demo"})
+    run_dir = tmp_path / "run"
+    overrides = app_overrides(tmp_path, run_dir, logger="csv", **{"data.decode": "gpu", "trainer.max_steps": 8})
+    result = run_app(overrides)
+    assert "data.decode=gpu without a GPU: the training process decodes the JPEGs on the CPU" in result.stdout
+    with open(run_dir / "csv" / "metrics.csv") as metrics:
+        losses = [float(row["train/loss"]) for row in csv.DictReader(metrics) if row.get("train/loss")]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    assert (run_dir / "backbone.safetensors").exists()
+    unknown = subprocess.run(
+        [sys.executable, "pretrain/run.py", *overrides, "data.decode=nvjpeg"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert unknown.returncode != 0 and "unknown data.decode 'nvjpeg'; choose one of: cpu, gpu" in unknown.stderr
 
 
 def test_two_process_ddp_on_cpu(demo_shards, tmp_path):
