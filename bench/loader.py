@@ -3,9 +3,14 @@
 The loaders read the same images and apply the MAE train transform (RandomResizedCrop(0.2-1.0, bicubic),
 horizontal flip, normalize):
   * ``plain``  -- torchvision.datasets.ImageFolder, PIL, transforms.Compose as in the MAE reference, DataLoader
-  * ``stream`` -- data_pipelines.stream.build_loader over shards written from the same folder by write_shards
-  * ``stream uint8`` -- the same with normalize=False: uint8 batches, to be normalized on the GPU (the
-    normalization is then applied outside the timed part, for the statistics only)
+  * ``stream`` -- data_pipelines.stream.build_loader over shards written from the same folder by write_shards, as
+    the pretraining app streams: uint8 batches, normalized on the training device (here outside the timed part,
+    for the statistics only)
+  * ``stream float`` -- the same, normalized to float32 in the loader workers
+  * ``stream resized`` -- ``stream`` over shards written with ``--resize-short-side`` (224 px output only: the
+    32 px images are smaller than any limit)
+  * ``stream on DEVICE`` (``--device``) -- ``data.decode=gpu``: workers hand over the JPEG bytes, the main process
+    decodes, crops and normalizes on the device (timed, synchronized)
 
 Two sets are generated into a temporary folder: 224 px output from photo-like JPEGs of 400-500 px on the short
 side (1/f-noise textures with edges, about 0.5 bytes per pixel at quality 90, like photos), and 32 px output from
@@ -14,19 +19,21 @@ side (1/f-noise textures with edges, about 0.5 bytes per pixel at quality 90, li
 reported. The per-channel mean and std of all outputs must agree between the loaders (same transform, same
 statistics); the check and both values are printed.
 
-    python bench/loader.py                       # both sizes, 1 and 2 workers (about 2 minutes on 2 cores)
+    python bench/loader.py                       # both sizes, 1 and 2 workers (about 3 minutes on 2 cores)
     python bench/loader.py --sizes 224 --workers 2 --images-224 512 --rounds 3
+    python bench/loader.py --sizes 224 --workers 8 --device cuda --results   # GPU decode; RESULT lines
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +45,7 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from data_pipelines.demo import draw_image
-from data_pipelines.stream import StreamConfig, build_loader
+from data_pipelines.stream import StreamConfig, build_loader, device_decoder
 from data_pipelines.transforms import Normalize, TransformOptions
 from data_pipelines.write_shards import write_shards
 
@@ -109,36 +116,43 @@ def plain_loader(root: Path, size: int, batch_size: int, workers: int) -> DataLo
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
 
 
-def stream_loader(shards: Path, size: int, batch_size: int, workers: int, normalize: bool = True) -> Iterable:
-    return build_loader(
-        StreamConfig(
-            str(shards),
-            batch_size,
-            workers,
-            "mae",
-            augment=TransformOptions(
-                size,
-                CROP_SCALE,
-                CROP_RATIO,
-                eval_crop_fraction=None,
-                randaugment=None,
-                intensity_scale=None,
-                bands=None,
-            ),
-            mean=MEAN,
-            std=STD,
-            seed=0,
-            shuffle_buffer=1000,
-            manifest=None,
-            pin_memory=False,
-            normalize=normalize,
-        )
+def stream_config(shards: Path, size: int, batch_size: int, workers: int, **handover) -> StreamConfig:
+    """The stream's settings; ``handover``: StreamConfig's ``normalize`` / ``decode_on_device``."""
+    options = TransformOptions(size, CROP_SCALE, CROP_RATIO, None, randaugment=None, intensity_scale=None, bands=None)
+    return StreamConfig(
+        str(shards),
+        batch_size,
+        workers,
+        "mae",
+        augment=options,
+        mean=MEAN,
+        std=STD,
+        seed=0,
+        shuffle_buffer=1000,
+        manifest=None,
+        pin_memory=False,
+        **handover,
     )
+
+
+def stream_loader(shards: Path, size: int, batch_size: int, workers: int, normalize: bool) -> Iterable:
+    return build_loader(stream_config(shards, size, batch_size, workers, normalize=normalize))
+
+
+def device_decoded_loader(shards: Path, size: int, batch_size: int, workers: int, device: str) -> Iterator:
+    """data.decode=gpu: handover batches finished on ``device`` in this process, synchronized per batch."""
+    config = stream_config(shards, size, batch_size, workers, decode_on_device=True)
+    decoder, target = device_decoder(config), torch.device(device)
+    for batch in build_loader(config):
+        images = decoder(batch, target)["image"]
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+        yield {"image": images}
 
 
 def images_of(batch) -> torch.Tensor:
     """The float, normalized images of either loader's batch (uint8 ones are normalized here, as a GPU would)."""
-    images = batch["image"] if isinstance(batch, dict) else batch[0]
+    images = (batch["image"] if isinstance(batch, dict) else batch[0]).cpu()
     return NORMALIZE(images) if images.dtype == torch.uint8 else images
 
 
@@ -178,55 +192,95 @@ def measure_pass(make_loader: Callable[[], Iterable], result: Measurements) -> N
     result.images_per_second.append(count / (time.perf_counter() - wall - bookkeeping))
 
 
-def run(args: argparse.Namespace, work: Path) -> list[str]:
-    rows = []
+RESIZE_SHORT_SIDE = {224: 256}  # the stored size for "stream resized": ImageNet's usual 256 px for 224 px crops
+
+
+def loaders_for(args: argparse.Namespace, size: int, workers: int, folder: Path, shards: dict[str, Path]) -> dict:
+    """The contenders of one row, by name (see the module)."""
+    batch = args.batch_size
+    loaders = {
+        "plain": functools.partial(plain_loader, folder, size, batch, workers),
+        "stream": functools.partial(stream_loader, shards["stored"], size, batch, workers, normalize=False),
+        "stream float": functools.partial(stream_loader, shards["stored"], size, batch, workers, normalize=True),
+    }
+    if "resized" in shards:
+        loaders["stream resized"] = functools.partial(
+            stream_loader, shards["resized"], size, batch, workers, normalize=False
+        )
+    if args.device is not None:
+        loaders[f"stream on {args.device}"] = functools.partial(
+            device_decoded_loader, shards["stored"], size, batch, workers, args.device
+        )
+    return loaders
+
+
+def write_sets(args: argparse.Namespace, size: int, work: Path) -> tuple[Path, dict[str, Path], int]:
+    """The image folder, its shards (as stored, and resized where a limit applies) and the image count."""
+    folder, count = work / f"images{size}", args.images_224 if size == 224 else args.images_32
+    (write_photo_folder if size == 224 else write_small_folder)(folder, count)
+    shards = {"stored": work / f"shards{size}"}
+    write_shards("imagefolder", folder, shards["stored"], max_count=max(1, count // 8), workers=args.workers[-1])
+    if size in RESIZE_SHORT_SIDE:
+        shards["resized"] = work / f"shards{size}-resized"
+        manifest = write_shards(
+            "imagefolder",
+            folder,
+            shards["resized"],
+            max_count=max(1, count // 8),
+            workers=args.workers[-1],
+            resize_short_side=RESIZE_SHORT_SIDE[size],
+        )
+        resize = manifest["resize"]
+        print(
+            f"resized shards ({RESIZE_SHORT_SIDE[size]} px short side): {resize['source_bytes'] / 1e6:.1f} MB -> "
+            f"{resize['bytes'] / 1e6:.1f} MB, {resize['resized']} of {manifest['total']} images resized",
+            flush=True,
+        )
+    return folder, shards, count
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     for size in args.sizes:
-        folder, shards = work / f"images{size}", work / f"shards{size}"
-        count = args.images_224 if size == 224 else args.images_32
-        (write_photo_folder if size == 224 else write_small_folder)(folder, count)
-        write_shards("imagefolder", folder, shards, max_count=max(1, count // 8), workers=args.workers[-1])
+        folder, shards, count = write_sets(args, size, work)
         for workers in args.workers:
-            loaders = {
-                "plain": functools.partial(plain_loader, folder, size, args.batch_size, workers),
-                "stream": functools.partial(stream_loader, shards, size, args.batch_size, workers),
-                "stream uint8": functools.partial(
-                    stream_loader, shards, size, args.batch_size, workers, normalize=False
-                ),
-            }
+            loaders = loaders_for(args, size, workers, folder, shards)
             results = {name: Measurements() for name in loaders}
             for _ in range(args.rounds):
                 for name, make_loader in loaders.items():
                     measure_pass(make_loader, results[name])
-            rows.append(report_row(size, workers, count, results))
-            print(rows[-1], flush=True)
-    return rows
+            print(report_table(size, workers, count, results), flush=True)
+            if args.results:
+                for name, result in results.items():
+                    row = {"row": f"loader {name} {size} px, {workers} workers", "images_per_s": median_wall(result)}
+                    print("RESULT " + json.dumps(row), flush=True)
 
 
-def report_row(size: int, workers: int, count: int, results: dict[str, Measurements]) -> str:
-    per_core = {name: statistics.median(result.images_per_cpu_second) for name, result in results.items()}
-    wall = {name: statistics.median(result.images_per_second) for name, result in results.items()}
+def median_wall(result: Measurements) -> float:
+    return statistics.median(result.images_per_second)
+
+
+def report_table(size: int, workers: int, count: int, results: dict[str, Measurements]) -> str:
+    """One table per row of settings: each loader's images per CPU-second, its ratio to plain, wall img/s, and
+    whether its outputs have the plain loader's channel statistics."""
+    plain = statistics.median(results["plain"].images_per_cpu_second)
     plain_mean, plain_std = results["plain"].mean_std()
-    gaps = []
-    for result in results.values():
+    lines = [
+        f"{size} px output, {workers} workers, {count} images",
+        "",
+        "| loader | img/CPU-s | ratio to plain | wall img/s | mean (R/G/B) | std (R/G/B) | largest gap | stats match |",
+        "|---|---:|---:|---:|---|---|---:|---|",
+    ]
+    for name, result in results.items():
+        per_core = statistics.median(result.images_per_cpu_second)
         mean, std = result.mean_std()
-        gaps.append(max((mean - plain_mean).abs().max(), (std - plain_std).abs().max()).item())
-    same = len({result.shape for result in results.values()}) == 1 and max(gaps) < STATS_TOLERANCE
-    ratios = " | ".join(f"**{per_core[name] / per_core['plain']:.2f}x**" for name in ("stream", "stream uint8"))
-    return (
-        f"| {size} | {workers} | {count} | "
-        + " | ".join(f"{per_core[name]:.0f}" for name in results)
-        + f" | {ratios} | "
-        + " / ".join(f"{wall[name]:.0f}" for name in results)
-        + f" | {'/'.join(f'{value:.3f}' for value in plain_mean.tolist())} "
-        f"/ {'/'.join(f'{value:.3f}' for value in plain_std.tolist())} | {max(gaps):.3f} | {'yes' if same else 'NO'} |"
-    )
-
-
-HEADER = (
-    "| out px | workers | images | plain img/CPU-s | stream img/CPU-s | stream uint8 img/CPU-s | stream ratio "
-    "| uint8 ratio | wall img/s (plain / stream / uint8) | plain mean / std (R/G/B) | largest gap | stats match |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
-)
+        gap = max((mean - plain_mean).abs().max(), (std - plain_std).abs().max()).item()
+        same = result.shape == results["plain"].shape and gap < STATS_TOLERANCE
+        lines.append(
+            f"| {name} | {per_core:.0f} | **{per_core / plain:.2f}x** | {median_wall(result):.0f} "
+            f"| {'/'.join(f'{value:.3f}' for value in mean.tolist())} "
+            f"| {'/'.join(f'{value:.3f}' for value in std.tolist())} | {gap:.3f} | {'yes' if same else 'NO'} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -241,10 +295,12 @@ def main() -> None:
     parser.add_argument("--images-32", type=int, default=2048, help="32 px PNGs for the 32 px runs")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved passes per loader; the median is reported")
+    parser.add_argument("--device", help="also decode on this device (data.decode=gpu), e.g. cuda or cpu")
+    parser.add_argument("--results", action="store_true", help="print RESULT lines (bench/gpu_check.sh reads them)")
     parser.add_argument("--work-dir", type=Path, help="keep the generated images and shards here (default: temporary)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the main process only collates; extra threads would just contend with the workers
-    print(f"torch {torch.__version__}, {args.batch_size} per batch, {args.rounds} rounds\n{HEADER}", flush=True)
+    print(f"torch {torch.__version__}, {args.batch_size} per batch, {args.rounds} rounds\n", flush=True)
     if args.work_dir is not None:
         run(args, args.work_dir)
         return

@@ -14,6 +14,7 @@ batch.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -21,7 +22,6 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import auto_augment as timm_augment
-from torchvision import transforms as transforms_v1
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -38,6 +38,7 @@ from data_pipelines.segmentation_transforms import (
 from data_pipelines.transform_options import TransformOptions
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+CROP_ATTEMPTS = 10  # RandomResizedCrop's tries before its centred fallback (torchvision's get_params)
 TIMM_TRANSLATE_FRACTION = 0.45  # timm's create_transform: RandAugment translates by up to 45 % of the side
 # timm clips RandAugment magnitudes to [0, 10]; at exactly 10 its increasing posterize keeps 0 bits, which Pillow 11+
 # rejects (ValueError). A bound just below 10 keeps at least 1 bit and moves no other op measurably.
@@ -128,10 +129,36 @@ class RandomResizedCropFlip(PlannedCrop):
         self.ratio = list(options.required("crop_ratio", "training crop"))
 
     def plan(self, image: StoredImage) -> CropPlan:
-        # get_params reads only the image's shape: a zero-stride tensor of that shape stands in for the pixels.
-        shape = torch.empty((), dtype=torch.uint8).expand(3, image.height, image.width)
-        top, left, height, width = transforms_v1.RandomResizedCrop.get_params(shape, self.scale, self.ratio)
-        return CropPlan((left, top, width, height), bool(torch.rand(1) < 0.5))
+        draws = torch.rand(2 * CROP_ATTEMPTS + 3).tolist()  # one generator call per image, not a dozen
+        box = random_resized_crop_box(image.width, image.height, self.scale, self.ratio, draws)
+        return CropPlan(box, flip=draws[-1] < 0.5)
+
+
+def random_resized_crop_box(
+    width: int, height: int, scale: Sequence[float], ratio: Sequence[float], draws: Sequence[float]
+) -> Box:
+    """torchvision's RandomResizedCrop box (its ``get_params``: up to ten tries of area fraction ~ U(scale) and
+    log aspect ratio ~ U(log ratio), the first that fits, else the largest centred crop within ``ratio``), from
+    uniform ``draws`` in [0, 1): two per try, then two for the position. Drawn at once because the dozen tensor
+    calls of ``get_params`` cost as much as the crop and resize of a 32 px image."""
+    area, log_low, log_high = width * height, math.log(ratio[0]), math.log(ratio[1])
+    for attempt in range(CROP_ATTEMPTS):
+        fraction = scale[0] + (scale[1] - scale[0]) * draws[2 * attempt]
+        aspect = math.exp(log_low + (log_high - log_low) * draws[2 * attempt + 1])
+        crop_width = round(math.sqrt(area * fraction * aspect))
+        crop_height = round(math.sqrt(area * fraction / aspect))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            left = math.floor(draws[2 * CROP_ATTEMPTS] * (width - crop_width + 1))
+            top = math.floor(draws[2 * CROP_ATTEMPTS + 1] * (height - crop_height + 1))
+            return left, top, crop_width, crop_height
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        crop_width, crop_height = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        crop_width, crop_height = round(height * ratio[1]), height
+    else:
+        crop_width, crop_height = width, height
+    return (width - crop_width) // 2, (height - crop_height) // 2, crop_width, crop_height
 
 
 class ResizeCenterCrop(PlannedCrop):

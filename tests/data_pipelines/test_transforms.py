@@ -11,7 +11,7 @@ from yaml_defaults import transform_options
 
 from data_pipelines.decode import StoredImage
 from data_pipelines.seeding import seeded_rng
-from data_pipelines.transforms import Normalize, build_transform
+from data_pipelines.transforms import Normalize, build_transform, random_resized_crop_box
 
 MEAN = (0.485, 0.456, 0.406)  # the normalization mean: RandAugment's fill colour
 
@@ -98,3 +98,37 @@ def test_the_flip_transform_is_the_eval_image_or_its_mirror(photo: bytes) -> Non
             outputs.append(build_transform("flip", options, MEAN)(open_photo(photo)))
     assert all(torch.equal(out, whole) or torch.equal(out, whole.flip(-1)) for out in outputs)
     assert any(torch.equal(out, whole) for out in outputs) and any(torch.equal(out, whole.flip(-1)) for out in outputs)
+
+
+def test_random_resized_crop_boxes_follow_torchvisions_distribution() -> None:
+    scale, ratio, (width, height) = (0.2, 1.0), (3 / 4, 4 / 3), (400, 300)
+    generator = torch.Generator().manual_seed(0)
+    ours = torch.tensor(
+        [
+            random_resized_crop_box(width, height, scale, ratio, torch.rand(23, generator=generator).tolist())
+            for _ in range(4000)
+        ],
+        dtype=torch.float64,
+    )
+    torch.manual_seed(0)
+    theirs = torch.tensor(
+        [T.RandomResizedCrop.get_params(torch.empty(3, height, width), list(scale), list(ratio)) for _ in range(4000)],
+        dtype=torch.float64,
+    )[:, [1, 0, 3, 2]]  # (top, left, height, width) -> (left, top, width, height)
+    for boxes in (ours, theirs):
+        assert ((boxes[:, 0] + boxes[:, 2] <= width) & (boxes[:, 1] + boxes[:, 3] <= height)).all()
+    features = lambda boxes: torch.stack(  # noqa: E731
+        [boxes[:, 2] * boxes[:, 3] / (width * height), (boxes[:, 2] / boxes[:, 3]).log(), boxes[:, 0], boxes[:, 1]], 1
+    )
+    mean_gap = (features(ours).mean(0) - features(theirs).mean(0)).abs() / features(theirs).std(0)
+    std_ratio = features(ours).std(0) / features(theirs).std(0)
+    assert (mean_gap < 0.08).all() and ((std_ratio - 1).abs() < 0.08).all(), (mean_gap, std_ratio)
+
+
+def test_a_crop_that_never_fits_falls_back_to_torchvisions_centre_crop() -> None:
+    for width, height in ((1000, 10), (10, 1000)):
+        ours = random_resized_crop_box(width, height, (0.9, 1.0), (3 / 4, 4 / 3), [0.5] * 23)
+        top, left, crop_height, crop_width = T.RandomResizedCrop.get_params(
+            torch.empty(3, height, width), [0.9, 1.0], [3 / 4, 4 / 3]
+        )
+        assert ours == (left, top, crop_width, crop_height)
