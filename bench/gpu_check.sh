@@ -9,7 +9,10 @@
 #   2. the pretraining app (Lightning, real PNG shards, logging, checkpoints; bench/train_loop.py) for 200 steps
 #      under DeepSpeed ZeRO-2 bf16, the same with trainer.compile=true, and Lightning's bf16-mixed without DeepSpeed
 #      (one GPU: DDP's single-device form): images/s, MFU, peak
-#      memory, host synchronisations per step, and the ratio to a bare loop of the same model.
+#      memory, host synchronisations per step, and the ratio to a bare loop of the same model;
+#   3. the loader at 224 px on photo-like JPEGs (bench/loader.py, 8 workers): torchvision's ImageFolder, our stream
+#      decoding in the workers (uint8 and float batches), on shards resized on write, and decoding on the GPU
+#      (data.decode=gpu, nvJPEG): images/s.
 # Without CUDA (CI) the same steps run in a few seconds each on tiny sizes and the CPU trainer, so the script
 # cannot rot; DeepSpeed rows need CUDA (Lightning's strategy refuses CPUs) and are left out.
 set -euo pipefail
@@ -35,6 +38,7 @@ if python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
         run "${loop[@]}" --trainer deepspeed_zero2 --label "app ZeRO-2 bf16"
         run "${loop[@]}" --trainer deepspeed_zero2 --label "app ZeRO-2 bf16 compiled" --app-overrides trainer.compile=true
         run "${loop[@]}" --trainer gpu --label "app bf16-mixed, no DeepSpeed"
+        run python3 bench/loader.py --sizes 224 --workers 8 --images-224 2048 --rounds 1 --device cuda --results
     } > "$out/results.txt"
 else
     device_name="CPU fallback (no CUDA): tiny sizes, numbers mean nothing"
@@ -42,6 +46,8 @@ else
         run python3 bench/model_step.py --preset tiny --batch-size 8 --steps 1 --rounds 1 --warmup 1 --only ours timm_blocks
         run python3 bench/train_loop.py --device cpu --steps 5 --warmup 5 --rounds 1 --images 400 --batch-size 16 \
             --checkpoint-every 5 --work "$out/train_loop" --label "app CPU fp32"
+        run python3 bench/loader.py --sizes 224 --workers 1 --images-224 16 --batch-size 8 --rounds 1 --device cpu \
+            --results
     } > "$out/results.txt"
 fi
 

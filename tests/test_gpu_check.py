@@ -19,6 +19,13 @@ def test_the_gpu_check_runs_its_cpu_fallback_and_prints_one_table(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "CPU fallback" in table
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| row")]
-    assert [row.split(" | ")[0] for row in rows] == ["| step ours", "| step timm_blocks", "| app CPU fp32"]
-    app = rows[-1].split(" | ")
+    loaders = ["plain", "stream", "stream float", "stream resized", "stream on cpu"]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| step ours",
+        "| step timm_blocks",
+        "| app CPU fp32",
+        *(f"| loader {name} 224 px, 1 workers" for name in loaders),
+    ]
+    app = rows[2].split(" | ")
     assert float(app[1]) > 0 and float(app[5]) >= 1  # images/s, and the host reads per step were counted
+    assert all(float(row.split(" | ")[1]) > 0 for row in rows[3:])
