@@ -33,6 +33,7 @@ from data_pipelines.stream import (
     ShardLoader,
     StreamConfig,
     check_device_decoding,
+    check_stored_size,
     epoch_shards,
     resolve_rank,
     shard_facts,
@@ -226,6 +227,7 @@ def build_elastic_loader(cfg: StreamConfig, accumulate: int, block_shards: int) 
         )
     facts = shard_facts(urls, cfg.manifest)
     check_device_decoding(cfg, facts.arrays)
+    check_stored_size(cfg, facts)
     if facts.counts is None:
         raise ValueError("data.order=elastic needs the shards' manifest.json (per-shard sample counts)")
     stream = ElasticStream(cfg, urls, facts.counts, accumulate, block_shards, facts.arrays)

@@ -455,17 +455,20 @@ def build_loader(cfg: StreamConfig) -> ShardLoader:
         )
     facts = shard_facts(urls, cfg.manifest)
     check_device_decoding(cfg, facts.arrays)
+    check_stored_size(cfg, facts)
     stream = ShardStream(cfg, urls, rank, world_size, facts)
     check_equal_epochs(cfg, stream, world_size)
     return ShardLoader(stream, cfg.num_workers, cfg.pin_memory)
 
 
 class ShardFacts(NamedTuple):
-    """What the manifest tells a stream: per-shard sample counts (None without a manifest: epoch length unknown)
-    and whether the samples are arrays (N channels, volumes; no manifest: encoded images)."""
+    """What the manifest tells a stream: per-shard sample counts (None without a manifest: epoch length unknown),
+    whether the samples are arrays (N channels, volumes; no manifest: encoded images), and the shorter side images
+    were resized to on write (None: stored as they came)."""
 
     counts: dict[str, int] | None
     arrays: bool
+    resized_short_side: int | None = None
 
 
 def shard_facts(urls: list[str], manifest: str | None) -> ShardFacts:
@@ -478,7 +481,20 @@ def shard_facts(urls: list[str], manifest: str | None) -> ShardFacts:
         if manifest is not None:
             raise
         return ShardFacts(None, False)
-    return ShardFacts(found["counts"], found["arrays"])
+    sides = [(entry.get("resize") or {}).get("short_side") for entry in found["manifests"].values()]
+    sides = [side for side in sides if side is not None]
+    return ShardFacts(found["counts"], found["arrays"], min(sides) if sides else None)
+
+
+def check_stored_size(cfg: StreamConfig, facts: ShardFacts) -> None:
+    """Shards resized on write below the output size give every crop upsampled: warned about, not refused."""
+    side = facts.resized_short_side
+    if side is not None and side < cfg.augment.image_size:
+        warnings.warn(
+            f"the shards were resized on write to a {side} px shorter side, below the {cfg.augment.image_size} px "
+            "images the transform makes: every crop is upsampled (rewrite them with a larger --resize-short-side)",
+            stacklevel=3,
+        )
 
 
 def check_device_decoding(cfg: StreamConfig, arrays: bool) -> None:

@@ -10,10 +10,12 @@ import pytest
 import webdataset as wds
 from image_files import random_pixels, write_image
 from PIL import Image
+from yaml_defaults import transform_options
 
 from data_pipelines import write_shards as cli
 from data_pipelines.resize import ResizePolicy
 from data_pipelines.segmentation_demo import write_segmentation_demo
+from data_pipelines.stream import StreamConfig, build_loader
 from data_pipelines.write_shards import write_shards
 
 
@@ -129,3 +131,13 @@ def test_random_photos_resize_without_error(tmp_path: Path) -> None:
     write_image(tmp_path / "noise" / "train" / "a" / "n.jpg", random_pixels(50, 70, 0))
     manifest = write_shards("imagefolder", tmp_path / "noise", tmp_path / "out", split="train", resize_short_side=10)
     assert manifest["image_size"]["height"] == {"min": 10, "max": 10, "mean": 10.0}
+
+
+def test_streaming_shards_resized_below_the_output_size_warns(photo_folder: Path, tmp_path: Path) -> None:
+    write_shards("imagefolder", photo_folder, tmp_path / "out", split="train", resize_short_side=32)
+    options = transform_options(48, eval_crop_fraction=1.0)
+    settings = dict(shards=str(tmp_path / "out"), batch_size=2, num_workers=0, transform="eval", augment=options)
+    settings |= dict(mean=(0.5,) * 3, std=(0.2,) * 3, seed=0, shuffle_buffer=0, manifest=None, pin_memory=False)
+    with pytest.warns(UserWarning, match="resized on write to a 32 px shorter side, below the 48 px"):
+        batches = list(build_loader(StreamConfig(**settings)))
+    assert sum(len(batch["key"]) for batch in batches) == 4
