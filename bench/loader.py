@@ -19,7 +19,7 @@ side (1/f-noise textures with edges, about 0.5 bytes per pixel at quality 90, li
 reported. The per-channel mean and std of all outputs must agree between the loaders (same transform, same
 statistics); the check and both values are printed.
 
-    python bench/loader.py                       # both sizes, 1 and 2 workers (about 3 minutes on 2 cores)
+    python bench/loader.py                       # both sizes, 1 and 2 workers (about a minute on 2 cores)
     python bench/loader.py --sizes 224 --workers 2 --images-224 512 --rounds 3
     python bench/loader.py --sizes 224 --workers 8 --device cuda --results   # GPU decode; RESULT lines
 """

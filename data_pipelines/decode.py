@@ -2,9 +2,10 @@
 
 JPEGs decode with simplejpeg (libjpeg-turbo straight into a NumPy array), at the smallest power-of-two DCT scale
 (1/2, 1/4, 1/8) that still covers the crop at output resolution: no output pixel is upsampled that would not have
-been. Measured on 400-500 px photos (bench/loader.py) this is about 30 % faster than Pillow's decode and copy into
-an array, the floor of a photo's augmentation. PNG, WebP and four-channel (CMYK) JPEGs decode with
-Pillow (its draft mode scales JPEGs the same way).
+been. Measured on 400-500 px photos (bench/jpeg_decode.py) this is about 30 % faster than Pillow's decode and copy
+into an array, the floor of a photo's augmentation. PNG, WebP and four-channel (CMYK) JPEGs decode with Pillow (its
+draft mode scales JPEGs the same way), and so do JPEGs libjpeg-turbo warns about (stray bytes before a marker),
+which Pillow reads as it always has: only damage Pillow refuses too makes a sample corrupt.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,12 +40,24 @@ class StoredImage:
 
     @classmethod
     def read(cls, data: bytes) -> StoredImage:
-        """The image's size from its header; unreadable headers raise ValueError or OSError (a corrupt sample)."""
+        """The image's size from its header; unreadable headers raise ValueError or OSError (a corrupt sample), and
+        images over twice Pillow's ``MAX_IMAGE_PIXELS`` its DecompressionBombError, as ``Image.open`` does."""
+        stored = cls._from_header(data)
+        if stored.width < 1 or stored.height < 1:
+            raise ValueError(f"image header gives a size of {stored.width}x{stored.height}")
+        if Image.MAX_IMAGE_PIXELS and stored.width * stored.height > 2 * Image.MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(
+                f"{stored.width}x{stored.height} pixels, over twice Image.MAX_IMAGE_PIXELS"
+            )
+        return stored
+
+    @classmethod
+    def _from_header(cls, data: bytes) -> StoredImage:
         if data[:3] == JPEG_SIGNATURE:
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
             if colorspace not in PILLOW_COLORSPACES:
                 return cls(data, width, height, jpeg=True)
-        if data[:16] == PNG_HEADER:  # width and height follow as big-endian 32-bit numbers
+        if data[:16] == PNG_HEADER and zlib.crc32(data[12:29]) == int.from_bytes(data[29:33], "big"):
             return cls(data, int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), jpeg=False)
         with Image.open(io.BytesIO(data)) as image:
             return cls(data, image.width, image.height, jpeg=False)
@@ -73,8 +87,11 @@ class StoredImage:
         """All pixels as uint8 [H', W', 3], at DCT scale 1/reduction for JPEGs (at least 1/reduction of each side)."""
         if self.jpeg:
             min_height, min_width = math.ceil(self.height / reduction), math.ceil(self.width / reduction)
-            array = simplejpeg.decode_jpeg(self.data, "RGB", min_height=min_height, min_width=min_width)
-            return torch.from_numpy(array)
+            try:
+                array = simplejpeg.decode_jpeg(self.data, "RGB", min_height=min_height, min_width=min_width)
+                return torch.from_numpy(array)
+            except ValueError:  # any libjpeg-turbo warning (strict mode): Pillow decides, as it did before
+                pass
         image = self.pil()
         if reduction > 1 and image.format == "JPEG":
             image.draft("RGB", (self.width // reduction, self.height // reduction))

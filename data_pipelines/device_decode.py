@@ -20,6 +20,7 @@ The handover batch (``handover_batch``) holds, besides ``label``, ``key`` and ``
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -73,7 +74,8 @@ def is_handover(batch: Any) -> bool:
 
 
 class DeviceDecoder:
-    """Handover batch -> the stream's usual batch (float ``image`` [B, 3, S, S], normalized) on ``device``."""
+    """Handover batch -> the stream's usual batch: float ``image`` [B, 3, S, S], normalized, on ``device`` (the
+    other entries stay where they are, for the usual transfer to move)."""
 
     def __init__(self, transform: PlannedCrop, normalize: Normalize) -> None:
         self.transform = transform
@@ -82,9 +84,11 @@ class DeviceDecoder:
     def __call__(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         encoded, keys = batch.pop(ENCODED), batch["key"]
         images = torch.empty(len(keys), 3, self.transform.size, self.transform.size, dtype=torch.uint8, device=device)
-        images[encoded["image_rows"].to(device)] = batch["image"].to(device, non_blocking=True)
+        decoded = batch["image"].to(device, non_blocking=True)
+        for index, row in enumerate(encoded["image_rows"].tolist()):  # Python indices: no index tensor to copy over
+            images[row] = decoded[index]
         offsets = encoded["offsets"].tolist()
-        data = [encoded["data"][start:end] for start, end in zip(offsets, offsets[1:], strict=False)]
+        data = [encoded["data"][start:end] for start, end in itertools.pairwise(offsets)]
         boxes, flips, rows = encoded["box"].tolist(), encoded["flip"].tolist(), encoded["rows"].tolist()
         lost = set()
         for row, pixels, box, flip in zip(rows, decode_all(data, device), boxes, flips, strict=True):
@@ -97,7 +101,7 @@ class DeviceDecoder:
             images[row] = self.transform.finish(pixels[:, box_rows, box_columns], flip)
         if lost:
             keep = [row for row in range(len(keys)) if row not in lost]
-            images = images[keep]
+            images = torch.stack([images[row] for row in keep]) if keep else images[:0]
             batch["key"], batch["label"] = [keys[row] for row in keep], batch["label"][keep]
             batch["corrupt_skipped"] = batch["corrupt_skipped"] + len(lost)
         batch["image"] = self.normalize(images)

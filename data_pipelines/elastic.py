@@ -94,6 +94,8 @@ def index_shard(path: str) -> list[tuple[str, Members]]:
                     continue
                 if not samples or samples[-1][0] != key:
                     samples.append((key, []))
+                if any(extension == known for known, _, _ in samples[-1][1]):  # as the stream: the first one counts
+                    continue
                 samples[-1][1].append((extension, member.offset, member.size))
     except CORRUPT_TAR_ERRORS as error:
         log.warning("shard %s is damaged after %d samples: %s", path, len(samples), error)

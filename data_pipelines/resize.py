@@ -33,14 +33,13 @@ class ResizePolicy:
 
     def target(self, width: int, height: int) -> tuple[int, int] | None:
         """The (width, height) to store, or None when the image is already within the limits."""
-        scale = 1.0
-        if self.short_side is not None:
-            scale = min(scale, self.short_side / min(width, height))
-        if self.max_pixels is not None:
-            scale = min(scale, math.sqrt(self.max_pixels / (width * height)))
-        if scale >= 1:
-            return None
-        return max(1, math.floor(width * scale + 0.5)), max(1, math.floor(height * scale + 0.5))
+        side_scale = 1.0 if self.short_side is None else self.short_side / min(width, height)
+        area_scale = 1.0 if self.max_pixels is None else math.sqrt(self.max_pixels / (width * height))
+        scale = min(1.0, side_scale, area_scale)
+        # Rounded to the nearest pixel, except down where the area bound binds (so the area stays within it).
+        rounding = math.floor if area_scale < side_scale else lambda value: math.floor(value + 0.5)
+        size = max(1, rounding(width * scale)), max(1, rounding(height * scale))
+        return None if scale >= 1 or size == (width, height) else size
 
 
 def resize_encoded(image: EncodedImage, policy: ResizePolicy) -> EncodedImage:

@@ -8,18 +8,23 @@ cache is shared by every worker reading the shard). Remote and compressed shards
 Formats: POSIX ustar (with its name prefix), PAX extended headers (``path``, ``size``) and GNU long names, which
 covers Python's, GNU tar's and webdataset's writers. Samples are grouped as webdataset groups them: consecutive
 members with the same key (the name up to the first dot of its last component), lower-case extensions, metadata
-members (``__name__``) skipped. Damage (a bad checksum, a cut member) raises ``tarfile.ReadError`` after the
-samples before it.
+members (``__name__``) skipped, a repeated member dropped with a warning. Two differences: members whose last
+component starts with a dot (``._x.jpg``, macOS resource forks) are skipped, where webdataset makes a sample of
+the folder; PAX global headers are ignored. Damage (a bad checksum, a malformed PAX record, a cut member) raises
+``tarfile.ReadError`` after the samples before it.
 """
 
 from __future__ import annotations
 
+import logging
 import mmap
 import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+
+logger = logging.getLogger(__name__)
 
 BLOCK = 512
 REGULAR_TYPES = (b"0", b"\x00", b"7")
@@ -42,19 +47,17 @@ def tar_members(archive: bytes | mmap.mmap) -> Iterator[TarMember]:
             if len(header) and header.count(0) != len(header):
                 raise tarfile.ReadError(f"truncated header at byte {position}")
             return
-        stored, computed = _octal(header[148:156]), sum(header) - sum(header[148:156]) + 8 * ord(" ")
-        if stored != computed:
-            raise tarfile.ReadError(f"bad header checksum at byte {position}")
-        size, kind, start = _number(header[124:136]), header[156:157], position + BLOCK
-        if start + size > len(archive):
+        _check_checksum(header, position)
+        kind, start, size = header[156:157], position + BLOCK, _number(header[124:136])
+        if kind not in (PAX_HEADER, PAX_GLOBAL_HEADER, GNU_LONG_NAME) and "size" in overrides:
+            size = _decimal(overrides["size"])
+        if size < 0 or start + size > len(archive):
             raise tarfile.ReadError(f"member at byte {position} runs past the end of the archive")
-        data = archive[start : start + size] if kind in (PAX_HEADER, GNU_LONG_NAME) else b""
         if kind == PAX_HEADER:
-            overrides.update(_pax_records(bytes(data)))
+            overrides.update(_pax_records(bytes(archive[start : start + size])))
         elif kind == GNU_LONG_NAME:
-            overrides["path"] = bytes(data).rstrip(b"\x00").decode("utf-8", "surrogateescape")
-        elif kind != PAX_GLOBAL_HEADER:
-            size = int(overrides.get("size", size))
+            overrides["path"] = bytes(archive[start : start + size]).rstrip(b"\x00").decode("utf-8", "surrogateescape")
+        elif kind != PAX_GLOBAL_HEADER:  # global records set defaults for names and sizes that members give anyway
             if kind in REGULAR_TYPES:
                 yield TarMember(overrides.get("path") or _name(header), start, size)
             overrides = {}
@@ -79,8 +82,9 @@ def local_tar_samples(path: Path, url: str) -> Iterator[dict[str, Any]]:
                         if sample is not None:
                             yield sample
                         sample = {"__key__": key, "__url__": url}
-                    if extension in sample:
-                        raise tarfile.ReadError(f"{member.name}: duplicate member in {path}")
+                    if extension in sample:  # webdataset also drops a repeated member and reads on
+                        logger.warning("skipping duplicate tar member %s in %s", member.name, path)
+                        continue
                     sample[extension] = archive[member.offset : member.offset + member.size]
             except tarfile.ReadError:
                 if sample is not None:  # what was read before the damage, as webdataset also yields it
@@ -88,6 +92,14 @@ def local_tar_samples(path: Path, url: str) -> Iterator[dict[str, Any]]:
                 raise
             if sample is not None:
                 yield sample
+
+
+def sample_keys(path: Path) -> list[str]:
+    """The keys of a local tar shard's samples in stored order, from the headers alone."""
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as archive:
+        names = [split_member_name(member.name)[0] for member in tar_members(archive)]
+    keys = [key for key in names if key is not None]
+    return [key for index, key in enumerate(keys) if index == 0 or keys[index - 1] != key]
 
 
 def split_member_name(name: str) -> tuple[str | None, str]:
@@ -109,6 +121,23 @@ def _name(header: bytes) -> str:
     return name.decode("utf-8", "surrogateescape")
 
 
+def _check_checksum(header: bytes, position: int) -> None:
+    """The header's checksum field against the sum of its bytes (unsigned, or signed as old tars wrote it)."""
+    stored, unsigned = _octal(header[148:156]), sum(header) - sum(header[148:156]) + 8 * ord(" ")
+    if stored == unsigned:
+        return
+    high_bytes = sum(byte > 127 for byte in header[:148]) + sum(byte > 127 for byte in header[156:])
+    if stored != unsigned - 256 * high_bytes:
+        raise tarfile.ReadError(f"bad header checksum at byte {position}")
+
+
+def _decimal(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise tarfile.ReadError(f"invalid PAX size {value!r}") from None
+
+
 def _octal(field: bytes) -> int:
     digits = field.split(b"\x00", 1)[0].strip()
     try:
@@ -127,10 +156,14 @@ def _number(field: bytes) -> int:
 def _pax_records(data: bytes) -> dict[str, str]:
     """``"%d key=value\\n"`` records; only ``path`` and ``size`` change how a member is read."""
     records, position = {}, 0
-    while position < len(data):
-        length_end = data.index(b" ", position)
-        length = int(data[position:length_end])
+    while position < len(data) and data[position] != 0:
+        length_end = data.find(b" ", position)
+        if length_end <= position:
+            raise tarfile.ReadError(f"malformed PAX record at byte {position} of its header")
+        length = _decimal(data[position:length_end].decode("ascii", "replace"))
+        if length <= length_end + 1 - position or position + length > len(data):  # "LEN " and more, within the data
+            raise tarfile.ReadError(f"malformed PAX record at byte {position} of its header")
         key, _, value = data[length_end + 1 : position + length - 1].partition(b"=")
-        records[key.decode()] = value.decode("utf-8", "surrogateescape")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         position += length
     return {key: value for key, value in records.items() if key in ("path", "size")}

@@ -33,6 +33,8 @@ class TransformOptions:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.crop_scale is not None and not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if self.crop_ratio is not None and not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
         if self.eval_crop_fraction is not None and not 0 < self.eval_crop_fraction <= 1:
             raise ValueError(f"eval_crop_fraction must be in (0, 1], got {self.eval_crop_fraction}")
 

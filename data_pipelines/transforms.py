@@ -254,6 +254,9 @@ class Normalize:
             raise ValueError(f"mean has {len(mean)} channels, std {len(std)}")
         self.std = torch.tensor(std, dtype=torch.float32)
         self.mean = torch.tensor(mean, dtype=torch.float32)
+        # Per (device, pixel unit, rank): copied to a GPU once, not every batch (a copy from pageable host memory
+        # waits for the GPU's queue to drain).
+        self.constants: dict[tuple[torch.device, float, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] != len(self.mean):
@@ -261,8 +264,11 @@ class Normalize:
                 f"batch of {images.shape[1]} channels normalized with {len(self.mean)}-channel mean/std: set "
                 "data.mean/data.std (null: the shards' channel statistics) to one value per channel"
             )
-        shape = (1, -1) + (1,) * (images.ndim - 2)
         pixel = 255.0 if images.dtype == torch.uint8 else 1.0
-        scale = (1 / (pixel * self.std)).view(shape).to(images.device)
-        shift = (-self.mean / self.std).view(shape).to(images.device)
+        key = (images.device, pixel, images.ndim)
+        if key not in self.constants:
+            shape = (1, -1) + (1,) * (images.ndim - 2)
+            scale = (1 / (pixel * self.std)).view(shape).to(images.device)
+            self.constants[key] = scale, (-self.mean / self.std).view(shape).to(images.device)
+        scale, shift = self.constants[key]
         return images.float().mul_(scale).add_(shift)

@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (FileNotFoundError, FileExistsError, KeyError, ValueError, ModuleNotFoundError) as error:
         parser.exit(2, f"error: {error.args[0] if error.args else error}\n")
     print(f"{manifest['total']} samples in {len(manifest['shards'])} shards, {manifest['skipped']['count']} skipped")
-    resize = manifest["resize"]
+    resize = manifest.get("resize")  # absent from manifests written before resizing existed
     if resize is not None:
         saved = 1 - resize["bytes"] / resize["source_bytes"]
         print(

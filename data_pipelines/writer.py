@@ -121,6 +121,8 @@ def write_listing(listing: Listing, out_dir: Path, options: WriteOptions, proven
         raise ValueError(f"{provenance.get('source')} holds arrays, stored as they are: resizing applies to images")
     settings = {**provenance, **asdict(options), "items": len(listing.items)}
     del settings["workers"], settings["overwrite"]  # they change how, not what, is written
+    if not options.resize.active:  # as conversions recorded them before resizing existed: they still resume
+        del settings["resize_short_side"], settings["resize_max_pixels"]
     out_dir.mkdir(parents=True, exist_ok=True)
     if options.overwrite:
         remove_conversion(out_dir)

@@ -12,7 +12,6 @@ Sharding over ranks follows one rule:
 from __future__ import annotations
 
 import functools
-import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
-from webdataset.tariterators import base_plus_ext
 
 from data_pipelines.arrays import ChannelMoments, select_channels
 from data_pipelines.decode import StoredImage
@@ -33,6 +31,7 @@ from data_pipelines.shards import expand_shards, local_path
 from data_pipelines.sources.base import Item, Listing, is_array_item
 from data_pipelines.sources.segmentation import SegmentationItem
 from data_pipelines.stream import StreamConfig, build_loader
+from data_pipelines.tar_members import sample_keys
 from data_pipelines.transforms import ImageTransform, Normalize, TransformOptions, build_transform, collate_targets
 from data_pipelines.worker_signals import ignore_stop_signals
 from pretrain.engine.plan import RunPlan
@@ -275,15 +274,14 @@ class ShardSplit:
 
 
 def shard_keys(urls: Sequence[str]) -> list[str]:
-    """The sample keys of local shards, as webdataset groups tar members into samples; only headers are read."""
+    """The sample keys of local shards, as the streams group tar members into samples; only headers are read."""
     keys: dict[str, None] = {}
     for url in urls:
         path = local_path(url)
         if path is None:
             raise ValueError(f"a hold-out of remote shards ({url}) needs their keys: give the task a validation split")
-        with tarfile.open(path) as archive:
-            keys.update((base_plus_ext(member.name)[0], None) for member in archive if member.isfile())
-    return [key for key in keys if key is not None]
+        keys.update((key, None) for key in sample_keys(path))
+    return list(keys)
 
 
 class FeatureBatches(Dataset):

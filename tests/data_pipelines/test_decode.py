@@ -66,7 +66,25 @@ def test_region_maps_the_box_onto_the_reduced_grid(photo_pixels: np.ndarray) -> 
 
 def test_truncated_and_garbage_bytes_raise_corrupt_sample_errors(photo_pixels: np.ndarray) -> None:
     data = image_bytes(photo_pixels)
-    with pytest.raises(ValueError):
+    with pytest.raises(OSError, match="truncated"):
         StoredImage.read(data[: len(data) // 2]).decode()
     with pytest.raises(OSError):
         StoredImage.read(b"not an image at all")
+    png = bytearray(image_bytes(photo_pixels, "PNG"))
+    png[20:24] = bytes(4)  # a zero height, and the header's checksum no longer matches
+    with pytest.raises(OSError):
+        StoredImage.read(bytes(png))
+
+
+def test_jpegs_libjpeg_turbo_only_warns_about_decode_as_pillow_decodes_them(photo_pixels: np.ndarray) -> None:
+    data = image_bytes(photo_pixels)
+    stray = data[:-2] + b"\x00\x00\x00" + data[-2:]  # extraneous bytes before the end-of-image marker
+    np.testing.assert_array_equal(StoredImage.read(stray).decode().numpy(), pil_pixels(stray))
+
+
+def test_images_over_twice_pillows_pixel_limit_are_refused_before_decoding(
+    photo_pixels: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 320 * 240 // 3)
+    with pytest.raises(Image.DecompressionBombError):
+        StoredImage.read(image_bytes(photo_pixels))

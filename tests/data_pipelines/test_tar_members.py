@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from data_pipelines.tar_members import local_tar_samples, tar_members
+from data_pipelines.tar_members import local_tar_samples, sample_keys, tar_members
 
 LONG_DIRECTORY = "a-directory-name-long-enough/" * 5  # over 100 bytes: ustar prefix, PAX path or GNU long name
 MEMBERS = [
@@ -90,3 +90,39 @@ def test_an_empty_file_is_a_read_error(tmp_path: Path) -> None:
     (tmp_path / "empty.tar").write_bytes(b"")
     with pytest.raises(tarfile.ReadError, match="empty"):
         list(local_tar_samples(tmp_path / "empty.tar", "empty.tar"))
+
+
+def test_a_malformed_pax_record_is_a_read_error_not_a_hang(tmp_path: Path) -> None:
+    path = write_archive(tmp_path / "shard.tar", tarfile.PAX_FORMAT)
+    data = bytearray(path.read_bytes())
+    record = data.index(b" path=")  # the long name's PAX record, at the start of its header's data block
+    start = record - record % 512
+    data[start:record] = b"0" * (record - start)  # its length: 0, which would never advance
+    path.write_bytes(bytes(data))
+    with pytest.raises(tarfile.ReadError, match="malformed PAX record"):
+        list(local_tar_samples(path, str(path)))
+
+
+def test_a_repeated_member_is_dropped_and_reading_goes_on(tmp_path: Path) -> None:
+    members = [("a.jpg", b"first"), ("a.jpg", b"again"), ("a.cls", b"1"), ("b.jpg", b"next")]
+    path = write_archive(tmp_path / "shard.tar", tarfile.PAX_FORMAT, members)
+    samples = list(local_tar_samples(path, str(path)))
+    assert [(sample["__key__"], sample.get("jpg"), sample.get("cls")) for sample in samples] == [
+        ("a", b"first", b"1"),
+        ("b", b"next", None),
+    ]
+
+
+def test_signed_checksums_of_old_tars_are_accepted(tmp_path: Path) -> None:
+    path = write_archive(tmp_path / "shard.tar", tarfile.GNU_FORMAT, [("\u00e9t\u00e9.jpg", b"summer")])
+    data = bytearray(path.read_bytes())
+    block = data[:512]  # its name's UTF-8 bytes are over 127: signed and unsigned sums differ
+    signed = sum(byte - 256 if byte > 127 else byte for byte in block[:148] + block[156:]) + 8 * ord(" ")
+    data[148:156] = f"{signed:06o}\0 ".encode()
+    path.write_bytes(bytes(data))
+    assert [sample["jpg"] for sample in local_tar_samples(path, str(path))] == [b"summer"]
+
+
+def test_sample_keys_are_the_keys_of_the_samples_read(tmp_path: Path) -> None:
+    path = write_archive(tmp_path / "shard.tar", tarfile.PAX_FORMAT)
+    assert sample_keys(path) == [sample["__key__"] for sample in local_tar_samples(path, str(path))]

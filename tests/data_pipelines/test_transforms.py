@@ -11,9 +11,10 @@ from yaml_defaults import transform_options
 
 from data_pipelines.decode import StoredImage
 from data_pipelines.seeding import seeded_rng
-from data_pipelines.transforms import Normalize, build_transform, random_resized_crop_box
+from data_pipelines.transforms import CROP_ATTEMPTS, Normalize, build_transform, random_resized_crop_box
 
 MEAN = (0.485, 0.456, 0.406)  # the normalization mean: RandAugment's fill colour
+DRAWS = 2 * CROP_ATTEMPTS + 3  # uniform draws per crop box: two per try, two for the position, one for the flip
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_random_resized_crop_boxes_follow_torchvisions_distribution() -> None:
     generator = torch.Generator().manual_seed(0)
     ours = torch.tensor(
         [
-            random_resized_crop_box(width, height, scale, ratio, torch.rand(23, generator=generator).tolist())
+            random_resized_crop_box(width, height, scale, ratio, torch.rand(DRAWS, generator=generator).tolist())
             for _ in range(4000)
         ],
         dtype=torch.float64,
@@ -125,9 +126,17 @@ def test_random_resized_crop_boxes_follow_torchvisions_distribution() -> None:
     assert (mean_gap < 0.08).all() and ((std_ratio - 1).abs() < 0.08).all(), (mean_gap, std_ratio)
 
 
+def test_crop_positions_span_every_offset_from_zero_to_the_last() -> None:
+    fits = [0.5, 0.5] + [0.0] * (DRAWS - 2)  # the first try fits: half the area, aspect ratio 1
+    first = random_resized_crop_box(400, 300, (0.5, 0.5), (1.0, 1.0), fits)
+    last = random_resized_crop_box(400, 300, (0.5, 0.5), (1.0, 1.0), fits[:20] + [1 - 2**-24] * 3)
+    width, height = first[2:]
+    assert (width, height) == (245, 245) and first[:2] == (0, 0) and last[:2] == (400 - width, 300 - height)
+
+
 def test_a_crop_that_never_fits_falls_back_to_torchvisions_centre_crop() -> None:
     for width, height in ((1000, 10), (10, 1000)):
-        ours = random_resized_crop_box(width, height, (0.9, 1.0), (3 / 4, 4 / 3), [0.5] * 23)
+        ours = random_resized_crop_box(width, height, (0.9, 1.0), (3 / 4, 4 / 3), [0.5] * DRAWS)
         top, left, crop_height, crop_width = T.RandomResizedCrop.get_params(
             torch.empty(3, height, width), [0.9, 1.0], [3 / 4, 4 / 3]
         )
