@@ -12,7 +12,8 @@ The stages of one dataloader worker, in order (`ShardStream.pipeline`):
     shards of this epoch (shuffled by seed+epoch, same on every rank; or resampled with replacement)
     -> this rank's share -> this worker's share -> tar members grouped into samples
     -> shuffle buffer -> number samples -> group into batches -> skip batches already consumed (resume)
-    -> decode + transform + collate + normalize (or leave uint8 for the device to normalize: normalize=False)
+    -> decode + transform + collate + normalize (or leave uint8 for the device to normalize: normalize=False; or
+       hand JPEGs over encoded with their crops drawn, for the device to decode: decode_on_device=True)
 
 Order: for a given (seed, epoch, rank, world_size, num_workers) the batches and their pixels are the same on every
 run: each shuffle and each sample's augmentation draws from its own seed (data_pipelines.seeding).
