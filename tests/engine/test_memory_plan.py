@@ -108,6 +108,10 @@ def planned_peak(layout: Layout, checkpointing: bool) -> int:
     return peak_bytes(model_state_bytes(size, layout), buffer_bytes(size, layout), profile_.at(BATCH, checkpointing))
 
 
+# What a rank prints when kineto's threads are torn down while running (std::terminate) as the profiler stops.
+PROFILER_ABORT = "terminate called without an active exception"
+
+
 def measured_peaks(tmp_path: Path, *arguments: str, processes: int = 1) -> list[int]:
     """Peaks per rank from ``deepspeed_cpu_peak.py``, in fresh processes."""
     output = tmp_path / "peak.json"
@@ -117,7 +121,10 @@ def measured_peaks(tmp_path: Path, *arguments: str, processes: int = 1) -> list[
         launch += [f"--master_port={free_port()}"]
     command = [*launch, str(HERE / "deepspeed_cpu_peak.py"), f"--batch-size={BATCH}", f"--output={output}", *arguments]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    for _ in range(2):  # once more only after torch's profiler aborted as it stopped (rare; seen in CI)
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        if result.returncode == 0 or PROFILER_ABORT not in result.stderr:
+            break
     assert result.returncode == 0, result.stderr[-5000:]
     return json.loads(output.read_text())["peak_bytes"]
 

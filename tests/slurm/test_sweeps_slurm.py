@@ -93,7 +93,8 @@ def pretraining_sweep(slurm_cluster_ready: None, demo_root: Path, tmp_path_facto
         for task in tasks:
             jobs.start_requeued_job_now(task)
         output = finish(sweep)
-        info = [jobs.info(task) for task in tasks]
+        # submitit sees a point done once its result file exists; SLURM's state follows when the batch shell exits.
+        info = [jobs.wait_until_finished(task, timeout_s=60) for task in tasks]
     finally:
         if sweep.poll() is None:
             sweep.kill()
