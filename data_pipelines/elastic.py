@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import mmap
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
@@ -39,7 +38,7 @@ from data_pipelines.stream import (
     shard_facts,
     worker_normalize,
 )
-from data_pipelines.tar_members import split_member_name, tar_members
+from data_pipelines.tar_members import mapped_archive, sample_members
 from data_pipelines.transforms import build_transform
 
 log = logging.getLogger(__name__)
@@ -87,16 +86,11 @@ def index_shard(path: str) -> list[tuple[str, Members]]:
     the samples before the damage."""
     samples: list[tuple[str, Members]] = []
     try:
-        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as archive:
-            for member in tar_members(archive):
-                key, extension = split_member_name(member.name)
-                if key is None:
-                    continue
-                if not samples or samples[-1][0] != key:
-                    samples.append((key, []))
-                if any(extension == known for known, _, _ in samples[-1][1]):  # as the stream: the first one counts
-                    continue
-                samples[-1][1].append((extension, member.offset, member.size))
+        with mapped_archive(path) as archive:
+            for key, members in sample_members(archive, path):
+                samples.append(
+                    (key, [(extension, member.offset, member.size) for extension, member in members.items()])
+                )
     except CORRUPT_TAR_ERRORS as error:
         log.warning("shard %s is damaged after %d samples: %s", path, len(samples), error)
     return samples

@@ -16,6 +16,7 @@ the folder; PAX global headers are ignored. Damage (a bad checksum, a malformed 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import re
@@ -64,42 +65,57 @@ def tar_members(archive: bytes | mmap.mmap) -> Iterator[TarMember]:
         position = start + -(-size // BLOCK) * BLOCK
 
 
-def local_tar_samples(path: Path, url: str) -> Iterator[dict[str, Any]]:
-    """The samples of a local uncompressed tar shard, as webdataset's ``tarfile_samples`` yields them."""
+@contextlib.contextmanager
+def mapped_archive(path: Path | str) -> Iterator[mmap.mmap]:
+    """A local tar file mapped into memory, read once from start to end; an empty file is a read error."""
     with open(path, "rb") as handle:
         if handle.seek(0, 2) == 0:
             raise tarfile.ReadError(f"{path} is empty")
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as archive:
             if hasattr(mmap, "MADV_SEQUENTIAL"):
                 archive.madvise(mmap.MADV_SEQUENTIAL)
-            sample: dict[str, Any] | None = None
-            try:
-                for member in tar_members(archive):
-                    key, extension = split_member_name(member.name)
-                    if key is None:
-                        continue
-                    if sample is None or sample["__key__"] != key:
-                        if sample is not None:
-                            yield sample
-                        sample = {"__key__": key, "__url__": url}
-                    if extension in sample:  # webdataset also drops a repeated member and reads on
-                        logger.warning("skipping duplicate tar member %s in %s", member.name, path)
-                        continue
-                    sample[extension] = archive[member.offset : member.offset + member.size]
-            except tarfile.ReadError:
-                if sample is not None:  # what was read before the damage, as webdataset also yields it
-                    yield sample
-                raise
-            if sample is not None:
-                yield sample
+            yield archive
+
+
+def sample_members(archive: bytes | mmap.mmap, path: Path | str) -> Iterator[tuple[str, dict[str, TarMember]]]:
+    """(key, extension -> member) of each sample, grouped as webdataset groups them (see the module). Damage
+    raises after the sample read up to it, as webdataset also yields that one."""
+    key, members = None, {}
+    try:
+        for member in tar_members(archive):
+            member_key, extension = split_member_name(member.name)
+            if member_key is None:
+                continue
+            if member_key != key:
+                if key is not None:
+                    yield key, members
+                key, members = member_key, {}
+            if extension in members:  # webdataset also drops a repeated member and reads on
+                logger.warning("skipping duplicate tar member %s in %s", member.name, path)
+                continue
+            members[extension] = member
+    except tarfile.ReadError:
+        if key is not None:
+            yield key, members
+        raise
+    if key is not None:
+        yield key, members
+
+
+def local_tar_samples(path: Path, url: str) -> Iterator[dict[str, Any]]:
+    """The samples of a local uncompressed tar shard, as webdataset's ``tarfile_samples`` yields them."""
+    with mapped_archive(path) as archive:
+        for key, members in sample_members(archive, path):
+            data = {
+                extension: archive[member.offset : member.offset + member.size] for extension, member in members.items()
+            }
+            yield {"__key__": key, "__url__": url, **data}
 
 
 def sample_keys(path: Path) -> list[str]:
     """The keys of a local tar shard's samples in stored order, from the headers alone."""
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as archive:
-        names = [split_member_name(member.name)[0] for member in tar_members(archive)]
-    keys = [key for key in names if key is not None]
-    return [key for index, key in enumerate(keys) if index == 0 or keys[index - 1] != key]
+    with mapped_archive(path) as archive:
+        return [key for key, _ in sample_members(archive, path)]
 
 
 def split_member_name(name: str) -> tuple[str | None, str]:
