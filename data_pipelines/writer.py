@@ -234,15 +234,18 @@ class _ShardRecorder:
         self.out_dir = out_dir
         self.position = progress.consumed
         self.current = ShardStats(file="")
+        # Running totals for the progress bar, so that a sample costs no pass over the finished shards.
+        self.source_bytes = sum(shard.source_bytes for shard in progress.shards)
+        self.stored_bytes = sum(shard.bytes for shard in progress.shards)
 
     def add(self, sample: EncodedSample) -> None:
         self.current.add(sample.image, sample.source_bytes, sample.resized)
+        self.source_bytes += sample.source_bytes
+        self.stored_bytes += len(sample.image.data)
 
     def bytes_saved(self) -> str:
         """Bytes saved by resizing so far, for the progress bar."""
-        shards = [*self.progress.shards, self.current]
-        source, stored = sum(shard.source_bytes for shard in shards), sum(shard.bytes for shard in shards)
-        return f"{source / 1e6:.1f} -> {stored / 1e6:.1f} MB" if source else ""
+        return f"{self.source_bytes / 1e6:.1f} -> {self.stored_bytes / 1e6:.1f} MB" if self.source_bytes else ""
 
     def skip(self, item: UnreadableItem) -> None:
         self.progress.skipped_count += 1
