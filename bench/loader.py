@@ -10,7 +10,7 @@ horizontal flip, normalize):
   * ``stream resized`` -- ``stream`` over shards written with ``--resize-short-side`` (224 px output only: the
     32 px images are smaller than any limit)
   * ``stream on DEVICE`` (``--device``) -- ``data.decode=gpu``: workers hand over the JPEG bytes, the main process
-    decodes, crops and normalizes on the device (timed, synchronized)
+    decodes and crops on the device (timed, synchronized; normalized like ``stream``, outside the timed part)
 
 Two sets are generated into a temporary folder: 224 px output from photo-like JPEGs of 400-500 px on the short
 side (1/f-noise textures with edges, about 0.5 bytes per pixel at quality 90, like photos), and 32 px output from

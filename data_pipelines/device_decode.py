@@ -4,7 +4,8 @@ At thousands of images per second a GPU outruns the CPU cores that decode for it
 400-500 px photo, bench/loader.py). With ``decode_on_device`` a worker reads each JPEG's header, draws its crop and
 flip from the sample's seed exactly as the CPU path would, and hands over the encoded bytes; the training process
 decodes the whole batch in one ``torchvision.io.decode_jpeg(device=...)`` call (nvJPEG on CUDA), then crops,
-resizes, flips and normalizes on the device. Samples in other formats (PNG, WebP, CMYK JPEGs) are decoded and
+resizes and flips on the device, into a uint8 batch the consumer normalizes there, as it does with
+``normalize=False`` batches. Samples in other formats (PNG, WebP, CMYK JPEGs) are decoded and
 transformed by the workers as before and travel as uint8 pixels. On a CPU device the same code decodes with
 libjpeg-turbo in the training process.
 
@@ -30,7 +31,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from data_pipelines.decode import StoredImage, box_slices
-from data_pipelines.transforms import CORRUPT_SAMPLE_ERRORS, CropPlan, Normalize, PlannedCrop, collate_targets
+from data_pipelines.transforms import CORRUPT_SAMPLE_ERRORS, CropPlan, PlannedCrop, collate_targets
 
 logger = logging.getLogger(__name__)
 ENCODED = "encoded"
@@ -74,12 +75,11 @@ def is_handover(batch: Any) -> bool:
 
 
 class DeviceDecoder:
-    """Handover batch -> the stream's usual batch: float ``image`` [B, 3, S, S], normalized, on ``device`` (the
+    """Handover batch -> the stream's batch of ``normalize=False``: uint8 ``image`` [B, 3, S, S] on ``device`` (the
     other entries stay where they are, for the usual transfer to move)."""
 
-    def __init__(self, transform: PlannedCrop, normalize: Normalize) -> None:
+    def __init__(self, transform: PlannedCrop) -> None:
         self.transform = transform
-        self.normalize = normalize
 
     def __call__(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         encoded, keys = batch.pop(ENCODED), batch["key"]
@@ -104,7 +104,7 @@ class DeviceDecoder:
             images = torch.stack([images[row] for row in keep]) if keep else images[:0]
             batch["key"], batch["label"] = [keys[row] for row in keep], batch["label"][keep]
             batch["corrupt_skipped"] = batch["corrupt_skipped"] + len(lost)
-        batch["image"] = self.normalize(images)
+        batch["image"] = images
         return batch
 
 

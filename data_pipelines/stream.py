@@ -516,7 +516,7 @@ def device_decoder(cfg: StreamConfig) -> DeviceDecoder:
     """What finishes ``cfg``'s handover batches of encoded images on the training device."""
     check_device_decoding(cfg, arrays=False)
     transform = build_transform(cfg.transform, cfg.augment, cfg.mean)
-    return DeviceDecoder(transform, Normalize(cfg.mean, cfg.std))
+    return DeviceDecoder(transform)
 
 
 def check_equal_epochs(cfg: StreamConfig, stream: ShardStream, world_size: int) -> None:

@@ -76,7 +76,7 @@ class ShardDataModule(L.LightningDataModule):
         """The batch on ``device``, normalized there; JPEGs the workers left encoded (data.decode=gpu) are decoded
         there first."""
         if self.device_decoder is not None and is_handover(batch):
-            return super().transfer_batch_to_device(self.device_decoder(batch, device), device, dataloader_idx)
+            batch = self.device_decoder(batch, device)
         batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
         batch["image"] = self.normalize(batch["image"])
         return batch

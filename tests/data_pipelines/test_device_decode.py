@@ -14,9 +14,11 @@ from yaml_defaults import transform_options
 from data_pipelines import device_decode
 from data_pipelines.device_decode import is_handover
 from data_pipelines.stream import StreamConfig, build_loader, device_decoder
+from data_pipelines.transforms import Normalize
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 CPU = torch.device("cpu")
+NORMALIZE = Normalize(MEAN, STD)
 
 
 def asymmetric_pixels(index: int) -> np.ndarray:
@@ -73,7 +75,9 @@ def both_paths(config: StreamConfig) -> tuple[list[dict], list[dict]]:
     decoder = device_decoder(handover)
     batches = list(build_loader(handover))
     assert all(is_handover(batch) for batch in batches)
-    return on_cpu, [decoder(batch, CPU) for batch in batches]
+    finished = [decoder(batch, CPU) for batch in batches]
+    assert all(batch["image"].dtype == torch.uint8 for batch in finished)  # the consumer normalizes, as the app does
+    return on_cpu, [{**batch, "image": NORMALIZE(batch["image"])} for batch in finished]
 
 
 def pixel_levels(images: torch.Tensor) -> torch.Tensor:
