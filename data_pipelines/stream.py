@@ -73,7 +73,7 @@ from data_pipelines.transforms import (
     open_mask,
     read_label,
 )
-from data_pipelines.worker_signals import ignore_stop_signals
+from data_pipelines.worker_signals import leave_stop_signals_to_parent
 
 __all__ = ["ShardLoader", "StreamConfig", "build_loader", "read_manifest"]
 
@@ -424,7 +424,7 @@ class ShardLoader(wds.WebLoader):
             num_workers=num_workers,
             pin_memory=pin_memory and torch.cuda.is_available(),  # pinning is for host-to-GPU copies only
             generator=generator,
-            worker_init_fn=ignore_stop_signals,
+            worker_init_fn=leave_stop_signals_to_parent(),
         )
         self.stream = stream
 

@@ -33,7 +33,7 @@ from data_pipelines.sources.segmentation import SegmentationItem
 from data_pipelines.stream import StreamConfig, build_loader
 from data_pipelines.tar_members import sample_keys
 from data_pipelines.transforms import ImageTransform, Normalize, TransformOptions, build_transform, collate_targets
-from data_pipelines.worker_signals import ignore_stop_signals
+from data_pipelines.worker_signals import leave_stop_signals_to_parent
 from pretrain.engine.plan import RunPlan
 from pretrain.engine.positioned_loader import StepPositionedLoader
 
@@ -189,7 +189,7 @@ class ListingSplit:
             collate_fn=NormalizingCollate(spec.mean, spec.std),
             drop_last=spec.training,
             pin_memory=spec.pin_memory and torch.cuda.is_available(),  # pinning is for host-to-GPU copies only
-            worker_init_fn=ignore_stop_signals,
+            worker_init_fn=leave_stop_signals_to_parent(),
         )
 
     def held_out(self, holdout: HoldOut) -> ListingSplit:

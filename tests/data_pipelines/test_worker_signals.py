@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from data_pipelines.worker_signals import ignore_stop_signals
+from data_pipelines.worker_signals import leave_stop_signals_to_parent
 
 EXIT_TIMEOUT_S = 60
 
@@ -44,9 +44,18 @@ def test_a_script_that_exits_holding_a_stream_iterator_ends(demo_dir: Path) -> N
 
 
 def test_a_worker_ignores_stop_signals_sent_by_another_process() -> None:
-    loader = torch.utils.data.DataLoader(range(64), batch_size=4, num_workers=1, worker_init_fn=ignore_stop_signals)
-    batches = iter(loader)
-    assert next(batches).tolist() == [0, 1, 2, 3]  # the worker has run its init
+    # Compute threads set in the parent, as the apps set them, make torch start a native thread in each worker
+    # before its worker_init_fn, with no signal blocked: no thread of the worker can then wait for the signal.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        loader = torch.utils.data.DataLoader(
+            range(64), batch_size=4, num_workers=1, worker_init_fn=leave_stop_signals_to_parent()
+        )
+        batches = iter(loader)
+        assert next(batches).tolist() == [0, 1, 2, 3]  # the worker has run its init
+    finally:
+        torch.set_num_threads(threads)
     (worker,) = multiprocessing.active_children()
     for stop in (signal.SIGTERM, signal.SIGINT):
         subprocess.run(["kill", f"-{stop.name.removeprefix('SIG')}", str(worker.pid)], check=True)

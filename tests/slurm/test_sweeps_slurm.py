@@ -122,6 +122,7 @@ def test_a_pretraining_sweep_runs_one_slurm_job_per_point_and_the_requeued_ones_
     preempted, warned = (job_log(sweep_dir, task) for task in tasks)
     # scontrol requeue: SLURM SIGTERMs the step (W&B's service too) and requeues the job itself.
     assert "stopped by signal 15" in preempted and "requeued SLURM job" not in preempted
+    assert "DataLoader worker" not in preempted  # the step's SIGTERM reaches the loader workers too; they stay
     # The time-limit warning: the app checkpoints, closes its loggers, and rank 0 requeues the array task.
     assert "stopped for SLURM's requeue" in warned and warned.count(f"requeued SLURM job {tasks[1]}") == 1
 
