@@ -3,17 +3,21 @@ exits; the shard writer's encoding processes end on them."""
 
 from __future__ import annotations
 
-import atexit
+import ctypes
+import functools
 import multiprocessing
+import multiprocessing.util
 import os
 import signal
 from collections.abc import Callable
-from multiprocessing.synchronize import Event
 from types import FrameType
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# multiprocessing runs exit finalizers of priority >= 0 before it stops the daemonic children; highest first.
+EXIT_MARK_PRIORITY = 100
 
-_parent_exiting: Event | None = None  # set in this process at interpreter exit; DataLoader workers inherit it
+_exit_mark: tuple[int, Any] | None = None  # (pid, shared flag) of the process whose workers read it
 
 
 def leave_stop_signals_to_parent() -> Callable[[int], None]:
@@ -22,28 +26,33 @@ def leave_stop_signals_to_parent() -> Callable[[int], None]:
 
     Ctrl-C, ``scancel`` and ``pkill`` signal every process of the group; a worker that dies of the signal fails the
     step it feeds ("DataLoader worker ... is killed by signal: Terminated") before its training process can save a
-    checkpoint. At interpreter exit, though, ``multiprocessing`` stops the workers with SIGTERM and waits for them,
-    so a worker that ignored that one too would keep any script that exits holding a loader iterator from ever
-    ending. The parent marks its exit before that (``atexit`` runs the hooks registered last first). The mark
-    decides, not the sender: workers also run native threads that torch starts before any ``worker_init_fn``, and
-    with their signals unblocked no thread of the worker can wait for a signal to learn who sent it.
+    checkpoint. At exit, though, ``multiprocessing`` stops the workers with SIGTERM and waits for them, so a worker
+    that ignored that one too would keep any script that exits holding a loader iterator from ever ending. The
+    parent sets a shared flag first, from an exit finalizer of its own; the flag decides, not the sender, which no
+    handler can learn. The flag is lock-free: a handler that waited on a lock could deadlock when signals nest.
     """
-    global _parent_exiting
-    if _parent_exiting is None:
-        _parent_exiting = multiprocessing.Event()
-        atexit.register(_parent_exiting.set)
-    return _stay_unless_parent_exits
+    global _exit_mark
+    if _exit_mark is None or _exit_mark[0] != os.getpid():  # a forked child inherits neither mark nor finalizer
+        flag = multiprocessing.RawValue(ctypes.c_bool, False)
+        multiprocessing.util.Finalize(None, _set_flag, args=(flag,), exitpriority=EXIT_MARK_PRIORITY)
+        _exit_mark = (os.getpid(), flag)
+    return functools.partial(_stay_unless_parent_exits, _exit_mark[1])
 
 
-def _stay_unless_parent_exits(worker_id: int) -> None:
+def _set_flag(flag: Any) -> None:
+    flag.value = True
+
+
+def _stay_unless_parent_exits(parent_exiting: Any, worker_id: int) -> None:
+    handler = functools.partial(_on_stop_signal, parent_exiting)
     for stop in STOP_SIGNALS:
-        signal.signal(stop, _on_stop_signal)
+        signal.signal(stop, handler)
 
 
-def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
-    if _parent_exiting is not None and _parent_exiting.is_set():
-        signal.signal(signum, signal.SIG_DFL)  # die of the signal, so the parent reads the honest cause
-        os.kill(os.getpid(), signum)
+def _on_stop_signal(parent_exiting: Any, signum: int, frame: FrameType | None) -> None:
+    if parent_exiting.value:
+        # End quietly: a worker dead of a signal makes torch's SIGCHLD handler raise inside the parent's exit.
+        os._exit(0)
 
 
 def end_on_stop_signals() -> None:
