@@ -30,9 +30,11 @@ def leave_stop_signals_to_parent() -> Callable[[int], None]:
     that ignored that one too would keep any script that exits holding a loader iterator from ever ending. The
     parent sets a shared flag first, from an exit finalizer of its own; the flag decides, not the sender, which no
     handler can learn. The flag is lock-free: a handler that waited on a lock could deadlock when signals nest.
+    While the parent runs, the SIGTERM torch's loader sends a worker still busy 5 s after a shutdown is ignored as
+    well; such a worker ends when PyTorch's watchdog sees the parent gone.
     """
     global _exit_mark
-    if _exit_mark is None or _exit_mark[0] != os.getpid():  # a forked child inherits neither mark nor finalizer
+    if _exit_mark is None or _exit_mark[0] != os.getpid():  # a forked child inherits the mark, not its finalizer
         flag = multiprocessing.RawValue(ctypes.c_bool, False)
         multiprocessing.util.Finalize(None, _set_flag, args=(flag,), exitpriority=EXIT_MARK_PRIORITY)
         _exit_mark = (os.getpid(), flag)
@@ -51,7 +53,8 @@ def _stay_unless_parent_exits(parent_exiting: Any, worker_id: int) -> None:
 
 def _on_stop_signal(parent_exiting: Any, signum: int, frame: FrameType | None) -> None:
     if parent_exiting.value:
-        # End quietly: a worker dead of a signal makes torch's SIGCHLD handler raise inside the parent's exit.
+        # End quietly (unflushed prints of the worker are lost): a worker dead of a signal makes torch's SIGCHLD
+        # handler raise inside the parent's exit.
         os._exit(0)
 
 
