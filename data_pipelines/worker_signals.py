@@ -11,13 +11,12 @@ import os
 import signal
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # multiprocessing runs exit finalizers of priority >= 0 before it stops the daemonic children; highest first.
 EXIT_MARK_PRIORITY = 100
 
-_exit_mark: tuple[int, Any] | None = None  # (pid, shared flag) of the process whose workers read it
+_exit_mark: tuple[int, ctypes.c_bool] | None = None  # (pid, shared flag) of the process whose workers read it
 
 
 def leave_stop_signals_to_parent() -> Callable[[int], None]:
@@ -41,17 +40,17 @@ def leave_stop_signals_to_parent() -> Callable[[int], None]:
     return functools.partial(_stay_unless_parent_exits, _exit_mark[1])
 
 
-def _set_flag(flag: Any) -> None:
+def _set_flag(flag: ctypes.c_bool) -> None:
     flag.value = True
 
 
-def _stay_unless_parent_exits(parent_exiting: Any, worker_id: int) -> None:
+def _stay_unless_parent_exits(parent_exiting: ctypes.c_bool, worker_id: int) -> None:
     handler = functools.partial(_on_stop_signal, parent_exiting)
     for stop in STOP_SIGNALS:
         signal.signal(stop, handler)
 
 
-def _on_stop_signal(parent_exiting: Any, signum: int, frame: FrameType | None) -> None:
+def _on_stop_signal(parent_exiting: ctypes.c_bool, signum: int, frame: FrameType | None) -> None:
     if parent_exiting.value:
         # End quietly (unflushed prints of the worker are lost): a worker dead of a signal makes torch's SIGCHLD
         # handler raise inside the parent's exit.
