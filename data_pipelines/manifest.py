@@ -1,12 +1,16 @@
 """The `manifest.json` beside a set of shards: what readers use for epoch lengths, class names and resume.
 
 Written by the shard writer; read with `read_manifest(shards)`, which returns the counts of exactly the shards
-a pattern selects (a subset of a directory counts only its own samples).
+a pattern selects (a subset of a directory counts only its own samples). `verify_manifest_counts` checks those
+counts against the local tar shards themselves: a manifest that disagrees with its shards gives wrong epoch
+lengths, phantom lost samples and, in the elastic order, short batches, all without an error of their own.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import posixpath
 from collections.abc import Sequence
@@ -18,11 +22,22 @@ import webdataset as wds
 
 from data_pipelines.arrays import ARRAY_FORMATS, ChannelMoments, select_channels
 from data_pipelines.shards import ShardSpec, expand_shards, local_path
+from data_pipelines.tar_members import count_samples
 
 if TYPE_CHECKING:
     from data_pipelines.sources.base import EncodedImage
 
 MANIFEST_NAME = "manifest.json"
+# How a user points the apps at a manifest that is not beside the shards; every message that asks for one says it.
+SET_MANIFEST = "set data.manifest=PATH (pretraining; fine-tuning reads the manifest.json beside the shards)"
+REWRITE_SHARDS = "python -m data_pipelines.write_shards ... --overwrite"
+MISMATCHES_SHOWN = 3
+
+logger = logging.getLogger(__name__)
+
+
+class ManifestMismatchError(ValueError):
+    """A manifest's sample count disagrees with the shard it describes, or the shard is not a tar archive."""
 
 
 @dataclass
@@ -140,8 +155,9 @@ def read_manifest(shards: ShardSpec, manifest: str | None = None) -> dict[str, A
     """Counts and classes of the shards `shards` selects.
 
     Returns `{"total", "counts" (url -> samples), "classes" (names or None), "num_classes", "arrays" (the samples
-    are arrays, not encoded images), "manifests" (location -> full manifest)}`. The manifest is looked for beside
-    each shard unless `manifest` names one (needed for `pipe:` URLs, whose folder cannot be derived).
+    are arrays, not encoded images), "manifests" (location -> full manifest), "locations" (url -> the location of
+    its manifest)}`. The manifest is looked for beside each shard unless `manifest` names one (needed for `pipe:`
+    URLs, whose folder cannot be derived).
     """
     urls = expand_shards(shards)
     locations = {url: manifest or _manifest_beside(url) for url in urls}
@@ -155,7 +171,62 @@ def read_manifest(shards: ShardSpec, manifest: str | None = None) -> dict[str, A
         "num_classes": None if classes is None else len(classes),
         "arrays": _stores_arrays(manifests),
         "manifests": manifests,
+        "locations": locations,
     }
+
+
+def verify_manifest_counts(found: dict[str, Any]) -> None:
+    """Check the per-shard counts of ``found`` (from :func:`read_manifest`) against the local ``.tar`` shards.
+
+    Each shard's samples are counted from its tar headers (:func:`data_pipelines.tar_members.count_samples`, the
+    grouping the streams read with), once per file version in a process: a loader built every epoch costs a
+    ``stat`` per shard after the first. Remote (``pipe:``, ``http``) and compressed shards are not checked. A count
+    that differs, or a shard that is not a tar archive, raises :class:`ManifestMismatchError`; a tar damaged after
+    some samples is warned about, as the streams skip and count what it lost.
+    """
+    problems = [
+        problem
+        for url, expected in found["counts"].items()
+        if (problem := _count_problem(url, expected, found["locations"][url])) is not None
+    ]
+    if problems:
+        more = f" (and {len(problems) - MISMATCHES_SHOWN} more)" if len(problems) > MISMATCHES_SHOWN else ""
+        raise ManifestMismatchError(
+            f"{len(problems)} of {len(found['counts'])} shards disagree with their manifest: "
+            f"{'; '.join(problems[:MISMATCHES_SHOWN])}{more}; write shards and manifest again together "
+            f"({REWRITE_SHARDS}) or restore the shards the manifest describes"
+        )
+
+
+def _count_problem(url: str, expected: int, location: str) -> str | None:
+    """Why the shard at ``url`` disagrees with its manifest's count, or None when it agrees."""
+    path = local_path(url)
+    if path is None or not url.endswith(".tar"):
+        return None
+    status = path.stat()
+    counted, damage = _tar_sample_count(str(path), status.st_size, status.st_mtime_ns)
+    if damage is not None and counted == 0:
+        return f"{url} is not a readable tar archive ({damage})"
+    if damage is not None and counted <= expected:
+        logger.warning(
+            "shard %s is damaged after %d of the %d samples %s lists (%s): the stream skips and counts the rest",
+            url,
+            counted,
+            expected,
+            location,
+            damage,
+        )
+        return None
+    if counted != expected:
+        return f"{url} holds {counted} samples, {location} lists {expected}"
+    return None
+
+
+@functools.cache
+def _tar_sample_count(path: str, size: int, mtime_ns: int) -> tuple[int, str | None]:
+    """(samples, damage) of one version of a tar file: its size and mtime key the cache."""
+    counted, damage = count_samples(path)
+    return counted, None if damage is None else str(damage)
 
 
 def _manifest_beside(url: str) -> str:
@@ -163,7 +234,7 @@ def _manifest_beside(url: str) -> str:
     if path is not None:
         return str(path.parent / MANIFEST_NAME)
     if url.startswith("pipe:"):
-        raise ValueError(f"cannot find the manifest of {url!r}: pass manifest=PATH_OR_URL of its manifest.json")
+        raise ValueError(f"cannot find the manifest of {url!r}: {SET_MANIFEST}")
     return posixpath.join(posixpath.dirname(url), MANIFEST_NAME)
 
 
@@ -174,7 +245,7 @@ def _load_manifest(location: str) -> dict[str, Any]:
     except FileNotFoundError as error:
         raise FileNotFoundError(
             f"no {MANIFEST_NAME} at {location}: shards written by data_pipelines.write_shards have one beside "
-            "them; pass manifest=PATH if it lives elsewhere"
+            f"them; if it lives elsewhere, {SET_MANIFEST}"
         ) from error
 
 

@@ -23,11 +23,13 @@ are read from the tar but never decoded. Non-resampled streams with several work
 counts for this (see data_pipelines.resume).
 
 Corrupt data: a sample whose image or label cannot be decoded, or that a damaged tar lost, is skipped and
-counted, never fatal. Each batch carries `corrupt_skipped`, the samples skipped in its place (see `read_shards`
-and `BatchDecoder`), so summing `batch["corrupt_skipped"]` over every batch a rank receives gives that rank's
-total, each skip counted once, also across a resume (all-reduce with sum across ranks for the global count). A
-skipped sample leaves its batch smaller rather than shifting later batch boundaries, so resume stays exact over
-corrupt data (a batch with no decodable sample at all is the exception: it is not yielded).
+counted, never fatal. What cannot be told from damage is refused before the first batch: a manifest whose counts
+disagree with its local shards, or a shard that is not a tar archive (`shard_facts`). Each batch carries
+`corrupt_skipped`, the samples skipped in its place (see `read_shards` and `BatchDecoder`), so summing
+`batch["corrupt_skipped"]` over every batch a rank receives gives that rank's total, each skip counted once, also
+across a resume (all-reduce with sum across ranks for the global count). A skipped sample leaves its batch smaller
+rather than shifting later batch boundaries, so resume stays exact over corrupt data (a batch with no decodable
+sample at all is the exception: it is not yielded).
 
 Epoch length: non-resampled streams read every sample of the selected shards exactly once per epoch across all
 ranks and workers; ranks may then get different batch counts, which multi-rank training must not have, so use
@@ -54,7 +56,7 @@ import webdataset as wds
 from data_pipelines.decode import StoredImage
 from data_pipelines.device_decode import DeviceDecoder, PendingJpeg, handover_batch
 from data_pipelines.holdout import KeySelection
-from data_pipelines.manifest import read_manifest
+from data_pipelines.manifest import SET_MANIFEST, read_manifest, verify_manifest_counts
 from data_pipelines.registry import check_name
 from data_pipelines.resume import plan_skip
 from data_pipelines.seeding import seeded_rng, stable_seed
@@ -173,14 +175,14 @@ class CorruptCounter:
         self.pending = 0
         self.counts_known = counts_known  # the manifest's counts tell how many samples a damaged shard lost
 
-    def tar_error(self, error: Exception) -> bool:
-        """webdataset handler: go on after damaged tar data; raise anything else (e.g. a missing shard).
+    def tar_error(self, error: Exception, url: str) -> bool:
+        """Go on after damaged tar data in the shard at ``url``; raise anything else (e.g. a missing shard).
 
         Without per-shard counts, each error counts as one lost sample (at least one sample lost per damaged spot).
         """
         if not isinstance(error, CORRUPT_TAR_ERRORS):
             raise error
-        logger.warning("skipping unreadable tar data: %s", error)
+        logger.warning("skipping unreadable tar data in %s: %s", url, error)
         if not self.counts_known:
             self.pending += 1
         return True
@@ -224,14 +226,15 @@ def read_shards(
 def shard_samples(shard: dict[str, Any], counter: CorruptCounter) -> Iterator[dict[str, Any]]:
     """One shard's samples: local ``.tar`` files through a memory map (:mod:`data_pipelines.tar_members`), other
     URLs (``pipe:``, ``http:``, compressed) through webdataset; damage ends the shard and goes to ``counter``."""
-    path = local_path(shard["url"])
-    if path is None or not shard["url"].endswith(".tar"):
-        yield from wds.tariterators.tarfile_samples([shard], handler=counter.tar_error)
+    url = shard["url"]
+    path = local_path(url)
+    if path is None or not url.endswith(".tar"):
+        yield from wds.tariterators.tarfile_samples([shard], handler=lambda error: counter.tar_error(error, url))
         return
     try:
-        yield from local_tar_samples(path, shard["url"])
+        yield from local_tar_samples(path, url)
     except CORRUPT_TAR_ERRORS as error:
-        counter.tar_error(error)
+        counter.tar_error(error, url)
 
 
 def number_samples(samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -308,7 +311,7 @@ class BatchDecoder:
                 raise TypeError(  # not a damaged sample: every sample of these shards would fail alike
                     f"sample {sample.get('__key__')} holds {'an image' if self.arrays else 'an array'} but "
                     f"the stream was set up for {'arrays' if self.arrays else 'images'} from the shards' manifest "
-                    "(none found means images): keep manifest.json beside the shards or pass manifest=PATH"
+                    f"(none found means images): keep manifest.json beside the shards or {SET_MANIFEST}"
                 )
             with seeded_rng(stable_seed(self.seed, sample["__position__"])):
                 if self.handover and isinstance(opened, StoredImage) and opened.jpeg:
@@ -351,7 +354,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self.counts is None:
             raise ValueError(
                 "resuming (skip_batches > 0) with several workers needs each shard's sample count: keep the "
-                "manifest.json written with the shards beside them or set manifest=PATH"
+                f"manifest.json written with the shards beside them or {SET_MANIFEST}"
             )
         return worker_batch_counts(self.cfg, self.urls, self.counts, self.epoch, self.rank, self.world_size)
 
@@ -435,7 +438,7 @@ class ShardLoader(wds.WebLoader):
     def __len__(self) -> int:
         batches = self.stream.epoch_batches()
         if batches is None:
-            raise TypeError("epoch length unknown: no manifest.json beside the shards (set manifest=PATH)")
+            raise TypeError(f"epoch length unknown: no manifest.json beside the shards ({SET_MANIFEST})")
         return batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -473,7 +476,8 @@ class ShardFacts(NamedTuple):
 
 
 def shard_facts(urls: list[str], manifest: str | None) -> ShardFacts:
-    """The :class:`ShardFacts` of ``urls`` from their manifest(s), when there are any."""
+    """The :class:`ShardFacts` of ``urls`` from their manifest(s), when there are any, checked against the local
+    shards (:func:`data_pipelines.manifest.verify_manifest_counts`)."""
     if manifest is None and any(local_path(url) is None for url in urls):
         return ShardFacts(None, False)
     try:
@@ -482,6 +486,7 @@ def shard_facts(urls: list[str], manifest: str | None) -> ShardFacts:
         if manifest is not None:
             raise
         return ShardFacts(None, False)
+    verify_manifest_counts(found)
     sides = [(entry.get("resize") or {}).get("short_side") for entry in found["manifests"].values()]
     sides = [side for side in sides if side is not None]
     return ShardFacts(found["counts"], found["arrays"], min(sides) if sides else None)

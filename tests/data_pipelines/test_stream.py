@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -182,6 +184,17 @@ def test_truncated_shard_is_skipped_and_counted_without_failing(tmp_path: Path) 
     keys = {key for batch in batches for key in batch["key"]}
     assert {f"good{index:03d}" for index in range(10, 16)} <= keys and len(keys) < 12
     assert sum(int(batch["corrupt_skipped"]) for batch in batches) >= 1
+
+
+@pytest.mark.parametrize("scheme", ["", "pipe:cat "])
+def test_a_shard_of_random_bytes_is_skipped_with_a_warning_naming_it(tmp_path: Path, scheme: str, caplog) -> None:
+    (tmp_path / "part-000000.tar").write_bytes(os.urandom(4096))
+    write_tar(tmp_path / "part-000001.tar", [good_sample(index) for index in range(4)])
+    shards = f"{scheme}{tmp_path}/part-{{000000..000001}}.tar"
+    with caplog.at_level(logging.WARNING, logger="data_pipelines.stream"):
+        batches = list(loader(shards, num_workers=0, transform="eval", batch_size=4))
+    assert sum(len(batch["key"]) for batch in batches) == 4
+    assert f"unreadable tar data in {scheme}{tmp_path}/part-000000.tar" in caplog.text
 
 
 def damaged_copy(demo_dir: Path, tmp_path: Path) -> Path:
