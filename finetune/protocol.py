@@ -263,7 +263,7 @@ def fit_and_test(
         trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=False)
     if stopped_by_signal(trainer) is not None:
         return None
-    save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])
+    save_final_checkpoint(trainer)
     started = time.perf_counter()
     trainer.test(module, datamodule=data)
     metrics = {
@@ -456,7 +456,7 @@ def run_segment(context: DownstreamContext) -> ModeOutcome | None:
         trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=False)
     if stopped_by_signal(trainer) is not None:
         return None
-    save_final_checkpoint(trainer, context.run_dir, config["trainer"]["checkpoint_every_n_steps"])
+    save_final_checkpoint(trainer)
     started = time.perf_counter()
     trainer.test(module, datamodule=data)
     speed = round(task.test.num_samples / (time.perf_counter() - started), 2)

@@ -27,3 +27,15 @@ def job_config(cfg: DictConfig) -> dict[str, Any]:
 def job_dir() -> Path:
     """The job's output directory: ``run_dir``, or the job's subdirectory of the sweep directory."""
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def save_job_files(cfg: DictConfig, run_dir: Path) -> None:
+    """Hydra's record of the job, ``run_dir/.hydra/{config,hydra,overrides}.yaml``, written by the app once it owns
+    ``run_dir`` and has checked the config against what is there (``hydra.output_subdir: null`` keeps Hydra from
+    writing it earlier, over the record of the run being resumed)."""
+    out = run_dir / ".hydra"
+    out.mkdir(parents=True, exist_ok=True)
+    hydra_config = HydraConfig.get()
+    OmegaConf.save(cfg, out / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_config}), out / "hydra.yaml")
+    OmegaConf.save(hydra_config.overrides.task, out / "overrides.yaml")

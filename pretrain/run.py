@@ -13,26 +13,35 @@ started again on the same ``run_dir`` (``resume=auto``), and exports ``run_dir/b
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from data_pipelines.demo import ensure_demo_shards
 from data_pipelines.manifest import channel_normalization, read_manifest
 from pretrain.engine.architecture import backbone_options
 from pretrain.engine.backbone_io import export_checkpoint
+from pretrain.engine.checkpoints import checkpoint_step
 from pretrain.engine.config import Settings, settings
 from pretrain.engine.cpu_threads import set_cpu_threads
-from pretrain.engine.lifecycle import close_loggers, resume_checkpoint, save_final_checkpoint
+from pretrain.engine.lifecycle import (
+    check_same_backbone,
+    close_loggers,
+    prepare_resume,
+    resolve_resume,
+    save_final_checkpoint,
+)
 from pretrain.engine.plan import RunPlan, accumulation, devices_per_node, plan_run
+from pretrain.engine.run_dir import claim_run_dir, own_run_dir
 from pretrain.engine.shard_data import ShardDataModule
 from pretrain.engine.signals import handle_signals, stop_requested, stopped_by_signal
 from pretrain.engine.trainer import build_trainer
-from pretrain.hydra_job import job_config, job_dir
+from pretrain.hydra_job import job_config, job_dir, save_job_files
 from pretrain.objectives.build import build_module, stream_config, tokens_per_image
 from pretrain.objectives.mae import ReconstructionLogger
 
@@ -40,19 +49,28 @@ log = logging.getLogger("pretrain")
 FAR_FROM_STATISTICS = 3  # standard deviations between a configured and the shards' own mean that warn
 
 
-def pretrain(config: Mapping[str, Any], run_dir: Path) -> Path:
+def pretrain(config: Mapping[str, Any], run_dir: Path, record_config: Callable[[], None] | None = None) -> Path:
     """Train per the resolved ``config`` in ``run_dir`` and return it.
 
-    SIGTERM or SIGINT: checkpoint after the current step, export nothing, exit 128 + the signal's number; SLURM's
-    warning signal: checkpoint and requeue (:mod:`pretrain.engine.signals`).
+    The run owns ``run_dir`` throughout (:mod:`pretrain.engine.run_dir`); ``record_config`` (Hydra's ``.hydra/``)
+    is called once the config is known to fit the run there. SIGTERM or SIGINT: checkpoint after the current step,
+    export nothing, exit 128 + the signal's number; SLURM's warning signal: checkpoint and requeue
+    (:mod:`pretrain.engine.signals`).
     """
     config = settings(config)
-    with handle_signals(config["trainer"]):
-        _pretrain(config, run_dir)
+    with handle_signals(config["trainer"]), own_run_dir(run_dir):
+        _pretrain(config, run_dir, record_config)
     return run_dir
 
 
-def _pretrain(config: Mapping[str, Any], run_dir: Path) -> None:
+def _pretrain(config: Mapping[str, Any], run_dir: Path, record_config: Callable[[], None] | None) -> None:
+    if rank_zero_only.rank == 0:
+        claim_run_dir(run_dir, str(config["resume"]), config["overwrite"])
+    resume = resolve_resume(str(config["resume"]), run_dir)
+    if resume is not None:
+        check_same_backbone(Path(resume), backbone_options(config["model"]))
+    if record_config is not None and rank_zero_only.rank == 0:
+        record_config()
     L.seed_everything(config["seed"], workers=True)
     data, objective = config["data"], config["objective"]
     if data["make_demo"]:
@@ -81,16 +99,15 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path) -> None:
         batch_size_fn=lambda batch: batch["image"].shape[0],
         tokens_fn=lambda batch: batch["image"].shape[0] * tokens,
         callbacks=_image_callbacks(config),
+        start_step=checkpoint_step(Path(resume)) if resume is not None else 0,
     )
-    resume = resume_checkpoint(
-        trainer, str(config["resume"]), run_dir, config["trainer"]["universal_checkpoint_wait_s"]
-    )
+    prepare_resume(trainer, resume, config["trainer"]["universal_checkpoint_wait_s"])
     # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=False)
     if stopped_by_signal(trainer) is None:
-        final = save_final_checkpoint(trainer, run_dir, config["trainer"]["checkpoint_every_n_steps"])
+        final = save_final_checkpoint(trainer)
         if config["export_backbone"] and trainer.is_global_zero and not stop_requested():
-            export_checkpoint(final, run_dir)
+            export_checkpoint(final, run_dir)  # the file this run just wrote, never one found again by name
             log.info("exported the backbone to %s", run_dir / "backbone.safetensors")
     close_loggers(trainer)
 
@@ -173,7 +190,8 @@ def _image_callbacks(config: Mapping[str, Any]) -> list[L.Callback]:
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    pretrain(job_config(cfg), job_dir())
+    run_dir = job_dir()
+    pretrain(job_config(cfg), run_dir, record_config=lambda: save_job_files(cfg, run_dir))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def plain(config: Any) -> Any:
 
 
 # Keys that name where and how a run is kept, not what it computes: two runs differing only here hash alike.
-UNHASHED_KEYS = ("run_dir", "resume", "logger")
+UNHASHED_KEYS = ("run_dir", "resume", "overwrite", "logger")
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

@@ -4,58 +4,93 @@ loggers (stopping on signals: :mod:`pretrain.engine.signals`). Shared by the pre
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from pretrain.engine.checkpoints import (
     CHECKPOINT_SUBDIR,
     UnreadableCheckpointError,
-    checkpoint_path,
+    damage,
     find_resume_checkpoint,
-    is_complete,
+    read_checkpoint_lazily,
 )
+from pretrain.engine.metadata import meta_from_checkpoint
+from pretrain.engine.run_checkpoints import run_checkpoints
 from pretrain.engine.universal_checkpoint import prepare_universal_resume
 
 log = logging.getLogger(__name__)
 
+CHANGEABLE_ON_RESUME = ("drop_path_rate",)  # backbone options that shape no tensor: a resumed run may change them
+
+
+class BackboneMismatchError(ValueError):
+    """A checkpoint of another architecture than the one the config asks for."""
+
 
 def resolve_resume(resume: str, run_dir: Path) -> str | None:
-    """``auto``: the newest complete checkpoint in ``run_dir/checkpoints`` (none: start fresh); ``none``; or a path."""
+    """``auto``: the newest checkpoint in ``run_dir/checkpoints`` that verifies (none: start fresh; damaged ones are
+    moved aside by rank 0); ``none``; or a path, which must verify."""
     if resume == "none":
         return None
     if resume == "auto":
-        newest = find_resume_checkpoint(run_dir / CHECKPOINT_SUBDIR)
+        newest = find_resume_checkpoint(run_dir / CHECKPOINT_SUBDIR, set_aside=rank_zero_only.rank == 0)
         if newest is not None:
             log.info("resuming from %s", newest)
         return str(newest) if newest is not None else None
     if not Path(resume).exists():
         raise FileNotFoundError(f"resume={resume}: no such checkpoint (use resume=auto or resume=none)")
-    if not is_complete(Path(resume)):  # fails early with a clear message, without loading it an extra time
+    reason = damage(Path(resume))
+    if reason is not None:  # fails early with a clear message
         raise UnreadableCheckpointError(
-            f"cannot read checkpoint {resume}: it is not a complete Lightning checkpoint (a zip archive written by "
-            "torch.save) or DeepSpeed checkpoint directory; use resume=auto to take the newest complete one"
+            f"cannot read checkpoint {resume}: {reason}. Expected a complete Lightning checkpoint (a zip archive "
+            "written by torch.save) or DeepSpeed checkpoint directory; use resume=auto to take the newest good one"
         )
     return resume
 
 
-def resume_checkpoint(trainer: L.Trainer, resume: str, run_dir: Path, conversion_wait_s: float) -> str | None:
-    """:func:`resolve_resume`, made loadable by ``trainer``: a DeepSpeed checkpoint of another number of processes
-    is resumed from its universal form (:mod:`pretrain.engine.universal_checkpoint`; ranks wait up to
+def prepare_resume(trainer: L.Trainer, path: str | None, conversion_wait_s: float) -> str | None:
+    """``path`` (from :func:`resolve_resume`) made loadable by ``trainer``: a DeepSpeed checkpoint of another number
+    of processes is resumed from its universal form (:mod:`pretrain.engine.universal_checkpoint`; ranks wait up to
     ``conversion_wait_s`` for rank 0 to convert it)."""
-    path = resolve_resume(resume, run_dir)
     if path is not None:
         prepare_universal_resume(trainer, Path(path), conversion_wait_s)
     return path
 
 
-def save_final_checkpoint(trainer: L.Trainer, run_dir: Path, every_n_steps: int) -> Path:
-    """``run_dir/checkpoints/step_N.ckpt`` for the last step, written unless the periodic checkpoint already was."""
-    final = checkpoint_path(run_dir / CHECKPOINT_SUBDIR, trainer.global_step)
-    if trainer.global_step % every_n_steps:  # the same answer on every rank, so no rank waits alone in a barrier
-        trainer.save_checkpoint(final, weights_only=False)  # the whole training state; saying so is quiet
-    return final
+def resume_checkpoint(trainer: L.Trainer, resume: str, run_dir: Path, conversion_wait_s: float) -> str | None:
+    """:func:`resolve_resume` then :func:`prepare_resume`."""
+    return prepare_resume(trainer, resolve_resume(resume, run_dir), conversion_wait_s)
+
+
+def check_same_backbone(checkpoint: Path, options: Mapping[str, Any]) -> None:
+    """Fail in one line, before anything is trained or written, when ``checkpoint`` holds another architecture than
+    the backbone ``options`` the config asks for (a resumed run must keep its model)."""
+    meta = meta_from_checkpoint(read_checkpoint_lazily(checkpoint))
+    if meta is None:
+        return
+    differ = sorted(
+        key
+        for key in set(meta.options) | set(options)
+        if key not in CHANGEABLE_ON_RESUME and meta.options.get(key) != options.get(key)
+    )
+    if differ:
+        held = ", ".join(f"{key}={meta.options.get(key)}" for key in differ)
+        asked = ", ".join(f"{key}={options.get(key)}" for key in differ)
+        raise BackboneMismatchError(
+            f"checkpoint {checkpoint} holds a backbone with {held}, the config asks for {asked}: "
+            "use a new run_dir, or the model the run was started with"
+        )
+
+
+def save_final_checkpoint(trainer: L.Trainer) -> Path:
+    """``run_dir/checkpoints/step_N.ckpt`` for the last step, as this process wrote it (unless its periodic save just
+    did): the file an export reads, never one found again by name."""
+    return run_checkpoints(trainer).save(trainer)
 
 
 def close_loggers(trainer: L.Trainer) -> None:

@@ -50,6 +50,7 @@ class BackboneMeta:
     # for arrays the stored channels read, in order (None: all of them).
     inputs: str | None = None
     bands: tuple[int, ...] | None = None
+    source_sha256: str | None = None  # the SHA-256 of the checkpoint file an export was made from
 
     @classmethod
     def for_architecture(cls, options: Mapping[str, Any]) -> BackboneMeta:

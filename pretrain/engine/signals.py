@@ -24,7 +24,6 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -34,7 +33,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from torch import Tensor
 
-from pretrain.engine.checkpoints import checkpoint_path
+from pretrain.engine.run_checkpoints import RunCheckpoints
 from pretrain.engine.step_metrics import StepEnds
 
 log = logging.getLogger(__name__)
@@ -245,15 +244,13 @@ class StopOnSignal(Callback):
     """After the optimizer step in which any rank got a handled signal: one checkpoint by all ranks, then stop;
     rank 0 requeues the job on its way out when the signal was SLURM's warning (:func:`handle_signals`).
 
-    ``checkpoint_dir/step_N.ckpt`` is the newest checkpoint, so ``resume=auto`` picks it. ModelCheckpoint does not
-    track it, so its rotation (``keep_checkpoints``) leaves it in place.
+    ``checkpoint_dir/step_N.ckpt``, written by ``checkpoints`` (unless its periodic save just wrote that step), is the
+    newest checkpoint, so ``resume=auto`` picks it.
     """
 
-    def __init__(self, signals: RunSignals, checkpoint_dir: Path, checkpoint_every_n_steps: int) -> None:
-        """``checkpoint_every_n_steps``: the periodic checkpoints' interval (a stop at such a step has one)."""
+    def __init__(self, signals: RunSignals, checkpoints: RunCheckpoints) -> None:
         self.signals = signals
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every_n_steps = checkpoint_every_n_steps
+        self.checkpoints = checkpoints
         self.stopped_for: int | None = None
         self._step_ends = StepEnds()
 
@@ -281,8 +278,7 @@ class StopOnSignal(Callback):
         signum = self.signals.agreed if getattr(pl_module, "votes_on_signals", False) else self._agree(trainer)
         if signum is None:
             return
-        if trainer.global_step % self.checkpoint_every_n_steps:  # else ModelCheckpoint just wrote this step
-            trainer.save_checkpoint(checkpoint_path(self.checkpoint_dir, trainer.global_step), weights_only=False)
+        self.checkpoints.save(trainer)
         trainer.should_stop = True
         self.stopped_for = signum
         self.signals.checkpointed = True  # a requeue signal: rank 0 requeues on leaving handle_signals

@@ -18,8 +18,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_only
@@ -29,8 +29,10 @@ from pretrain.engine.checkpoints import CHECKPOINT_SUBDIR, AtomicCheckpointIO
 from pretrain.engine.config import plain
 from pretrain.engine.console import RunProgressBar, quiet_lightning
 from pretrain.engine.cpu_threads import LoaderAwareThreads, cores_per_process
+from pretrain.engine.csv_log import ResumedCSVLogger
 from pretrain.engine.loop_progress import LayoutChange
 from pretrain.engine.plan import RunPlan
+from pretrain.engine.run_checkpoints import RunCheckpoints
 from pretrain.engine.signals import StopOnSignal, active_signals
 from pretrain.engine.step_metrics import StepThroughput
 
@@ -93,7 +95,7 @@ def kept_wandb_run_id(run_dir: Path, fresh: bool) -> str:
     return path.read_text().strip()
 
 
-def _wandb_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any]) -> Logger:
+def _wandb_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any], start_step: int) -> Logger:
     mode = config["mode"]
     offline = mode == "offline" or (mode == "auto" and not has_wandb_credentials())
     if offline:
@@ -112,16 +114,17 @@ def _wandb_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[
     )
 
 
-def _csv_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any]) -> Logger:
-    logger = CSVLogger(str(run_dir), name="csv", version="")
+def _csv_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any], start_step: int) -> Logger:
+    logger = ResumedCSVLogger(str(run_dir), start_step, name="csv", version="")
     logger.log_hyperparams(plain(run_config))
     return logger
 
 
-LOGGERS: dict[str, Callable[[Mapping[str, Any], Path, Mapping[str, Any]], Logger | None]] = {
+# Each takes the logger group, the run directory, the run's config and the step the run starts at (its resume).
+LOGGERS: dict[str, Callable[[Mapping[str, Any], Path, Mapping[str, Any], int], Logger | None]] = {
     "wandb": _wandb_logger,
     "csv": _csv_logger,
-    "none": lambda config, run_dir, run_config: None,
+    "none": lambda config, run_dir, run_config, start_step: None,
 }
 
 
@@ -133,8 +136,11 @@ def in_sweep(logger: Mapping[str, Any], sweep_dir: str, job_overrides: str) -> d
     return {**logger, "group": logger["group"] or sweep_dir, "name": logger["name"] or job_overrides or None}
 
 
-def build_logger(config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any]) -> Logger | None:
-    return lookup(LOGGERS, config["kind"], "logger")(config, run_dir, run_config)
+def build_logger(
+    config: Mapping[str, Any], run_dir: Path, run_config: Mapping[str, Any], start_step: int = 0
+) -> Logger | None:
+    """The logger of the ``logger`` group; ``start_step``: the step of the checkpoint the run resumes from."""
+    return lookup(LOGGERS, config["kind"], "logger")(config, run_dir, run_config, start_step)
 
 
 def build_trainer(
@@ -146,24 +152,20 @@ def build_trainer(
     batch_size_fn: Callable[[Any], int],
     tokens_fn: Callable[[Any], int] | None = None,
     callbacks: Iterable[Callback] = (),
+    start_step: int = 0,
 ) -> L.Trainer:
     """A Trainer for ``config`` (the ``trainer`` group) and ``plan``, writing checkpoints under ``run_dir/checkpoints``.
 
+    ``start_step``: the step of the checkpoint the run resumes from (the CSV log keeps its rows up to it).
     Raises when Lightning would lay the run out differently from ``plan`` (the schedule was computed from it).
     """
     run_dir = Path(run_dir)
     quiet_lightning()
     strategy = lookup(STRATEGIES, config["strategy"], "strategy")(config, plan)
-    checkpointing = ModelCheckpoint(
-        dirpath=run_dir / CHECKPOINT_SUBDIR,
-        filename="step_{step:06d}",  # no '=': Hydra's override grammar takes ckpt=.../step_000300.ckpt unquoted
-        auto_insert_metric_name=False,
-        every_n_train_steps=config["checkpoint_every_n_steps"],
-        monitor="step",
-        mode="max",
-        save_top_k=config["keep_checkpoints"],
+    checkpointing = RunCheckpoints(
+        run_dir / CHECKPOINT_SUBDIR, config["checkpoint_every_n_steps"], config["keep_checkpoints"]
     )
-    logger = build_logger(logger_config, run_dir, run_config)
+    logger = build_logger(logger_config, run_dir, run_config, start_step)
     monitors = [
         LearningRateMonitor(logging_interval="step"),
         StepThroughput(config["throughput_window"], batch_size_fn, tokens_fn),
@@ -177,7 +179,7 @@ def build_trainer(
         plugins.append(SLURMEnvironment(auto_requeue=False))
     signals = active_signals()
     if signals is not None:
-        all_callbacks.append(StopOnSignal(signals, run_dir / CHECKPOINT_SUBDIR, config["checkpoint_every_n_steps"]))
+        all_callbacks.append(StopOnSignal(signals, checkpointing))
     if config["accelerator"] == "cpu":
         check_name(str(config["precision"]), CPU_PRECISIONS, "precision on CPU")
         if config["cpu_threads"] is None:
@@ -197,6 +199,7 @@ def build_trainer(
         accumulate_grad_batches=plan.accumulate,
         log_every_n_steps=config["log_every_n_steps"],
         callbacks=all_callbacks,
+        enable_checkpointing=False,  # RunCheckpoints writes every checkpoint, not Lightning's ModelCheckpoint
         logger=logger if logger is not None else False,
         plugins=plugins,
         enable_progress_bar=config["progress_bar"],

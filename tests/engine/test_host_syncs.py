@@ -12,6 +12,7 @@ from yaml_defaults import composed
 from pretrain.engine.config import settings
 from pretrain.engine.host_syncs import HostSyncCounter
 from pretrain.engine.plan import plan_run
+from pretrain.engine.run_checkpoints import RunCheckpoints
 from pretrain.engine.signals import StopOnSignal, handle_signals
 from pretrain.engine.step_metrics import StepThroughput
 from pretrain.objectives.build import build_module
@@ -78,7 +79,8 @@ def test_one_host_read_per_optimizer_step_and_at_most_one_more_when_logging(tmp_
     )
     # Stop-signal handling rides on the step's one reduction: with it on, the count stays the same.
     with handle_signals({"slurm_auto_requeue": False}) as signals, syncs:
-        trainer.callbacks.append(StopOnSignal(signals, tmp_path / "checkpoints", checkpoint_every_n_steps=1000))
+        checkpoints = RunCheckpoints(tmp_path / "checkpoints", every_n_steps=1000, keep=1)
+        trainer.callbacks.append(StopOnSignal(signals, checkpoints))
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
 
     per_step = np.diff(marks.marks[accumulate - 1 :: accumulate])  # from the end of step 1 (after Lightning's setup)
