@@ -21,6 +21,8 @@ import simplejpeg
 import torch
 from PIL import Image
 
+from data_pipelines.bit_depth import to_eight_bit
+
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 PNG_HEADER = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR"  # the signature, then the IHDR chunk PNG requires first
 DCT_REDUCTIONS = (8, 4, 2)
@@ -95,8 +97,8 @@ class StoredImage:
         image = self.pil()
         if reduction > 1 and image.format == "JPEG":
             image.draft("RGB", (self.width // reduction, self.height // reduction))
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        if image.mode != "RGB":  # 16-bit images (shards written elsewhere) scaled, not clipped
+            image = to_eight_bit(image).convert("RGB")
         with warnings.catch_warnings():
             # A read-only view of the decoded bytes, one copy fewer; nothing writes into it (resizing makes new).
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

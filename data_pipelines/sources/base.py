@@ -13,8 +13,9 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines.arrays import ARRAY_FORMATS, ChannelMoments, encode_array
+from data_pipelines.bit_depth import is_high_bit_depth, to_eight_bit
 
-# Formats stored as they are (their bytes are kept); anything else is re-encoded in the requested format.
+# Formats stored as they are (their bytes are kept, unless 16-bit); anything else is re-encoded in the requested format.
 KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 ENCODINGS = {"jpg": ("JPEG", {"quality": 95}), "png": ("PNG", {}), "webp": ("WEBP", {"quality": 95})}
 
@@ -54,7 +55,7 @@ class Item(Protocol):
 
 @dataclass(frozen=True)
 class FileItem:
-    """An image file on disk: its bytes are kept when it is already JPEG, PNG or WebP."""
+    """An image file on disk: its bytes are kept when it is already an 8-bit JPEG, PNG or WebP."""
 
     key: str
     label: int | None
@@ -65,11 +66,16 @@ class FileItem:
             return image.size
 
     def encode(self, image_format: str) -> EncodedImage:
-        data = Path(self.path).read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format in KEPT_FORMATS:
-                return EncodedImage(KEPT_FORMATS[image.format], data, *image.size)
-            return encode_pil(image, image_format)
+        return encode_image_file(Path(self.path).read_bytes(), image_format)
+
+
+def encode_image_file(data: bytes, image_format: str) -> EncodedImage:
+    """An image file's bytes as they are when its format is kept, else re-encoded in ``image_format``; 16-bit
+    images are re-encoded too, scaled to 8 bits (:mod:`data_pipelines.bit_depth`), where a reader would clip them."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format in KEPT_FORMATS and not is_high_bit_depth(image):
+            return EncodedImage(KEPT_FORMATS[image.format], data, *image.size)
+        return encode_pil(image, image_format)
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,7 @@ def encode_array_sample(array: np.ndarray, metadata: dict[str, Any], array_forma
 def encode_pil(image: Image.Image, image_format: str) -> EncodedImage:
     pil_format, options = ENCODINGS[image_format]
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format=pil_format, **options)
+    to_eight_bit(image).convert("RGB").save(buffer, format=pil_format, **options)
     return EncodedImage(image_format, buffer.getvalue(), *image.size)
 
 

@@ -20,13 +20,12 @@ from PIL import Image
 
 from data_pipelines.arrays import encode_array
 from data_pipelines.sources.base import (
-    KEPT_FORMATS,
     EncodedImage,
     Listing,
     Source,
     SourceRequest,
     encode_array_sample,
-    encode_pil,
+    encode_image_file,
     folder_of,
     make_key,
     read_class_names,
@@ -81,11 +80,7 @@ class SegmentationItem:
         return self.labels(read_mask(Path(self.mask_path)))
 
     def encode(self, image_format: str) -> EncodedImage:
-        data = Path(self.path).read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            kept = image.format in KEPT_FORMATS
-            encoded = EncodedImage(KEPT_FORMATS[image.format], data, *image.size) if kept else None
-            encoded = encoded or encode_pil(image, image_format)
+        encoded = encode_image_file(Path(self.path).read_bytes(), image_format)
         mask = self.load_mask()
         if (mask.shape[1], mask.shape[0]) != (encoded.width, encoded.height):
             raise ValueError(f"{self.mask_path}: mask {mask.shape[::-1]} and image {encoded.width}x{encoded.height}")
