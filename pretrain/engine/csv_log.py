@@ -3,7 +3,8 @@
 Lightning's ``CSVLogger`` deletes ``metrics.csv`` whenever a logger starts in a directory that has one, so every
 resume (a signal, a preemption, a rerun) lost the curve logged before it. This one keeps the rows of the steps up to
 the step the run resumes from, drops the later ones (the resumed run logs those steps again, from the checkpoint's
-state), and appends.
+state), and appends. Rows reach the file as they are logged (Lightning's default holds 100 steps of them in memory,
+which a SIGKILL or a preemption loses).
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ def _step(row: dict[str, str]) -> float:
 
 
 class ResumedCSVLogger(CSVLogger):
-    """``CSVLogger`` for a run that starts (or resumes) at ``start_step``."""
+    """``CSVLogger`` for a run that starts (or resumes) at ``start_step``, writing each row as it is logged."""
 
     def __init__(self, save_dir: str, start_step: int, **kwargs: object) -> None:
-        super().__init__(save_dir, **kwargs)
+        super().__init__(save_dir, flush_logs_every_n_steps=1, **kwargs)
         self.start_step = start_step
 
     @property

@@ -4,6 +4,7 @@ and exit 128 + the signal number; the resumed run ends where an uninterrupted on
 once; Ctrl-C to the whole process group (workers included) stops after a checkpoint; in a 2-process DDP run a
 signal to rank 0 alone stops both ranks together."""
 
+import csv
 import os
 import signal
 import time
@@ -22,7 +23,7 @@ SETTINGS = {
     "trainer.max_steps": MAX_STEPS,
     "trainer.checkpoint_every_n_steps": 4,
     "trainer.keep_checkpoints": -1,
-    "logger": "none",
+    "logger": "csv",
     "data.batches_per_epoch": 12,  # 5 demo epochs: 60 steps, capped at MAX_STEPS
 }
 
@@ -47,6 +48,19 @@ def newest_step(run_dir: Path) -> int:
 def final_checkpoint(run_dir: Path) -> dict:
     path = run_dir / "checkpoints" / f"step_{MAX_STEPS:06d}.ckpt"
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
+    with open(run_dir / "csv" / "metrics.csv") as metrics:
+        return [(int(row["step"]), float(row["train/loss"])) for row in csv.DictReader(metrics) if row["train/loss"]]
+
+
+def assert_same_curve(actual_dir: Path, expected_dir: Path) -> None:
+    """The CSV log of a resumed run holds each step's loss once, as the uninterrupted run logged it."""
+    expected, actual = logged_losses(expected_dir), logged_losses(actual_dir)
+    assert [step for step, _ in actual] == [step for step, _ in expected]
+    for (step, loss), (_, reference) in zip(actual, expected, strict=True):
+        assert loss == pytest.approx(reference, abs=1e-5), step
 
 
 def assert_same_end(actual_dir: Path, expected_dir: Path) -> None:
@@ -77,6 +91,7 @@ def test_a_killed_run_resumes_to_the_parameters_of_an_uninterrupted_one(demo_sha
     resumed = run_app(app_overrides(demo_shards, interrupted, **SETTINGS))
     assert "resuming from" in resumed.stdout + resumed.stderr
     assert_same_end(interrupted, uninterrupted)
+    assert_same_curve(interrupted, uninterrupted)
 
 
 def test_sigterm_checkpoints_exits_143_and_the_resumed_run_equals_an_uninterrupted_one(
@@ -95,6 +110,7 @@ def test_sigterm_checkpoints_exits_143_and_the_resumed_run_equals_an_uninterrupt
         assert noise not in output, noise  # an exact resume says nothing misleading about itself
     assert (interrupted / "backbone.safetensors").exists()
     assert_same_end(interrupted, uninterrupted)
+    assert_same_curve(interrupted, uninterrupted)
 
 
 def test_a_second_signal_ends_the_process_at_once(demo_shards, tmp_path):
