@@ -46,11 +46,24 @@ from pretrain.models.vit import VisionTransformer
 log = logging.getLogger("finetune")
 
 
-MISSING_CKPT = (
-    "finetune/run.py needs ckpt=: an exported backbone (ckpt=outputs/demo/backbone.safetensors), a checkpoint "
-    "(ckpt=RUN/checkpoints/step_000300.ckpt), timm/HF weights with their architecture (ckpt=vit_base.pth "
-    "model=vit_base), or ckpt=null model=vit_base for the randomly initialized baseline"
+# What ckpt= accepts (conf/finetune.yaml), for the errors that say what to pass.
+CKPT_FORMS = (
+    "an exported backbone (ckpt=outputs/demo/backbone.safetensors or its folder), a Lightning checkpoint "
+    "(ckpt=RUN/checkpoints/step_000300.ckpt), a DeepSpeed checkpoint directory, timm/HF state dicts with their "
+    "architecture (ckpt=vit_base.pth model=vit_base), or ckpt=null model=vit_base for the randomly initialized baseline"
 )
+MISSING_CKPT = f"finetune/run.py needs ckpt=: {CKPT_FORMS}"
+EMPTY_CKPT = f"ckpt is empty (ckpt= with no value): pass {CKPT_FORMS}"
+
+
+def checkpoint_path(ckpt: str | None) -> Path | None:
+    """The weights ``ckpt`` names (None: ``ckpt=null``, the random baseline); an empty value says what to pass
+    (as a path it would be the current folder)."""
+    if ckpt is None:
+        return None
+    if not str(ckpt).strip():
+        raise ValueError(EMPTY_CKPT)
+    return Path(ckpt).expanduser()
 
 
 def load_pretrained(config: Mapping[str, Any]) -> tuple[VisionTransformer, BackboneMeta]:
@@ -64,7 +77,8 @@ def load_pretrained(config: Mapping[str, Any]) -> tuple[VisionTransformer, Backb
         options["img_size"] = config["image_size"]
     if config["in_chans"]:
         options["in_chans"] = config["in_chans"]
-    if config["ckpt"] is None:
+    checkpoint = checkpoint_path(config["ckpt"])
+    if checkpoint is None:
         if not model:
             raise ValueError("ckpt=null (the randomly initialized baseline) needs an architecture: add model=vit_base")
         bands = config["bands"]
@@ -74,7 +88,7 @@ def load_pretrained(config: Mapping[str, Any]) -> tuple[VisionTransformer, Backb
         if bands is not None and options.get("channel_tokens"):
             backbone.patch_embed.select_channels(bands)
         return backbone, BackboneMeta.for_architecture(options)
-    return load_backbone(Path(config["ckpt"]).expanduser(), options, bands=config["bands"])
+    return load_backbone(checkpoint, options, bands=config["bands"])
 
 
 def record(results: dict[str, Any], trainer: L.Trainer, run_dir: Path) -> None:

@@ -64,11 +64,11 @@ def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def _deepspeed_state(directory: Path) -> tuple[dict[str, Tensor], BackboneMeta | None]:
     """Consolidate ZeRO shards to fp32; the metadata is the client state saved with the tag named in ``latest``."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     root = directory / "checkpoint" if not (directory / "latest").is_file() else directory
     if not (root / "latest").is_file():
-        raise FileNotFoundError(f"{directory} is not a DeepSpeed checkpoint: no 'latest' file in it or in checkpoint/")
+        raise FileNotFoundError(f"{directory} is {_what_folder_holds(directory)}; pass {ACCEPTED_WEIGHTS}")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # slow: only when needed
+
     state = get_fp32_state_dict_from_zero_checkpoint(str(root))
     tag_dir = root / (root / "latest").read_text().strip()
     # ZeRO-2 writes mp_rank_00_model_states.pt, ZeRO-3 zero_pp_rank_0_mp_rank_00_model_states.pt
@@ -76,6 +76,22 @@ def _deepspeed_state(directory: Path) -> tuple[dict[str, Tensor], BackboneMeta |
     if not model_states:
         return state, None
     return state, meta_from_checkpoint(torch.load(model_states[0], map_location="cpu", weights_only=False))
+
+
+def _what_folder_holds(directory: Path) -> str:
+    """Why ``directory`` is no checkpoint, with the Lightning checkpoints in it (a run directory) if any."""
+    if not any(directory.iterdir()):
+        return "an empty folder, not a checkpoint"
+    lightning = sorted(directory.glob("*.ckpt")) + sorted(directory.glob("checkpoints/*.ckpt"))
+    held = f" (it holds Lightning checkpoints, e.g. {lightning[-1]}: pass one of them)" if lightning else ""
+    return f"not a checkpoint folder: no {BACKBONE_FILE} and no DeepSpeed 'latest' file in it or in checkpoint/{held}"
+
+
+# What the loader reads, for the errors that say what would have worked.
+ACCEPTED_WEIGHTS = (
+    f"an exported {BACKBONE_FILE} (or its folder), a Lightning .ckpt, a DeepSpeed checkpoint folder, "
+    "or a timm/HF state dict (.pth/.pt/.bin/.safetensors)"
+)
 
 
 class UnreadableWeightsError(ValueError):
@@ -87,8 +103,7 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
         return load_file(str(path))
     except Exception as error:  # safetensors raises its own SafetensorError, which says nothing of the file
         raise UnreadableWeightsError(
-            f"{path} is not a readable safetensors file ({error}): pass an exported backbone.safetensors, "
-            "a Lightning .ckpt, a DeepSpeed checkpoint folder, or a torch state dict (.pth/.pt/.bin)"
+            f"{path} is not a readable safetensors file ({error}): pass {ACCEPTED_WEIGHTS}"
         ) from error
 
 
@@ -97,8 +112,8 @@ def _read_torch_weights(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch's pickle errors name neither the file nor what would have worked
         raise UnreadableWeightsError(
-            f"{path} is not a readable torch state dict ({type(error).__name__}: {error}): pass a state dict "
-            "saved with torch.save, an exported backbone.safetensors, a Lightning .ckpt, or a DeepSpeed folder"
+            f"{path} is not a readable torch state dict ({type(error).__name__}: {error}): pass "
+            f"{ACCEPTED_WEIGHTS} (a state dict saved with torch.save)"
         ) from error
 
 
