@@ -64,9 +64,16 @@ def _die_with_parent(parent_pid: int) -> None:
     *thread* that forked the worker ends: a DataLoader forks its workers in the thread that iterates it, the main
     thread in our apps (Lightning's fit loop); a loader iterated from a short-lived thread would lose its workers
     with that thread. ``parent_pid`` is the process that built the loader, the workers' parent under the fork and
-    spawn start methods; one that died before the request sent no signal, so the worker ends itself.
+    spawn start methods; one that died before the request sent no signal, so the worker ends itself. Under
+    ``forkserver`` the server is the parent, and the kernel cannot help: the worker ends only if its creator is
+    already gone (PyTorch's watchdog later).
     """
     if not sys.platform.startswith("linux"):
+        return
+    if os.getppid() != parent_pid:
+        creator = multiprocessing.parent_process()
+        if creator is None or not creator.is_alive():
+            os.kill(os.getpid(), signal.SIGKILL)
         return
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:

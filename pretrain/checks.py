@@ -16,11 +16,13 @@ from pretrain.engine.plan import RunPlan, accumulation, devices_per_node
 
 
 class Count(NamedTuple):
-    """A setting that counts something: its least value, what it counts, and what null means (None: not allowed)."""
+    """A setting that counts something: its least value, what it counts, what null means (None: not allowed), and
+    one value below the least with a meaning of its own (e.g. -1: all)."""
 
     minimum: int
     meaning: str
     null: str | None = None
+    special: tuple[int, str] | None = None
 
 
 COUNTS = {
@@ -32,7 +34,7 @@ COUNTS = {
     "trainer.global_batch_size": Count(1, "images per optimizer step", "batch size x processes x accumulation"),
     "trainer.max_steps": Count(1, "the cap on optimizer steps", "the epochs decide the length"),
     "trainer.checkpoint_every_n_steps": Count(1, "optimizer steps between checkpoints"),
-    "trainer.keep_checkpoints": Count(1, "the number of periodic checkpoints kept"),
+    "trainer.keep_checkpoints": Count(1, "the number of newest checkpoints kept", special=(-1, "all")),
     "trainer.log_every_n_steps": Count(1, "optimizer steps between logged metrics"),
     "trainer.max_bad_steps": Count(1, "non-finite steps in a row that stop the run"),
     "trainer.throughput_window": Count(1, "optimizer steps averaged for images/s"),
@@ -85,9 +87,12 @@ def check_count(key: str, value: Any, count: Count) -> None:
     """``value`` must be a whole number >= ``count.minimum`` (or null where ``count`` allows it)."""
     if value is None and count.null is not None:
         return
-    if isinstance(value, int) and not isinstance(value, bool) and value >= count.minimum:
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if whole and (value >= count.minimum or (count.special is not None and value == count.special[0])):
         return
     valid, fix = f"a whole number >= {count.minimum}", f"set {key}={count.minimum} or more"
+    if count.special is not None:
+        valid = f"{valid} or {count.special[0]} ({count.special[1]})"
     if count.null is not None:
         valid, fix = f"{valid} or null ({count.null})", f"{fix}, or null"
     raise ConfigValueError(f"{key}={value!r} is out of range: {count.meaning} must be {valid}; {fix}")

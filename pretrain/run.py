@@ -23,7 +23,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from data_pipelines.demo import ensure_demo_shards
-from data_pipelines.manifest import channel_normalization, read_manifest
+from data_pipelines.manifest import channel_normalization, read_manifest, verify_manifest_counts
+from pretrain.checks import check_pretraining_config, check_pretraining_plan
 from pretrain.engine.architecture import backbone_options
 from pretrain.engine.backbone_io import export_checkpoint
 from pretrain.engine.checkpoints import checkpoint_step
@@ -64,6 +65,16 @@ def pretrain(config: Mapping[str, Any], run_dir: Path, record_config: Callable[[
 
 
 def _pretrain(config: Mapping[str, Any], run_dir: Path, record_config: Callable[[], None] | None) -> None:
+    L.seed_everything(config["seed"], workers=True)
+    data, objective = config["data"], config["objective"]
+    if data["make_demo"]:
+        ensure_demo_shards(data["shards"], data["image_size"])
+    manifest = shard_manifest(data)
+    check_pretraining_config(config, manifest)  # every bad value fails here, before run_dir is touched
+    config = with_normalization(config, manifest)
+    data = config["data"]
+    plan = pretraining_plan(config, manifest)
+    check_pretraining_plan(config, plan)
     if rank_zero_only.rank == 0:
         claim_run_dir(run_dir, str(config["resume"]), config["overwrite"])
     resume = resolve_resume(str(config["resume"]), run_dir)
@@ -71,22 +82,9 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path, record_config: Callable[
         check_same_backbone(Path(resume), backbone_options(config["model"]))
     if record_config is not None and rank_zero_only.rank == 0:
         record_config()
-    L.seed_everything(config["seed"], workers=True)
-    data, objective = config["data"], config["objective"]
-    if data["make_demo"]:
-        ensure_demo_shards(data["shards"], data["image_size"])
-    manifest = shard_manifest(data)
-    config = with_normalization(config, manifest)
-    data = config["data"]
-    plan = pretraining_plan(config, manifest)
     log.info("%s", plan.describe())
     set_cpu_threads(config["trainer"], plan.devices)
-    supervised = objective["name"] == "supervised"
-    num_classes = (objective["num_classes"] or manifest["num_classes"] or 0) if supervised else 0
-    if supervised and not num_classes:
-        raise ValueError(
-            "supervised pretraining needs labeled shards (a manifest with classes) or objective.num_classes"
-        )
+    num_classes = (objective["num_classes"] or manifest["num_classes"]) if objective["name"] == "supervised" else 0
     module = build_module(config, plan, num_classes, arrays=bool(manifest.get("arrays")))
     datamodule = ShardDataModule(stream_config(config, plan), plan, data["order"], data["shuffle_shards"])
     tokens = tokens_per_image(objective, config["model"])
@@ -164,9 +162,10 @@ def warn_if_far_from_statistics(data: Mapping[str, Any], manifest: Mapping[str, 
 
 
 def shard_manifest(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The shards' manifest; shards without one (``pipe:``/``http`` streams) need ``data.batches_per_epoch``."""
+    """The shards' manifest, checked against the local shards it describes; shards without one (``pipe:``/``http``
+    streams) need ``data.batches_per_epoch``."""
     try:
-        return read_manifest(data["shards"], data["manifest"])
+        manifest = read_manifest(data["shards"], data["manifest"])
     except FileNotFoundError:
         if not data["batches_per_epoch"]:
             raise
@@ -174,6 +173,8 @@ def shard_manifest(data: Mapping[str, Any]) -> dict[str, Any]:
             "no manifest for %s: epochs of data.batches_per_epoch=%d batches", data["shards"], data["batches_per_epoch"]
         )
         return {"total": None, "num_classes": None}
+    verify_manifest_counts(manifest)  # before run_dir is touched; the streams' own check then costs a stat a shard
+    return manifest
 
 
 def _image_callbacks(config: Mapping[str, Any]) -> list[L.Callback]:

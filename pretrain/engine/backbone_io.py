@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from data_pipelines.arrays import select_channels
-from pretrain.engine.checkpoints import read_checkpoint
+from pretrain.engine.checkpoints import UnreadableCheckpointError, file_digest, read_checkpoint, recorded_digest
 from pretrain.engine.metadata import BackboneMeta, meta_from_checkpoint, read_meta_file, write_meta_file
 from pretrain.models.vit import VisionTransformer
 from pretrain.models.weights import (
@@ -220,8 +220,23 @@ def narrow_to_bands(
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write ``out_dir/backbone.safetensors`` and ``backbone.json`` from a training checkpoint of this pipeline."""
+    """Write ``out_dir/backbone.safetensors`` and ``backbone.json`` from a training checkpoint of this pipeline;
+    the metadata names the checkpoint and the SHA-256 of its bytes (a file's recorded digest is checked first)."""
+    digest = verified_digest(Path(checkpoint))
     backbone, meta = load_backbone(checkpoint)
     if meta.step is None:
         raise ValueError(f"{checkpoint} is not a checkpoint of this pipeline's pretraining (no metadata)")
-    return save_backbone(out_dir, backbone, meta.updated(source_checkpoint=str(checkpoint)))
+    return save_backbone(out_dir, backbone, meta.updated(source_checkpoint=str(checkpoint), source_sha256=digest))
+
+
+def verified_digest(checkpoint: Path) -> str | None:
+    """The SHA-256 of a checkpoint file, which must equal the digest recorded when it was saved (if one was);
+    None for a DeepSpeed directory."""
+    if checkpoint.is_dir() or not checkpoint.exists():
+        return None
+    found, recorded = file_digest(checkpoint), recorded_digest(checkpoint)
+    if recorded is not None and found != recorded:
+        raise UnreadableCheckpointError(
+            f"checkpoint {checkpoint} is damaged: its SHA-256 is {found}, {recorded} was written with it"
+        )
+    return found

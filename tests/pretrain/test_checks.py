@@ -132,6 +132,11 @@ def test_trainer_counts_below_one_are_refused(key):
     assert refusal(f"{key}=-3").startswith(f"{key}=-3 is out of range:")
 
 
+def test_keeping_every_checkpoint_is_spelled_minus_one():
+    check_pretraining_config(pretraining_config("trainer.keep_checkpoints=-1"), DEMO_MANIFEST)
+    assert "or -1 (all)" in refusal("trainer.keep_checkpoints=-2")
+
+
 def test_a_step_cap_may_be_null_but_not_fractional():
     check_pretraining_config(pretraining_config("trainer.max_steps=null"), DEMO_MANIFEST)
     message = refusal("trainer.max_steps=2.5")

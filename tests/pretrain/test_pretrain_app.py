@@ -56,7 +56,7 @@ def test_short_mae_run_lowers_loss_logs_to_wandb_and_exports(demo_shards, tmp_pa
     backbone, meta = load_backbone(run_dir / "backbone.safetensors")
     assert meta.step == 60 and meta.objective == "mae"
     assert torch.isfinite(backbone(torch.randn(1, 3, 32, 32))).all()
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000030.ckpt", "step_000060.ckpt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) == ["step_000030.ckpt", "step_000060.ckpt"]
 
 
 def test_supervised_objective_trains_with_csv_logger(demo_shards, tmp_path):
