@@ -1,4 +1,6 @@
-"""Lightning modules driven by a real Trainer on in-memory batches."""
+"""Lightning modules driven by a real Trainer on in-memory batches, and the objective registry."""
+
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -10,6 +12,9 @@ from pretrain.engine.config import settings
 from pretrain.engine.module import NonFiniteLossError
 from pretrain.engine.plan import plan_run
 from pretrain.objectives.mae import MAEModule
+from pretrain.objectives.objective import OBJECTIVES, objective_named
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 OVERRIDES = (
     "objective.decoder_embed_dim=32",
@@ -85,3 +90,10 @@ def test_unknown_objective_lists_the_known_ones():
     config = settings({**CONFIG, "objective": {**CONFIG["objective"], "name": "dino"}})
     with pytest.raises(ValueError, match="unknown objective 'dino'; choose one of: mae, supervised"):
         mae_module(config)
+
+
+@pytest.mark.parametrize("path", ["pretrain/objectives/build.py", "pretrain/run.py", "pretrain/checks.py"])
+def test_the_builder_the_app_and_the_checks_know_no_objective_by_name(path):
+    objective_named("mae")  # imports every objective module, so the registry holds them all
+    source = (REPO_ROOT / path).read_text()
+    assert [name for name in OBJECTIVES if f'"{name}"' in source or f"'{name}'" in source] == []
