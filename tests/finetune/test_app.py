@@ -90,7 +90,7 @@ def test_finetune_on_the_demo_is_clearly_above_chance(run_app) -> None:
 
 
 def test_a_fine_tune_below_the_linear_probe_says_so(run_app, caplog) -> None:
-    with caplog.at_level("WARNING", logger="finetune.protocol"):
+    with caplog.at_level("WARNING", logger="finetune.modes.fitting"):
         results = run_app("mode=finetune", "mode.lr_grid=null", "trainer.max_steps=1", "mode.batch_size=16")
     assert results["below_linear_probe"] and results["metrics"]["top1"] < results["linear_probe"]["metrics"]["top1"]
     assert "below the selecting linear probe" in caplog.text
