@@ -83,7 +83,7 @@ def test_finetune_on_the_demo_is_clearly_above_chance(run_app) -> None:
     results = run_app("mode=finetune", "mode.epochs=3", "mode.batch_size=32", "mode.lr_grid=[0.01,0.03]")
     assert results["metrics"]["top1"] > 30
     selection = results["selection"]
-    assert [c["lr"] for c in selection["candidates"]] == [0.01, 0.03]
+    assert [c["lr"] for c in selection["candidates"]] == [0.01, 0.03, *selection["extended"]["lr"]]
     best = max(selection["candidates"], key=lambda candidate: candidate["val_top1"])
     assert selection["chosen"] == {"lr": best["lr"]}
     assert results["linear_probe"]["metrics"]["top1"] > 30 and "below_linear_probe" in results
