@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -236,7 +237,8 @@ def test_a_fine_tune_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_p
             f"data_root={data_root}",
             f"ckpt={pretrained / 'backbone.safetensors'}",
             f"run_dir={run_dir}",
-            "logger=none",
+            "logger=csv",
+            "trainer.log_every_n_steps=5",
             "num_workers=1",
             "mode.batch_size=8",
             "mode.lr_grid=null",
@@ -281,3 +283,12 @@ def test_a_fine_tune_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_p
         json.loads((interrupted / RESULTS_FILE).read_text())["metrics"]
         == json.loads((tmp_path / "straight" / RESULTS_FILE).read_text())["metrics"]
     )
+    # The CSV log survives the resume: each logged step's loss once, as the uninterrupted run logged it.
+    expected_losses, actual_losses = logged_losses(tmp_path / "straight"), logged_losses(interrupted)
+    assert [step for step, _ in actual_losses] == [step for step, _ in expected_losses]
+    assert [loss for _, loss in actual_losses] == pytest.approx([loss for _, loss in expected_losses], abs=1e-5)
+
+
+def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
+    with open(run_dir / "csv" / "metrics.csv") as metrics:
+        return [(int(row["step"]), float(row["train/loss"])) for row in csv.DictReader(metrics) if row["train/loss"]]
