@@ -181,16 +181,16 @@ def select_lr(context: DownstreamContext, fit_mode: FitMode) -> tuple[float | No
         if not edges or len(extended) >= mode["lr_grid_extensions"]:
             break
         lr = step_past_edge(grid, edges["lr"])
-        log.info("lr %g, the best on validation, is the grid's %s: trying lr %g beyond it", grid[best], edges["lr"], lr)
+        log.info("lr %g (best on validation) lies on the grid's edge (its %s): trying %g", grid[best], edges["lr"], lr)
         grid.append(lr)
         extended.append(lr)
     if edges:
         log.warning(
-            "lr %g, the best on validation, is still the %s of the grid searched %s (mode.lr_grid_extensions=%d "
-            "extensions): a value beyond it may score better",
+            "lr %g, the best on validation, lies on the edge of the grid searched %s (its %s; "
+            "mode.lr_grid_extensions=%d): a value beyond it may score better",
             grid[best],
-            edges["lr"],
             grid,
+            edges["lr"],
             mode["lr_grid_extensions"],
         )
     selection = {
