@@ -27,20 +27,13 @@ from data_pipelines.manifest import channel_normalization, read_manifest, verify
 from pretrain.checks import check_pretraining_config, check_pretraining_plan
 from pretrain.engine.architecture import backbone_options
 from pretrain.engine.backbone_io import export_checkpoint
-from pretrain.engine.checkpoints import checkpoint_step
 from pretrain.engine.config import Settings, settings
 from pretrain.engine.cpu_threads import set_cpu_threads
-from pretrain.engine.lifecycle import (
-    check_same_backbone,
-    close_loggers,
-    prepare_resume,
-    resolve_resume,
-    save_final_checkpoint,
-)
+from pretrain.engine.lifecycle import check_same_backbone, close_loggers, fit, resolve_resume, resume_step
 from pretrain.engine.plan import RunPlan, accumulation, devices_per_node, plan_run
 from pretrain.engine.run_dir import claim_run_dir, own_run_dir
 from pretrain.engine.shard_data import ShardDataModule
-from pretrain.engine.signals import handle_signals, stop_requested, stopped_by_signal
+from pretrain.engine.signals import handle_signals, stop_requested
 from pretrain.engine.trainer import build_trainer
 from pretrain.hydra_job import job_config, job_dir, save_job_files
 from pretrain.objectives.build import build_module, stream_config
@@ -99,16 +92,12 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path, record_config: Callable[
         batch_size_fn=lambda batch: batch["image"].shape[0],
         tokens_fn=lambda batch: batch["image"].shape[0] * tokens,
         callbacks=objective.panels(config, backbone),
-        start_step=checkpoint_step(Path(resume)) if resume is not None else 0,
+        start_step=resume_step(resume),
     )
-    prepare_resume(trainer, resume, config["trainer"]["universal_checkpoint_wait_s"])
-    # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=False)
-    if stopped_by_signal(trainer) is None:
-        final = save_final_checkpoint(trainer)
-        if config["export_backbone"] and trainer.is_global_zero and not stop_requested():
-            export_checkpoint(final, run_dir)  # the file this run just wrote, never one found again by name
-            log.info("exported the backbone to %s", run_dir / "backbone.safetensors")
+    final = fit(trainer, module, datamodule, resume, config["trainer"]["universal_checkpoint_wait_s"])
+    if final is not None and config["export_backbone"] and trainer.is_global_zero and not stop_requested():
+        export_checkpoint(final, run_dir)  # the file this run just wrote, never one found again by name
+        log.info("exported the backbone to %s", run_dir / "backbone.safetensors")
     close_loggers(trainer)
 
 

@@ -1,6 +1,10 @@
 """Full fine-tuning: the whole backbone (position embedding included) plus a new head, on the engine's training
 module, with the mode's optimizer (SGD for transfer, AdamW with layer-wise lr decay for the MAE recipe) and
-timm's erasing and mixing (non-finite guarding and per-micro-batch seeding come with the engine)."""
+timm's erasing and mixing (non-finite guarding and per-micro-batch seeding come with the engine).
+
+``run_finetune``: the ``finetune`` and ``finetune_mae`` modes (:mod:`finetune.modes.fitting`: lr chosen on
+validation, refit, tested once, compared with the selecting linear probe).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from torch import nn
 
-from finetune.modes.common import ClassifierTest, DownstreamRun, TopKAccuracy
+from finetune.modes.common import ClassifierTest, DownstreamContext, DownstreamRun, ModeOutcome, TopKAccuracy
+from finetune.modes.fitting import FitMode, run_fit
 from pretrain.engine.architecture import classifier_flops_per_batch
 from pretrain.engine.classification import ClassifierModule, MixedLabelLoss
 from pretrain.engine.config import from_settings
@@ -76,3 +81,12 @@ def build_finetune(backbone: VisionTransformer, mode: Mapping[str, Any], run: Do
 def ema_callbacks(mode: Mapping[str, Any]) -> list[Callback]:
     """Fine-tuning with ``ema_decay`` tests the moving average of the weights (copied in when training ends)."""
     return [EMAWeightAveraging(decay=mode["ema_decay"])] if mode["ema_decay"] else []
+
+
+FINE_TUNING = FitMode(build_finetune, ema_callbacks, frozen_backbone=False)
+
+
+def run_finetune(context: DownstreamContext) -> ModeOutcome | None:
+    """Fine-tune the whole backbone (lr chosen on validation with ``mode.lr_grid``), test once; None when a signal
+    stopped a fit."""
+    return run_fit(context, FINE_TUNING)
