@@ -8,7 +8,7 @@
     python finetune/run.py --help                                                  # tasks, modes, every option
 
 Hyper-parameters are chosen on the task's validation split (or a seeded hold-out of its training split), the
-choice is refit on the training split and tested once (``finetune/protocol.py``). Writes ``run_dir/results.json``
+choice is refit on the training split and tested once (``finetune/modes/``). Writes ``run_dir/results.json``
 (task, mode, checkpoint, config hash, top-1/top-5 in percent on the test split, the grid searched, every
 candidate's validation score and the choice, images/s, ...), the same to the W&B run summary (``logger=wandb``),
 and training checkpoints under ``run_dir/checkpoints`` (``resume=auto`` continues from them, e.g. after a SLURM
@@ -29,7 +29,8 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from data_pipelines.manifest import write_json_atomic
-from finetune.protocol import DownstreamContext, get_mode
+from finetune.modes import get_mode
+from finetune.modes.common import DownstreamContext
 from finetune.results import RESULTS_FILE, git_commit
 from finetune.tasks import task_of
 from pretrain.engine.architecture import backbone_options

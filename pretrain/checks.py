@@ -4,7 +4,8 @@ A value outside its range fails at start-up with one line that names the key, th
 what to do, instead of failing steps later in a tensor operation, after a run that trained nothing, or not at
 all (a batch larger than the shards repeats images). Pure functions of the resolved config, the shards'
 manifest (:func:`data_pipelines.manifest.read_manifest`; ``total`` None for ``pipe:``/``http`` shards without
-one) and the run plan: no Lightning, no Hydra.
+one) and the run plan: no Hydra. The objective's own values are checked by its module (``Objective.check``),
+with the range checks below.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from pretrain.engine.plan import RunPlan, accumulation, devices_per_node
+from pretrain.objectives.objective import objective_named
 
 
 class Count(NamedTuple):
@@ -53,11 +55,7 @@ def check_pretraining_config(config: Mapping[str, Any], manifest: Mapping[str, A
     for key, count in COUNTS.items():
         check_count(key, setting(config, key), count)
     check_epochs(config)
-    objective = config["objective"]
-    if objective["name"] == "mae":
-        check_mask_ratio(objective["mask_ratio"])
-    elif objective["name"] == "supervised":
-        check_num_classes(objective["num_classes"], manifest["num_classes"])
+    objective_named(config["objective"]["name"]).check(config["objective"], manifest)
     if manifest["total"] is not None:
         check_global_batch(config, manifest["total"])
 

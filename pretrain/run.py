@@ -27,24 +27,17 @@ from data_pipelines.manifest import channel_normalization, read_manifest, verify
 from pretrain.checks import check_pretraining_config, check_pretraining_plan
 from pretrain.engine.architecture import backbone_options
 from pretrain.engine.backbone_io import export_checkpoint
-from pretrain.engine.checkpoints import checkpoint_step
 from pretrain.engine.config import Settings, settings
 from pretrain.engine.cpu_threads import set_cpu_threads
-from pretrain.engine.lifecycle import (
-    check_same_backbone,
-    close_loggers,
-    prepare_resume,
-    resolve_resume,
-    save_final_checkpoint,
-)
+from pretrain.engine.lifecycle import check_same_backbone, close_loggers, fit, resolve_resume, resume_step
 from pretrain.engine.plan import RunPlan, accumulation, devices_per_node, plan_run
 from pretrain.engine.run_dir import claim_run_dir, own_run_dir
 from pretrain.engine.shard_data import ShardDataModule
-from pretrain.engine.signals import handle_signals, stop_requested, stopped_by_signal
+from pretrain.engine.signals import handle_signals, stop_requested
 from pretrain.engine.trainer import build_trainer
 from pretrain.hydra_job import job_config, job_dir, save_job_files
-from pretrain.objectives.build import build_module, stream_config, tokens_per_image
-from pretrain.objectives.mae import ReconstructionLogger
+from pretrain.objectives.build import build_module, stream_config
+from pretrain.objectives.objective import objective_named
 
 log = logging.getLogger("pretrain")
 FAR_FROM_STATISTICS = 3  # standard deviations between a configured and the shards' own mean that warn
@@ -66,12 +59,14 @@ def pretrain(config: Mapping[str, Any], run_dir: Path, record_config: Callable[[
 
 def _pretrain(config: Mapping[str, Any], run_dir: Path, record_config: Callable[[], None] | None) -> None:
     L.seed_everything(config["seed"], workers=True)
-    data, objective = config["data"], config["objective"]
+    data = config["data"]
+    objective = objective_named(config["objective"]["name"])
+    backbone = backbone_options(config["model"])  # once per run: every part below builds from these
     if data["make_demo"]:
         ensure_demo_shards(data["shards"], data["image_size"])
     manifest = shard_manifest(data)
     check_pretraining_config(config, manifest)  # every bad value fails here, before run_dir is touched
-    config = with_normalization(config, manifest)
+    config = with_normalization(config, manifest, backbone["in_chans"])
     data = config["data"]
     plan = pretraining_plan(config, manifest)
     check_pretraining_plan(config, plan)
@@ -79,15 +74,15 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path, record_config: Callable[
         claim_run_dir(run_dir, str(config["resume"]), config["overwrite"])
     resume = resolve_resume(str(config["resume"]), run_dir)
     if resume is not None:
-        check_same_backbone(Path(resume), backbone_options(config["model"]))
+        check_same_backbone(Path(resume), backbone)
     if record_config is not None and rank_zero_only.rank == 0:
         record_config()
     log.info("%s", plan.describe())
     set_cpu_threads(config["trainer"], plan.devices)
-    num_classes = (objective["num_classes"] or manifest["num_classes"]) if objective["name"] == "supervised" else 0
-    module = build_module(config, plan, num_classes, arrays=bool(manifest.get("arrays")))
-    datamodule = ShardDataModule(stream_config(config, plan), plan, data["order"], data["shuffle_shards"])
-    tokens = tokens_per_image(objective, config["model"])
+    num_classes = objective.num_classes(config["objective"], manifest)
+    module = build_module(config, plan, objective, backbone, num_classes, arrays=bool(manifest.get("arrays")))
+    datamodule = ShardDataModule(stream_config(config, plan, objective), plan, data["order"], data["shuffle_shards"])
+    tokens = objective.tokens_per_image(config["objective"], backbone)
     trainer = build_trainer(
         config["trainer"],
         config["logger"],
@@ -96,17 +91,13 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path, record_config: Callable[
         plan=plan,
         batch_size_fn=lambda batch: batch["image"].shape[0],
         tokens_fn=lambda batch: batch["image"].shape[0] * tokens,
-        callbacks=_image_callbacks(config),
-        start_step=checkpoint_step(Path(resume)) if resume is not None else 0,
+        callbacks=objective.panels(config, backbone),
+        start_step=resume_step(resume),
     )
-    prepare_resume(trainer, resume, config["trainer"]["universal_checkpoint_wait_s"])
-    # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=False)
-    if stopped_by_signal(trainer) is None:
-        final = save_final_checkpoint(trainer)
-        if config["export_backbone"] and trainer.is_global_zero and not stop_requested():
-            export_checkpoint(final, run_dir)  # the file this run just wrote, never one found again by name
-            log.info("exported the backbone to %s", run_dir / "backbone.safetensors")
+    final = fit(trainer, module, datamodule, resume, config["trainer"]["universal_checkpoint_wait_s"])
+    if final is not None and config["export_backbone"] and trainer.is_global_zero and not stop_requested():
+        export_checkpoint(final, run_dir)  # the file this run just wrote, never one found again by name
+        log.info("exported the backbone to %s", run_dir / "backbone.safetensors")
     close_loggers(trainer)
 
 
@@ -122,9 +113,10 @@ def pretraining_plan(config: Mapping[str, Any], manifest: Mapping[str, Any]) -> 
     return plan_run(trainer, data["batch_size"], batches_per_epoch=batches, epochs=config["epochs"])
 
 
-def with_normalization(config: Settings, manifest: Mapping[str, Any]) -> Settings:
+def with_normalization(config: Settings, manifest: Mapping[str, Any], in_chans: int) -> Settings:
     """``config`` with ``data.mean``/``data.std`` filled in from the shards' channel statistics when they are null
-    (array shards: one value per channel, of ``data.bands``), after checking them against ``model.in_chans``."""
+    (array shards: one value per channel, of ``data.bands``), after checking them against the ``in_chans`` the
+    model reads."""
     data = dict(config["data"])
     if data["mean"] is None or data["std"] is None:
         if not manifest.get("manifests"):
@@ -133,7 +125,6 @@ def with_normalization(config: Settings, manifest: Mapping[str, Any]) -> Setting
         log.info("normalizing with the shards' channel statistics: mean %s, std %s", data["mean"], data["std"])
     elif manifest.get("arrays"):
         warn_if_far_from_statistics(data, manifest)
-    in_chans = backbone_options(config["model"])["in_chans"]
     if len(data["mean"]) != in_chans or len(data["std"]) != in_chans:
         raise ValueError(
             f"model.in_chans={in_chans} but data.mean/data.std have {len(data['mean'])}/{len(data['std'])} values: "
@@ -175,18 +166,6 @@ def shard_manifest(data: Mapping[str, Any]) -> dict[str, Any]:
         return {"total": None, "num_classes": None}
     verify_manifest_counts(manifest)  # before run_dir is touched; the streams' own check then costs a stat a shard
     return manifest
-
-
-def _image_callbacks(config: Mapping[str, Any]) -> list[L.Callback]:
-    logger = config["logger"]
-    if config["objective"]["name"] != "mae" or not logger["log_images_every_n_steps"]:
-        return []
-    options = backbone_options(config["model"])
-    if options["in_chans"] != 3 or options["spatial_dims"] != 2 or options["channel_tokens"]:
-        log.info("no reconstruction panels: they show RGB images, and this model reads other inputs")
-        return []
-    data = config["data"]
-    return [ReconstructionLogger(logger["log_images_every_n_steps"], data["mean"], data["std"], logger["num_images"])]
 
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")

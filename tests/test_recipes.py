@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from yaml_defaults import composed
 
-from finetune.protocol import downstream_plan
+from finetune.modes.common import downstream_plan
 from pretrain.engine.config import settings
 from pretrain.run import pretraining_plan
 

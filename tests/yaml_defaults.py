@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 from data_pipelines.transforms import TransformOptions
+from pretrain.engine.architecture import backbone_options
+from pretrain.engine.module import TrainingModule
 from pretrain.engine.optim import OptimConfig
+from pretrain.engine.plan import RunPlan
+from pretrain.objectives.build import build_module
+from pretrain.objectives.objective import objective_named
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -52,3 +58,9 @@ def transform_options(image_size: int, **overrides: Any) -> TransformOptions:
         "bands": data["bands"],
     }
     return TransformOptions(**{**values, **overrides})
+
+
+def pretraining_module(config: Mapping[str, Any], plan: RunPlan, num_classes: int = 0) -> TrainingModule:
+    """The pretraining app's Lightning module for a resolved ``config``, built as the app builds it."""
+    objective = objective_named(config["objective"]["name"])
+    return build_module(config, plan, objective, backbone_options(config["model"]), num_classes)

@@ -2,12 +2,14 @@
 
 One pass of the backbone over a split (eval transform, every image once over all ranks) gives several feature
 sets at once (DINOv2's linear evaluation: the CLS token, the average of the patch tokens, both, and the CLS tokens
-of the last blocks), gathered from every rank into one :class:`FeatureTable` on the CPU.
+of the last blocks), gathered from every rank into one :class:`FeatureTable` on the CPU. :func:`feature_tables` is
+the pass of the feature modes (``linear``, ``knn``) over the splits they need.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,10 @@ from torch import Tensor
 
 from data_pipelines.holdout import HoldOut
 from data_pipelines.registry import check_name
-from finetune.modes.common import Batch
+from finetune.data import TaskDataModule, TaskSplit, loader_specs
+from finetune.modes.common import Batch, DownstreamContext, downstream_plan, normalization
+from pretrain.engine.metadata import BackboneMeta
+from pretrain.engine.trainer import build_trainer
 from pretrain.models.vit import VisionTransformer
 
 LAST_BLOCKS = 4  # last4_cls: the CLS tokens of the last four blocks, concatenated (DINOv2's n_last_blocks=4)
@@ -115,3 +120,28 @@ def gather_rows(trainer: L.Trainer, rows: Tensor) -> Tensor:
     padded[: rows.shape[0]] = rows
     gathered = trainer.strategy.all_gather(padded)
     return torch.cat([part[:count] for part, count in zip(gathered, counts.tolist(), strict=True)])
+
+
+def feature_tables(
+    context: DownstreamContext, names: list[str], splits: Mapping[str, TaskSplit]
+) -> tuple[dict[str, FeatureTable], L.Trainer, BackboneMeta, int, float]:
+    """Frozen features of each split, and the Trainer, metadata, image size and images per second of the pass."""
+    config, task = context.config, context.task
+    backbone, meta = context.load_backbone()
+    image_size = backbone.patch_embed.img_size
+    eval_spec, _ = loader_specs(config, task.eval_crop_fraction, image_size, *normalization(config, meta, task.train))
+    plan = downstream_plan(config, config["mode"], task.train, trains=False)
+    trainer = build_trainer(
+        config["trainer"],
+        config["logger"],
+        context.run_dir,
+        run_config=config,
+        plan=plan,
+        batch_size_fn=lambda batch: batch["label"].shape[0],
+    )
+    extractor = FeatureExtractor(backbone, names)
+    started, tables = time.perf_counter(), {}
+    for name, split in splits.items():
+        tables[name] = extract_features(trainer, extractor, TaskDataModule(split, split, None, eval_spec))
+    images_per_s = round(sum(len(table) for table in tables.values()) / (time.perf_counter() - started), 2)
+    return tables, trainer, meta, image_size, images_per_s

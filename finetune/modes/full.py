@@ -1,6 +1,10 @@
 """Full fine-tuning: the whole backbone (position embedding included) plus a new head, on the engine's training
 module, with the mode's optimizer (SGD for transfer, AdamW with layer-wise lr decay for the MAE recipe) and
-timm's erasing and mixing (non-finite guarding and per-micro-batch seeding come with the engine)."""
+timm's erasing and mixing (non-finite guarding and per-micro-batch seeding come with the engine).
+
+``run_finetune``: the ``finetune`` and ``finetune_mae`` modes (:mod:`finetune.modes.fitting`: lr chosen on
+validation, refit, tested once, compared with the selecting linear probe).
+"""
 
 from __future__ import annotations
 
@@ -8,27 +12,25 @@ from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
-from torch import Tensor, nn
+from torch import nn
 
-from finetune.modes.common import ClassifierTest, DownstreamRun, TopKAccuracy
+from finetune.modes.common import ClassifierTest, DownstreamContext, DownstreamRun, ModeOutcome, TopKAccuracy
+from finetune.modes.fitting import FitMode, run_fit
 from pretrain.engine.architecture import classifier_flops_per_batch
-from pretrain.engine.classification import MixedLabelLoss, require_labels
+from pretrain.engine.classification import ClassifierModule, MixedLabelLoss
 from pretrain.engine.config import from_settings
 from pretrain.engine.metadata import BackboneMeta
-from pretrain.engine.module import TrainingModule
 from pretrain.engine.optim import OptimConfig
 from pretrain.models.vit import VisionTransformer
 
 
-class FinetuneModule(ClassifierTest, TrainingModule):
-    """A backbone with a new head, trained on labels.
+class FinetuneModule(ClassifierTest, ClassifierModule):
+    """A backbone with a new head, trained on labels (the engine's classifier module, as supervised pretraining's).
 
     The position embedding trains too, starting from the pretrained table (sin-cos or learned, resampled or
     not), as the MAE reference fine-tunes it. The head starts from ``trunc_normal(std=head_init_std)`` weights and
     zero bias (the ViT paper's transfer: std 0, a zero head; MAE: 2e-5).
     """
-
-    model: VisionTransformer
 
     def __init__(
         self,
@@ -40,7 +42,8 @@ class FinetuneModule(ClassifierTest, TrainingModule):
         meta: BackboneMeta,
         **training: Any,
     ) -> None:
-        """``training``: the :class:`TrainingModule` arguments besides model and metadata (optim, plan, ...)."""
+        """``training``: the :class:`~pretrain.engine.module.TrainingModule` arguments besides model and metadata
+        (optim, plan, ...)."""
         backbone.reset_classifier(num_classes, global_pool=pool)
         if head_init_std > 0:
             nn.init.trunc_normal_(backbone.head.weight, std=head_init_std)
@@ -51,24 +54,8 @@ class FinetuneModule(ClassifierTest, TrainingModule):
         # Checkpoints describe the fine-tuned backbone (pooling, resolution, a now learned position embedding),
         # so the weight loader rebuilds it.
         options = {**meta.options, "img_size": backbone.patch_embed.img_size, "global_pool": pool, "pos_embed": "learn"}
-        super().__init__(backbone, meta=meta.updated(options=options), **training)
-        self.loss = loss
+        super().__init__(backbone, meta=meta.updated(options=options), loss=loss, **training)
         self.accuracy = TopKAccuracy(num_classes)
-
-    @property
-    def backbone(self) -> VisionTransformer:
-        return self.model
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.model(images)
-
-    def on_before_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
-        if self.training:
-            require_labels(batch["label"])
-        return batch
-
-    def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.loss(self.model, batch["image"], batch["label"])
 
 
 def build_finetune(backbone: VisionTransformer, mode: Mapping[str, Any], run: DownstreamRun) -> FinetuneModule:
@@ -94,3 +81,12 @@ def build_finetune(backbone: VisionTransformer, mode: Mapping[str, Any], run: Do
 def ema_callbacks(mode: Mapping[str, Any]) -> list[Callback]:
     """Fine-tuning with ``ema_decay`` tests the moving average of the weights (copied in when training ends)."""
     return [EMAWeightAveraging(decay=mode["ema_decay"])] if mode["ema_decay"] else []
+
+
+FINE_TUNING = FitMode(build_finetune, ema_callbacks, frozen_backbone=False)
+
+
+def run_finetune(context: DownstreamContext) -> ModeOutcome | None:
+    """Fine-tune the whole backbone (lr chosen on validation with ``mode.lr_grid``), test once; None when a signal
+    stopped a fit."""
+    return run_fit(context, FINE_TUNING)

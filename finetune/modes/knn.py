@@ -1,5 +1,8 @@
 """k-NN evaluation (Wu et al., 2018; the DINO protocol): no training; cosine k-NN over the training images'
-frozen features, the k nearest voting for their label with weights exp(similarity / temperature)."""
+frozen features, the k nearest voting for their label with weights exp(similarity / temperature).
+
+``run_knn``: the mode (one frozen pass over the training and test images, then the vote).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from finetune.modes.common import topk_accuracy
-from finetune.modes.features import FeatureTable
+from finetune.modes.common import DownstreamContext, ModeOutcome, topk_accuracy
+from finetune.modes.features import FeatureTable, feature_tables
 
 QUERY_CHUNK = 1024  # test images scored at a time: bounds the [chunk, bank] similarity matrix
 
@@ -44,3 +47,21 @@ def knn_accuracy(
         ]
     )
     return topk_accuracy(scores, queries.labels.to(device))
+
+
+def run_knn(context: DownstreamContext) -> ModeOutcome:
+    """k-NN of the test images among the training images' frozen features."""
+    mode, task = context.config["mode"], context.task
+    tables, trainer, meta, image_size, speed = feature_tables(
+        context, [mode["feature"]], {"train": task.train, "test": task.test}
+    )
+    metrics = knn_accuracy(
+        tables["train"],
+        tables["test"],
+        mode["feature"],
+        mode["k"],
+        mode["temperature"],
+        task.num_classes,
+        trainer.strategy.root_device,
+    )
+    return ModeOutcome(metrics, trainer, image_size, meta, speed)

@@ -4,7 +4,10 @@ features, chosen on validation, refit on all training labels, tested once.
 Every head of the grid (feature set x learning rate x weight decay) sees the same batches in the same order, so
 the whole grid costs one pass over the cached features per epoch. Features are standardized with the statistics
 of the images the head is fit on (a frozen BatchNorm, as MAE's probe has); heads train with SGD and momentum
-under a cosine schedule. The test split is scored once, for the chosen setting only.
+under a cosine schedule. The test split is scored once, for the chosen setting only. A choice on the edge of the
+grid's learning rates or weight decays is logged and recorded (``on_edge`` in ``results.json``).
+
+``run_linear``: the mode (one frozen pass over the splits it needs, then the probe).
 """
 
 from __future__ import annotations
@@ -13,15 +16,15 @@ import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from finetune.modes.common import topk_accuracy
-from finetune.modes.features import FeatureTable
+from finetune.modes.common import DownstreamContext, ModeOutcome, grid_edges, topk_accuracy
+from finetune.modes.features import FeatureTable, feature_tables
 from pretrain.engine.optim import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -144,11 +147,39 @@ def selecting_linear_probe(
     head, standardize = train_heads(tables["train"], [chosen], num_classes, probe, seed, device)[chosen]
     test = tables["test"]
     metrics = accuracies(head, standardize, test.features[chosen.features], test.labels)
+    grid = {key: list(probe[key]) for key in ("features", "lrs", "weight_decays")}
+    edges = grid_edges({"lrs": chosen.lr, "weight_decays": chosen.weight_decay}, grid)
+    if edges:
+        log.warning(
+            "linear probe: the chosen %s lies on the edge of the grid (%s): a value beyond it may score better "
+            "(widen probe.lrs / probe.weight_decays)",
+            chosen,
+            ", ".join(f"{side} of probe.{axis}" for axis, side in edges.items()),
+        )
     selection = {
         "validation": validation,
-        "grid": {key: list(probe[key]) for key in ("features", "lrs", "weight_decays")},
+        "grid": grid,
         "candidates": candidates,
         "chosen": asdict(chosen),
+        "on_edge": edges,
         "refit_on": "train",
     }
     return metrics, selection
+
+
+def run_linear(context: DownstreamContext) -> ModeOutcome:
+    """The selecting linear probe on frozen features. A hold-out's two sides are rows of the training split's
+    table (one pass); a task's own validation split is a pass of its own."""
+    probe, task = context.config["probe"], context.task
+    splits = {"train": task.train, "test": task.test}
+    if task.holdout is None:
+        splits.update(fit=task.selection_train, val=task.val)
+    tables, trainer, meta, image_size, speed = feature_tables(context, list(probe["features"]), splits)
+    if task.holdout is not None:
+        tables["fit"] = tables["train"].held_out(replace(task.holdout, side="train"))
+        tables["val"] = tables["train"].held_out(replace(task.holdout, side="val"))
+    device = trainer.strategy.root_device
+    metrics, selection = selecting_linear_probe(
+        tables, task.num_classes, probe, context.config["seed"], task.validation, device
+    )
+    return ModeOutcome(metrics, trainer, image_size, meta, speed, selection=selection)

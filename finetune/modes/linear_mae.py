@@ -1,5 +1,9 @@
 """MAE's linear probe as a fixed recipe (He et al., 2022, A.2): frozen backbone -> BatchNorm(affine=False) ->
-Linear, trained with LARS (or SGD) on augmented images; ``mode=linear`` is the selecting probe instead."""
+Linear, trained with LARS (or SGD) on augmented images; ``mode=linear`` is the selecting probe instead.
+
+``run_linear_mae``: the mode (:mod:`finetune.modes.fitting`; ``mode.cache_features`` trains the head on features
+computed once).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data_pipelines.registry import check_name
-from finetune.modes.common import Batch, ClassifierTest, DownstreamRun, TopKAccuracy, frozen, pooled_features
+from finetune.modes.common import (
+    Batch,
+    ClassifierTest,
+    DownstreamContext,
+    DownstreamRun,
+    ModeOutcome,
+    TopKAccuracy,
+    frozen,
+    pooled_features,
+)
+from finetune.modes.fitting import FitMode, no_callbacks, run_fit
 from pretrain.engine.optim import LARS, scaled_lr, warmup_cosine
 from pretrain.models.vit import VisionTransformer
 
@@ -86,3 +100,8 @@ def build_linear(backbone: VisionTransformer, mode: Mapping[str, Any], run: Down
         plan.total_steps,
         plan.steps_for_epochs(mode["warmup_epochs"]),
     )
+
+
+def run_linear_mae(context: DownstreamContext) -> ModeOutcome | None:
+    """Train MAE's probe on the frozen backbone, test once; None when a signal stopped the fit."""
+    return run_fit(context, FitMode(build_linear, no_callbacks, frozen_backbone=True))

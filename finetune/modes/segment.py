@@ -4,10 +4,14 @@ mIoU, pixel accuracy and per-class IoU over every test pixel of every rank.
 
 ``head: linear`` with ``freeze_backbone: true`` is DINOv2's linear protocol; ``setr_pup`` and ``setr_mla`` are
 SETR's decoders (usually with the backbone fine-tuned); ``unetr`` segments volumes with UNETR's decoder.
+
+``run_segment``: the mode, a fixed recipe (no selection on validation).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,13 +20,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data_pipelines.registry import lookup
-from finetune.modes.common import DownstreamRun
+from data_pipelines.seeding import seed_all, stable_seed
+from data_pipelines.transforms import TransformOptions
+from finetune.data import LoaderSpec, TaskDataModule
+from finetune.modes.common import (
+    DownstreamContext,
+    DownstreamRun,
+    ModeOutcome,
+    downstream_plan,
+    fit_trainer,
+    normalization,
+)
 from finetune.modes.dense_metrics import confusion_matrix, segmentation_scores
 from pretrain.engine.config import from_settings
+from pretrain.engine.lifecycle import fit, resolve_resume, resume_step
 from pretrain.engine.module import TrainingModule
 from pretrain.engine.optim import OptimConfig
 from pretrain.models.segmentation import SETRMLA, SETRPUP, LinearHead, Segmenter, UNETRDecoder, sliding_window_logits
 from pretrain.models.vit import VisionTransformer
+
+log = logging.getLogger(__name__)
 
 HeadBuilder = Callable[[VisionTransformer, int, Mapping[str, Any]], nn.Module]
 VOLUME_HEADS = {"unetr"}  # heads of 3-D backbones; the others segment images
@@ -118,3 +135,64 @@ def build_segmentation(
         max_bad_steps=run.max_bad_steps,
         flops_per_batch=None,
     )
+
+
+def segmentation_specs(
+    config: Mapping[str, Any], image_size: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[LoaderSpec, LoaderSpec]:
+    """(training crops of ``image_size``, whole test images one at a time: their sizes differ) for ``segment``."""
+    mode = config["mode"]
+    common = dict(
+        num_workers=config["num_workers"],
+        mean=mean,
+        std=std,
+        seed=config["seed"],
+        shuffle_buffer=config["shuffle_buffer"],
+        pin_memory=config["pin_memory"],
+    )
+    geometry = dict(image_size=image_size, eval_crop_fraction=None, randaugment=None, intensity_scale=None, bands=None)
+    crops = TransformOptions(**geometry, crop_scale=mode["crop_scale"], crop_ratio=mode["crop_ratio"])
+    whole = TransformOptions(**geometry, crop_scale=None, crop_ratio=None)
+    train = LoaderSpec(mode["train_transform"], crops, batch_size=mode["batch_size"], training=True, **common)
+    return train, LoaderSpec("segment_eval", whole, batch_size=1, training=False, **common)
+
+
+def run_segment(context: DownstreamContext) -> ModeOutcome | None:
+    """Train the mode's segmentation head (and the backbone unless frozen) on the training split, test once on
+    whole test images by sliding windows. A fixed recipe: no selection on validation. None when a signal stopped
+    the fit."""
+    config, task = context.config, context.task
+    mode = config["mode"]
+    if task.ignore_index is None:
+        raise ValueError(f"mode=segment needs a segmentation task (ade20k, voc2012, segfolder); {task.name} classifies")
+    seed_all(stable_seed(config["seed"], "fit", "segment"))
+    backbone, meta = context.load_backbone()
+    image_size = backbone.patch_embed.img_size
+    train_spec, test_spec = segmentation_specs(config, image_size, *normalization(config, meta, task.train))
+    plan = downstream_plan(config, mode, task.train, trains=True)
+    run = DownstreamRun(task.num_classes, plan, config["seed"], meta, config["trainer"]["max_bad_steps"])
+    module = build_segmentation(backbone, mode, run, task.ignore_index)
+    data = TaskDataModule(task.train, task.test, train_spec, test_spec, plan)
+    checkpoint = resolve_resume(str(config["resume"]), context.run_dir)
+    trainer = fit_trainer(
+        config,
+        mode,
+        config["logger"],
+        context.run_dir,
+        plan,
+        batch_size_fn=lambda batch: batch["image"].shape[0],
+        start_step=resume_step(checkpoint),
+    )
+    log.info(
+        "segment (%s head) on %s (%d images): %s", mode["head"], task.name, task.train.num_samples, plan.describe()
+    )
+    wait_s = config["trainer"]["universal_checkpoint_wait_s"]
+    if fit(trainer, module, data, checkpoint, wait_s, frozen_parts=mode["freeze_backbone"]) is None:
+        return None
+    started = time.perf_counter()
+    trainer.test(module, datamodule=data)
+    speed = round(task.test.num_samples / (time.perf_counter() - started), 2)
+    metrics = {name: module.scores[name] for name in ("miou", "pixel_accuracy")}
+    names = [*task.train.classes, *(f"class_{k}" for k in range(len(task.train.classes), task.num_classes))]
+    per_class = dict(zip(names, module.scores["per_class_iou"], strict=True))
+    return ModeOutcome(metrics, trainer, image_size, meta, speed, notes={"per_class_iou": per_class})

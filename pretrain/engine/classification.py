@@ -1,4 +1,5 @@
-"""The classification loss of supervised pretraining and of fine-tuning, with timm's reference augmentations.
+"""The classifier module of supervised pretraining and of fine-tuning, and its loss with timm's reference
+augmentations.
 
 As in the DeiT and MAE fine-tuning recipes: RandomErasing per sample (``pixel`` mode, one box, on normalized
 images), then Mixup or CutMix per batch with label smoothing folded into the soft targets
@@ -15,6 +16,9 @@ from timm.data import Mixup
 from timm.data.random_erasing import RandomErasing
 from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
+
+from pretrain.engine.module import TrainingModule
+from pretrain.models.vit import VisionTransformer
 
 
 def require_labels(labels: Tensor) -> None:
@@ -71,3 +75,30 @@ class MixedLabelLoss(nn.Module):
             images, labels = images[:-1], labels[:-1]
         images, targets = self.mixup(images, labels)
         return self.soft_cross_entropy(model(images).float(), targets)  # fp32 loss under bf16 weights too
+
+
+class ClassifierModule(TrainingModule):
+    """A classifier ViT trained on labels; ``loss`` erases, mixes, classifies and scores one batch. Supervised
+    pretraining trains it as built; fine-tuning gives a pretrained backbone a new head first."""
+
+    model: VisionTransformer
+
+    def __init__(self, *args: Any, loss: MixedLabelLoss, **kwargs: Any) -> None:
+        """``args``, ``kwargs``: the :class:`TrainingModule` arguments (the classifier, optim, plan, ...)."""
+        super().__init__(*args, **kwargs)
+        self.loss = loss
+
+    @property
+    def backbone(self) -> VisionTransformer:
+        return self.model
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+    def on_before_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> dict[str, Tensor]:
+        if self.training:
+            require_labels(batch["label"])
+        return batch
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.loss(self.model, batch["image"], batch["label"])

@@ -1,8 +1,16 @@
-"""What every app does around ``trainer.fit``: the checkpoint to resume from, the final checkpoint and closing
-loggers (stopping on signals: :mod:`pretrain.engine.signals`). Shared by the pretraining and the downstream app."""
+"""The fit sequence every app runs, written once: the checkpoint to resume from (resolved before the Trainer is built,
+so that its logs know the step they continue from), ``trainer.fit`` from it, stopped by a signal or not, the final
+checkpoint; then closing the loggers (stopping on signals: :mod:`pretrain.engine.signals`). Used by pretraining,
+fine-tuning and segmentation.
+
+    resume = resolve_resume(config["resume"], run_dir)           # before the Trainer
+    trainer = build_trainer(..., start_step=resume_step(resume))
+    final = fit(trainer, module, datamodule, resume, wait_s)     # None: a signal stopped it
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,12 +23,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from pretrain.engine.checkpoints import (
     CHECKPOINT_SUBDIR,
     UnreadableCheckpointError,
+    checkpoint_step,
     damage,
     find_resume_checkpoint,
     read_checkpoint_lazily,
 )
+from pretrain.engine.console import frozen_parts_expected
 from pretrain.engine.metadata import meta_from_checkpoint
 from pretrain.engine.run_checkpoints import run_checkpoints
+from pretrain.engine.signals import stopped_by_signal
 from pretrain.engine.universal_checkpoint import prepare_universal_resume
 
 log = logging.getLogger(__name__)
@@ -62,9 +73,30 @@ def prepare_resume(trainer: L.Trainer, path: str | None, conversion_wait_s: floa
     return path
 
 
-def resume_checkpoint(trainer: L.Trainer, resume: str, run_dir: Path, conversion_wait_s: float) -> str | None:
-    """:func:`resolve_resume` then :func:`prepare_resume`."""
-    return prepare_resume(trainer, resolve_resume(resume, run_dir), conversion_wait_s)
+def resume_step(path: str | None) -> int:
+    """The step ``path`` (from :func:`resolve_resume`) was saved at, 0 for a fresh start: the Trainer's logs keep
+    what they hold up to it (``build_trainer(start_step=...)``)."""
+    return checkpoint_step(Path(path)) if path is not None else 0
+
+
+def fit(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    resume: str | None,
+    conversion_wait_s: float,
+    frozen_parts: bool = False,
+) -> Path | None:
+    """Train ``module`` from the checkpoint ``resume`` (from :func:`resolve_resume`; None: from the start) and save
+    the final checkpoint; returns it, or None when a signal stopped the fit (it saved its own checkpoint to resume
+    from). ``frozen_parts``: parts of the module train on purpose not at all (no warning about them)."""
+    path = prepare_resume(trainer, resume, conversion_wait_s)
+    with frozen_parts_expected() if frozen_parts else contextlib.nullcontext():
+        # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=path, weights_only=False)
+    if stopped_by_signal(trainer) is not None:
+        return None
+    return save_final_checkpoint(trainer)
 
 
 def check_same_backbone(checkpoint: Path, options: Mapping[str, Any]) -> None:

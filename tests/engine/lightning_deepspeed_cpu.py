@@ -32,14 +32,13 @@ import torch.distributed as dist  # noqa: E402
 from deepspeed_cpu_train import gathered_parameters  # noqa: E402
 from lightning.fabric.utilities.seed import reset_seed  # noqa: E402
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy  # noqa: E402
-from yaml_defaults import composed  # noqa: E402
+from yaml_defaults import composed, pretraining_module  # noqa: E402
 
 from pretrain.engine import trainer as trainer_factory  # noqa: E402
 from pretrain.engine.config import settings  # noqa: E402
 from pretrain.engine.module import NonFiniteLossError  # noqa: E402
 from pretrain.engine.plan import plan_run  # noqa: E402
 from pretrain.engine.universal_checkpoint import prepare_universal_resume  # noqa: E402
-from pretrain.objectives.build import build_module  # noqa: E402
 
 BATCH = 4
 GLOBAL_BATCH = 8  # 2 processes x 4, or 1 process x 4 x 2 accumulated
@@ -141,7 +140,7 @@ def main() -> None:
     accumulate = GLOBAL_BATCH // (BATCH * args.processes)
     plan = plan_run(config["trainer"], BATCH, batches_per_epoch=args.batches_per_epoch * accumulate, steps=args.steps)
     L.seed_everything(config["seed"])  # as the app: the same initial weights on every rank and run
-    module = build_module(config, plan, num_classes=0)
+    module = pretraining_module(config, plan)
     logger_config = {**composed("pretrain", "logger=csv")["logger"]}
     probe = Probe(
         {int(step) for step in args.poison_steps.split(",") if step}, args.stop_after, args.output_dir / "stopped.ckpt"

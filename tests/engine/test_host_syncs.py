@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
-from yaml_defaults import composed
+from yaml_defaults import composed, pretraining_module
 
 from pretrain.engine.config import settings
 from pretrain.engine.host_syncs import HostSyncCounter
@@ -15,7 +15,6 @@ from pretrain.engine.plan import plan_run
 from pretrain.engine.run_checkpoints import RunCheckpoints
 from pretrain.engine.signals import StopOnSignal, handle_signals
 from pretrain.engine.step_metrics import StepThroughput
-from pretrain.objectives.build import build_module
 
 STEPS, LOG_EVERY = 12, 4
 CPU = torch.device("cpu")
@@ -60,7 +59,7 @@ def test_one_host_read_per_optimizer_step_and_at_most_one_more_when_logging(tmp_
     config = settings(composed("pretrain", *overrides, "warmup_epochs=0", "data.batch_size=4"))
     config["trainer"]["accumulate_grad_batches"] = accumulate
     plan = plan_run(config["trainer"], 4, batches_per_epoch=STEPS * accumulate, steps=STEPS)
-    module = build_module(config, plan, num_classes=0)
+    module = pretraining_module(config, plan)
     batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.zeros(4, dtype=torch.long)}
     batches = [{**batch, "corrupt_skipped": torch.tensor(1)} for _ in range(STEPS * accumulate)]
     syncs = HostSyncCounter(CPU)

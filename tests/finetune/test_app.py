@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -83,14 +84,14 @@ def test_finetune_on_the_demo_is_clearly_above_chance(run_app) -> None:
     results = run_app("mode=finetune", "mode.epochs=3", "mode.batch_size=32", "mode.lr_grid=[0.01,0.03]")
     assert results["metrics"]["top1"] > 30
     selection = results["selection"]
-    assert [c["lr"] for c in selection["candidates"]] == [0.01, 0.03]
+    assert [c["lr"] for c in selection["candidates"]] == [0.01, 0.03, *selection["extended"]["lr"]]
     best = max(selection["candidates"], key=lambda candidate: candidate["val_top1"])
     assert selection["chosen"] == {"lr": best["lr"]}
     assert results["linear_probe"]["metrics"]["top1"] > 30 and "below_linear_probe" in results
 
 
 def test_a_fine_tune_below_the_linear_probe_says_so(run_app, caplog) -> None:
-    with caplog.at_level("WARNING", logger="finetune.protocol"):
+    with caplog.at_level("WARNING", logger="finetune.modes.fitting"):
         results = run_app("mode=finetune", "mode.lr_grid=null", "trainer.max_steps=1", "mode.batch_size=16")
     assert results["below_linear_probe"] and results["metrics"]["top1"] < results["linear_probe"]["metrics"]["top1"]
     assert "below the selecting linear probe" in caplog.text
@@ -236,7 +237,8 @@ def test_a_fine_tune_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_p
             f"data_root={data_root}",
             f"ckpt={pretrained / 'backbone.safetensors'}",
             f"run_dir={run_dir}",
-            "logger=none",
+            "logger=csv",
+            "trainer.log_every_n_steps=5",
             "num_workers=1",
             "mode.batch_size=8",
             "mode.lr_grid=null",
@@ -281,3 +283,12 @@ def test_a_fine_tune_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_p
         json.loads((interrupted / RESULTS_FILE).read_text())["metrics"]
         == json.loads((tmp_path / "straight" / RESULTS_FILE).read_text())["metrics"]
     )
+    # The CSV log survives the resume: each logged step's loss once, as the uninterrupted run logged it.
+    expected_losses, actual_losses = logged_losses(tmp_path / "straight"), logged_losses(interrupted)
+    assert [step for step, _ in actual_losses] == [step for step, _ in expected_losses]
+    assert [loss for _, loss in actual_losses] == pytest.approx([loss for _, loss in expected_losses], abs=1e-5)
+
+
+def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
+    with open(run_dir / "csv" / "metrics.csv") as metrics:
+        return [(int(row["step"]), float(row["train/loss"])) for row in csv.DictReader(metrics) if row["train/loss"]]

@@ -7,11 +7,11 @@ import pytest
 import torch
 from yaml_defaults import composed, optim_config
 
+from finetune.modes import get_mode
 from finetune.modes.common import DownstreamRun
 from finetune.modes.full import FinetuneModule, build_finetune
 from finetune.modes.knn import knn_scores
 from finetune.modes.linear_mae import LinearProbeModule
-from finetune.protocol import get_mode
 from pretrain.engine.backbone_io import load_backbone, save_backbone
 from pretrain.engine.classification import MixedLabelLoss
 from pretrain.engine.metadata import BackboneMeta

@@ -1,16 +1,20 @@
-"""Lightning modules driven by a real Trainer on in-memory batches."""
+"""Lightning modules driven by a real Trainer on in-memory batches, and the objective registry."""
+
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from yaml_defaults import composed
+from yaml_defaults import composed, pretraining_module
 
+from pretrain.engine.classification import ClassifierModule
 from pretrain.engine.config import settings
 from pretrain.engine.module import NonFiniteLossError
 from pretrain.engine.plan import plan_run
-from pretrain.objectives.build import build_module
 from pretrain.objectives.mae import MAEModule
-from pretrain.objectives.supervised import SupervisedModule
+from pretrain.objectives.objective import OBJECTIVES, objective_named
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 OVERRIDES = (
     "objective.decoder_embed_dim=32",
@@ -27,7 +31,7 @@ CONFIG = settings(composed("pretrain", *OVERRIDES))
 
 def mae_module(config=CONFIG):
     plan = plan_run(config["trainer"], config["data"]["batch_size"], batches_per_epoch=8)
-    return build_module(config, plan, num_classes=0)
+    return pretraining_module(config, plan)
 
 
 def batches(count: int, poison_from: int | None = None):
@@ -62,8 +66,8 @@ def test_build_module_chooses_the_objective_and_counts_flops():
 
 def test_supervised_objective_builds_a_classifier_with_mixing():
     config = settings(composed("pretrain", "objective=supervised", "data.batch_size=4"))
-    module = build_module(config, plan_run(config["trainer"], 4, batches_per_epoch=8), num_classes=7)
-    assert isinstance(module, SupervisedModule) and module.model.num_classes == 7
+    module = pretraining_module(config, plan_run(config["trainer"], 4, batches_per_epoch=8), num_classes=7)
+    assert isinstance(module, ClassifierModule) and module.model.num_classes == 7
     assert module.loss.mixup is not None and module.loss.erasing is not None
     assert module.meta.options["num_classes"] == 0
 
@@ -86,3 +90,10 @@ def test_unknown_objective_lists_the_known_ones():
     config = settings({**CONFIG, "objective": {**CONFIG["objective"], "name": "dino"}})
     with pytest.raises(ValueError, match="unknown objective 'dino'; choose one of: mae, supervised"):
         mae_module(config)
+
+
+@pytest.mark.parametrize("path", ["pretrain/objectives/build.py", "pretrain/run.py", "pretrain/checks.py"])
+def test_the_builder_the_app_and_the_checks_know_no_objective_by_name(path):
+    objective_named("mae")  # imports every objective module, so the registry holds them all
+    source = (REPO_ROOT / path).read_text()
+    assert [name for name in OBJECTIVES if f'"{name}"' in source or f"'{name}'" in source] == []
