@@ -66,14 +66,16 @@ def tar_members(archive: bytes | mmap.mmap) -> Iterator[TarMember]:
 
 
 @contextlib.contextmanager
-def mapped_archive(path: Path | str) -> Iterator[mmap.mmap]:
-    """A local tar file mapped into memory, read once from start to end; an empty file is a read error."""
+def mapped_archive(path: Path | str, headers_only: bool = False) -> Iterator[mmap.mmap]:
+    """A local tar file mapped into memory, read once from start to end (``headers_only``: only its headers are
+    read, so the kernel reads no data ahead); an empty file is a read error."""
     with open(path, "rb") as handle:
         if handle.seek(0, 2) == 0:
             raise tarfile.ReadError(f"{path} is empty")
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as archive:
-            if hasattr(mmap, "MADV_SEQUENTIAL"):
-                archive.madvise(mmap.MADV_SEQUENTIAL)
+            advice = "MADV_RANDOM" if headers_only else "MADV_SEQUENTIAL"
+            if hasattr(mmap, advice):
+                archive.madvise(getattr(mmap, advice))
             yield archive
 
 
@@ -123,7 +125,7 @@ def count_samples(path: Path | str) -> tuple[int, tarfile.ReadError | None]:
     when the archive was read to its end): what a manifest's count of the shard is checked against."""
     count = 0
     try:
-        with mapped_archive(path) as archive:
+        with mapped_archive(path, headers_only=True) as archive:
             for _ in sample_members(archive, path):
                 count += 1
     except tarfile.ReadError as error:

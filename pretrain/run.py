@@ -29,7 +29,14 @@ from pretrain.engine.architecture import backbone_options
 from pretrain.engine.backbone_io import export_checkpoint
 from pretrain.engine.config import Settings, settings
 from pretrain.engine.cpu_threads import set_cpu_threads
-from pretrain.engine.lifecycle import check_same_backbone, close_loggers, fit, resolve_resume, resume_step
+from pretrain.engine.lifecycle import (
+    check_same_backbone,
+    close_loggers,
+    continued_on_requeue,
+    fit,
+    resolve_resume,
+    resume_step,
+)
 from pretrain.engine.plan import RunPlan, accumulation, devices_per_node, plan_run
 from pretrain.engine.run_dir import claim_run_dir, own_run_dir
 from pretrain.engine.shard_data import ShardDataModule
@@ -70,9 +77,10 @@ def _pretrain(config: Mapping[str, Any], run_dir: Path, record_config: Callable[
     data = config["data"]
     plan = pretraining_plan(config, manifest)
     check_pretraining_plan(config, plan)
+    resume_option = continued_on_requeue(str(config["resume"]))
     if rank_zero_only.rank == 0:
-        claim_run_dir(run_dir, str(config["resume"]), config["overwrite"])
-    resume = resolve_resume(str(config["resume"]), run_dir)
+        claim_run_dir(run_dir, resume_option, config["overwrite"])
+    resume = resolve_resume(resume_option, run_dir)
     if resume is not None:
         check_same_backbone(Path(resume), backbone)
     if record_config is not None and rank_zero_only.rank == 0:

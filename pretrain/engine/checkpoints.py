@@ -5,7 +5,7 @@ name, so a job killed mid-write never leaves a truncated checkpoint behind; the 
 while writing, goes beside it (``step_N.ckpt.sha256``). ``resume=auto`` takes the newest checkpoint that verifies
 (its digest, or for files without one, torch's CRCs); a damaged one is moved to ``checkpoints/damaged/`` with the
 reason, never deleted and never read again. Temporary files left by a writer that died are removed when the next
-run takes the run directory (:mod:`pretrain.engine.run_lock`), and at once when a write fails.
+run takes the run directory (:mod:`pretrain.engine.run_dir`), and at once when a write fails.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"  # below a run directory
 DAMAGED_SUBDIR = "damaged"  # below the checkpoint directory: files resume found damaged, kept for inspection
+SUPERSEDED_SUBDIR = "superseded"  # below it too: checkpoints newer than an older one a run was resumed from
 DIGEST_SUFFIX = ".sha256"  # beside each checkpoint file: the hex SHA-256 of its bytes
 STEP_PATTERN = re.compile(r"step[_=](\d+)")  # step_000300; step=000300 from runs before the rename
 TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp-\d+$")  # .step_000300.ckpt.tmp-<pid>, see AtomicCheckpointIO
@@ -153,7 +154,7 @@ def checkpoint_step(path: Path) -> int:
     match = STEP_PATTERN.search(path.name)
     if match:
         return int(match.group(1))
-    return int(read_checkpoint(path).get("global_step", -1))
+    return int(read_checkpoint_lazily(path).get("global_step", -1))
 
 
 def damage(path: Path) -> str | None:
@@ -173,8 +174,9 @@ def damage(path: Path) -> str | None:
             found = file_digest(path)
             return None if found == expected else f"its SHA-256 is {found[:12]}..., {expected[:12]}... was written"
         return _zip_damage(path)
-    except OSError as error:  # e.g. moved aside by rank 0 while this rank was reading it
-        return f"cannot read it: {error}"
+    except FileNotFoundError:  # moved aside by rank 0 while this rank was reading it
+        return "it was moved away while being verified"
+    # Any other OSError (EIO, ESTALE, EACCES) says nothing about the file's bytes: it is raised, never set aside.
 
 
 def _zip_damage(path: Path) -> str | None:
@@ -229,9 +231,9 @@ def find_resume_checkpoint(checkpoint_dir: Path, set_aside: bool = False) -> Pat
     return None
 
 
-def set_aside_damaged(path: Path) -> Path:
-    """Move a damaged checkpoint (and its digest) to ``damaged/`` beside it, under a name no other file has."""
-    target_dir = path.parent / DAMAGED_SUBDIR
+def set_aside_damaged(path: Path, subdir: str = DAMAGED_SUBDIR) -> Path:
+    """Move a checkpoint (and its digest) to ``subdir`` beside it (``damaged/``), under a name no other file has."""
+    target_dir = path.parent / subdir
     target_dir.mkdir(exist_ok=True)
     target = target_dir / path.name
     copy = 1
@@ -254,12 +256,22 @@ def remove_checkpoint(path: Path) -> None:
         digest_path(path).unlink(missing_ok=True)
 
 
-def rotate_checkpoints(checkpoint_dir: Path, keep: int) -> list[Path]:
-    """Keep the ``keep`` newest checkpoints in ``checkpoint_dir`` (all with ``keep=-1``), whichever run wrote them;
-    return the removed ones."""
+def set_aside_newer(checkpoint_dir: Path, step: int) -> list[Path]:
+    """Move the checkpoints of ``checkpoint_dir`` with a step above ``step`` to ``superseded/``: a run resumed from
+    an older checkpoint would otherwise see them as its newest (rotation, a later ``resume=auto``)."""
+    return [
+        set_aside_damaged(path, SUPERSEDED_SUBDIR)
+        for path in checkpoint_candidates(checkpoint_dir)
+        if checkpoint_step(path) > step
+    ]
+
+
+def rotate_checkpoints(checkpoint_dir: Path, keep: int, protected: Path | None = None) -> list[Path]:
+    """Keep the ``keep`` newest checkpoints in ``checkpoint_dir`` (all with ``keep=-1``), whichever run wrote them,
+    and ``protected`` (the one a run just wrote) in any case; return the removed ones."""
     if keep < 0:
         return []
-    removed = checkpoint_candidates(checkpoint_dir)[keep:]
+    removed = [path for path in checkpoint_candidates(checkpoint_dir)[keep:] if path != protected]
     for path in removed:
         remove_checkpoint(path)
     return removed

@@ -1,8 +1,8 @@
 """A CSV logger whose ``metrics.csv`` survives resumes.
 
 Lightning's ``CSVLogger`` deletes ``metrics.csv`` whenever a logger starts in a directory that has one, so every
-resume (a signal, a preemption, a rerun) lost the curve logged before it. This one keeps the rows of the steps up to
-the step the run resumes from, drops the later ones (the resumed run logs those steps again, from the checkpoint's
+resume (a signal, a preemption, a rerun) lost the curve logged before it. This one keeps the rows of the steps the
+checkpoint it resumes from holds, drops the later ones (the resumed run logs those steps again, from the checkpoint's
 state), and appends. Rows reach the file as they are logged (Lightning's default holds 100 steps of them in memory,
 which a SIGKILL or a preemption loses).
 """
@@ -18,7 +18,8 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
 class ResumedExperimentWriter(ExperimentWriter):
-    """Lightning's writer, keeping the rows of ``metrics.csv`` logged at steps up to ``start_step``."""
+    """Lightning's writer, keeping the rows of ``metrics.csv`` a checkpoint at ``start_step`` holds: Lightning's
+    logging step counts from 0, so those of steps below ``start_step``."""
 
     def __init__(self, log_dir: str, start_step: int) -> None:
         self.start_step = start_step
@@ -30,7 +31,7 @@ class ResumedExperimentWriter(ExperimentWriter):
         with open(self.metrics_file_path, newline="") as file:
             reader = csv.DictReader(file)
             header = list(reader.fieldnames or [])
-            kept = [row for row in reader if _step(row) <= self.start_step]
+            kept = [row for row in reader if _step(row) < self.start_step]
         temporary = f"{self.metrics_file_path}.tmp-{os.getpid()}"
         with open(temporary, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=header)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from pretrain.engine.checkpoints import (
     damage,
     find_resume_checkpoint,
     read_checkpoint_lazily,
+    set_aside_newer,
 )
 from pretrain.engine.console import frozen_parts_expected
 from pretrain.engine.metadata import meta_from_checkpoint
@@ -43,13 +45,25 @@ class BackboneMismatchError(ValueError):
     """A checkpoint of another architecture than the one the config asks for."""
 
 
+def continued_on_requeue(resume: str) -> str:
+    """``resume``, or ``auto`` for ``resume=none`` in a SLURM job that runs again (requeued on preemption or its
+    time-limit warning): the job's command line is the same, but the run it started must go on, not start over."""
+    if resume == "none" and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0:
+        log.info("resume=none in a requeued SLURM job: continuing the run it started (resume=auto)")
+        return "auto"
+    return resume
+
+
 def resolve_resume(resume: str, run_dir: Path) -> str | None:
     """``auto``: the newest checkpoint in ``run_dir/checkpoints`` that verifies (none: start fresh; damaged ones are
-    moved aside by rank 0); ``none``; or a path, which must verify."""
+    moved aside by rank 0); ``none`` (``auto`` in a requeued SLURM job); or a path, which must verify (rank 0 moves
+    the newer checkpoints of ``run_dir`` to ``checkpoints/superseded/``)."""
+    resume = continued_on_requeue(resume)
     if resume == "none":
         return None
+    checkpoint_dir = run_dir / CHECKPOINT_SUBDIR
     if resume == "auto":
-        newest = find_resume_checkpoint(run_dir / CHECKPOINT_SUBDIR, set_aside=rank_zero_only.rank == 0)
+        newest = find_resume_checkpoint(checkpoint_dir, set_aside=rank_zero_only.rank == 0)
         if newest is not None:
             log.info("resuming from %s", newest)
         return str(newest) if newest is not None else None
@@ -61,6 +75,9 @@ def resolve_resume(resume: str, run_dir: Path) -> str | None:
             f"cannot read checkpoint {resume}: {reason}. Expected a complete Lightning checkpoint (a zip archive "
             "written by torch.save) or DeepSpeed checkpoint directory; use resume=auto to take the newest good one"
         )
+    if rank_zero_only.rank == 0:
+        for moved in set_aside_newer(checkpoint_dir, checkpoint_step(Path(resume))):
+            log.info("resume=%s is older than %s: moved it to %s", resume, moved.name, moved.parent)
     return resume
 
 
@@ -91,6 +108,8 @@ def fit(
     the final checkpoint; returns it, or None when a signal stopped the fit (it saved its own checkpoint to resume
     from). ``frozen_parts``: parts of the module train on purpose not at all (no warning about them)."""
     path = prepare_resume(trainer, resume, conversion_wait_s)
+    if resume is not None:
+        run_checkpoints(trainer).resumed_from(Path(resume), checkpoint_step(Path(resume)))
     with frozen_parts_expected() if frozen_parts else contextlib.nullcontext():
         # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
         trainer.fit(module, datamodule=datamodule, ckpt_path=path, weights_only=False)

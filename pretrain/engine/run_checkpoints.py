@@ -29,19 +29,24 @@ class RunCheckpoints(Callback):
         self.directory = directory
         self.every_n_steps = every_n_steps
         self.keep = keep
-        self.latest: Path | None = None  # the newest checkpoint this process saved
+        self.latest: Path | None = None  # the newest checkpoint this process saved, or the one it resumed from
         self.latest_step: int | None = None
         self._step_ends = StepEnds()
 
+    def resumed_from(self, path: Path, step: int) -> None:
+        """The checkpoint the fit starts from: at that step it is the checkpoint, not rewritten in place (a rerun of
+        a finished run exports it as it is)."""
+        self.latest, self.latest_step = path, step
+
     def save(self, trainer: L.Trainer) -> Path:
-        """The checkpoint of ``trainer``'s current step, written unless this process already wrote it (every rank
-        calls this together: DeepSpeed writes one partition per rank)."""
+        """The checkpoint of ``trainer``'s current step, written unless this process already wrote it or resumed
+        from it (every rank calls this together: DeepSpeed writes one partition per rank)."""
         if self.latest_step != trainer.global_step:
             path = checkpoint_path(self.directory, trainer.global_step)
             trainer.save_checkpoint(path, weights_only=False)  # the whole training state; saying so is quiet
             self.latest, self.latest_step = path, trainer.global_step
             if trainer.is_global_zero:
-                for removed in rotate_checkpoints(self.directory, self.keep):
+                for removed in rotate_checkpoints(self.directory, self.keep, protected=path):
                     log.debug("removed %s (trainer.keep_checkpoints=%d)", removed, self.keep)
         assert self.latest is not None
         return self.latest

@@ -1,11 +1,13 @@
 """One owner per run directory, and a fresh start that never mixes two runs.
 
 Rank 0 of a run holds an exclusive lock on ``run_dir/.lock`` from before it writes anything until it exits. The lock
-is a POSIX record lock (``fcntl.lockf``): the kernel releases it when the process dies, SIGKILL included, so it is
-never stale; forked loader workers do not inherit it. It works on local file systems and on NFS with a lock daemon
-(v3) or v4; on Lustre only when mounted with ``flock`` (or ``localflock``: then it guards one node only). Where the
+is a POSIX record lock (``fcntl.lockf``): the kernel releases it when the process dies, SIGKILL included, so on a
+local file system it is never stale; forked loader workers do not inherit it. It works on NFS with a lock daemon
+(v3) or v4, where the server frees the lock of a client that died only when its lease expires or its lock daemon
+restarts; on Lustre only when mounted with ``flock`` (or ``localflock``: then it guards one node only). Where the
 file system refuses locks, the run says so and goes on unguarded. A second run on a locked directory fails at once,
-naming the holder's host, pid and start time.
+naming the holder's host, pid and start time. Hydra's ``run.log`` is opened before the lock is taken: it stays in
+place (``overwrite=true`` too) and a refused run's error may land in it.
 """
 
 from __future__ import annotations
@@ -122,8 +124,11 @@ def claim_run_dir(run_dir: Path, resume: str, overwrite: bool) -> None:
             f"resume=none but run_dir {run_dir} holds a run ({', '.join(found[:3])}): pass another run_dir, "
             "resume=auto to continue it, or overwrite=true to move it aside and start over"
         )
-    destination = run_dir / REPLACED_SUBDIR / time.strftime("%Y-%m-%d_%H-%M-%S")
-    destination.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    destination, copy = run_dir / REPLACED_SUBDIR / stamp, 1
+    while destination.exists():  # two overwrites within one second
+        destination, copy = run_dir / REPLACED_SUBDIR / f"{stamp}.{copy}", copy + 1
+    destination.mkdir(parents=True)
     for path in run_dir.iterdir():
         if path.name not in KEPT_IN_PLACE:
             os.replace(path, destination / path.name)

@@ -21,6 +21,7 @@ from pretrain.engine.checkpoints import (
     recorded_digest,
     remove_temporary_files,
     rotate_checkpoints,
+    set_aside_newer,
 )
 
 
@@ -198,3 +199,32 @@ def test_a_full_disk_removes_the_temporary_file_and_says_what_is_needed(tmp_path
     assert message.startswith("no space left on device: about 4,000,000 bytes needed for step_000010.ckpt")
     assert f"free in {directory}" in message and "\n" not in message
     assert list(directory.iterdir()) == [], "the temporary file is gone, so a retry has the whole disk"
+
+
+def test_rotation_never_removes_the_checkpoint_a_run_just_wrote(tmp_path):
+    # A run resumed from an older step writes below the directory's newest checkpoints.
+    save_steps(tmp_path, 3, 8, 9)
+    own = checkpoint_path(tmp_path, 3)
+    rotate_checkpoints(tmp_path, keep=2, protected=own)
+    assert own.exists() and checkpoint_path(tmp_path, 8).exists() and checkpoint_path(tmp_path, 9).exists()
+
+
+def test_checkpoints_newer_than_an_older_resume_are_set_aside(tmp_path):
+    save_steps(tmp_path, 3, 8, 9)
+    moved = set_aside_newer(tmp_path, 3)
+    assert sorted(path.name for path in moved) == ["step_000008.ckpt", "step_000009.ckpt"]
+    assert find_resume_checkpoint(tmp_path).name == "step_000003.ckpt"
+    assert (tmp_path / "superseded" / "step_000009.ckpt.sha256").exists()
+
+
+def test_a_read_error_is_raised_not_taken_for_damage(tmp_path, monkeypatch):
+    # EIO or ESTALE says nothing about the bytes: the checkpoint must not be set aside for it.
+    save_steps(tmp_path, 5)
+
+    def failing_read(path):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr("pretrain.engine.checkpoints.file_digest", failing_read)
+    with pytest.raises(OSError, match="Input/output error"):
+        find_resume_checkpoint(tmp_path, set_aside=True)
+    assert checkpoint_path(tmp_path, 5).exists()

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from pretrain.engine.checkpoints import AtomicCheckpointIO, checkpoint_path
+from pretrain.engine.lifecycle import continued_on_requeue
 from pretrain.engine.run_dir import (
     RunDirectoryBusyError,
     RunDirectoryNotEmptyError,
@@ -96,3 +97,11 @@ def test_claiming_removes_files_half_written_by_dead_writers(tmp_path):
     claim_run_dir(tmp_path, "auto", overwrite=False)
     assert not left.exists()
     assert checkpoint_path(tmp_path / "checkpoints", 10).exists()
+
+
+def test_resume_none_in_a_requeued_slurm_job_continues_the_run(monkeypatch):
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert continued_on_requeue("none") == "none"
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert continued_on_requeue("none") == "auto"
+    assert continued_on_requeue("outputs/r/checkpoints/step_000010.ckpt").endswith("step_000010.ckpt")
