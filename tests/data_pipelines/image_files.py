@@ -1,4 +1,4 @@
-"""Small real image files and shard constants shared by the data tests."""
+"""Small real image files, shard constants and stream settings shared by the data tests."""
 
 from __future__ import annotations
 
@@ -7,9 +7,27 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from yaml_defaults import transform_options
 
 DEMO_TRAIN = 190  # 10 shards of 20 and one of 10: uneven shares across 2 ranks x 2 workers
 DEMO_SHARD_SIZE = 20
+
+
+def small_stream_settings(shards: Path | str, batch_size: int) -> dict:
+    """``StreamConfig`` fields for 16 px MAE crops of ``shards`` read in the training process, in stored order."""
+    return dict(
+        shards=str(shards),
+        batch_size=batch_size,
+        num_workers=0,
+        transform="mae",
+        augment=transform_options(16),
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        seed=0,
+        shuffle_buffer=0,
+        manifest=None,
+        pin_memory=False,
+    )
 
 
 def random_pixels(height: int, width: int, seed: int) -> np.ndarray:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from image_files import DEMO_TRAIN
-from yaml_defaults import transform_options
+from image_files import DEMO_TRAIN, small_stream_settings
 
 from data_pipelines.elastic import build_elastic_loader
 from data_pipelines.stream import StreamConfig
@@ -18,22 +17,12 @@ PER_DEVICE = 5  # demo: 190 samples = 19 global batches of 10
 
 
 def elastic(shards: Path, rank: int, world_size: int, accumulate: int, skip_batches: int = 0, **overrides):
-    settings = dict(
-        shards=str(shards),
-        batch_size=PER_DEVICE,
-        num_workers=0,
-        transform="mae",
-        augment=transform_options(16),
-        mean=(0.5,) * 3,
-        std=(0.25,) * 3,
-        seed=0,
-        shuffle_buffer=0,
-        manifest=None,
-        pin_memory=False,
-        rank=rank,
-        world_size=world_size,
-        skip_batches=skip_batches,
-    )
+    settings = {
+        **small_stream_settings(shards, PER_DEVICE),
+        "rank": rank,
+        "world_size": world_size,
+        "skip_batches": skip_batches,
+    }
     return build_elastic_loader(StreamConfig(**{**settings, **overrides}), accumulate, block_shards=4)
 
 

@@ -10,12 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from image_files import DEMO_SHARD_SIZE, DEMO_TRAIN
-from yaml_defaults import transform_options
+from image_files import DEMO_SHARD_SIZE, DEMO_TRAIN, small_stream_settings
 
 from data_pipelines.elastic import build_elastic_loader
 from data_pipelines.manifest import ManifestMismatchError, read_manifest, verify_manifest_counts
 from data_pipelines.stream import StreamConfig, build_loader
+from data_pipelines.tar_members import count_samples
 
 FIRST_SHARD = "demo-000000.tar"
 LAST_SHARD = "demo-000009.tar"  # the short one: DEMO_TRAIN % DEMO_SHARD_SIZE samples
@@ -36,22 +36,8 @@ def scale_counts(manifest: Path, factor: int) -> None:
 
 
 def config(shards: str, **overrides) -> StreamConfig:
-    settings = dict(
-        shards=shards,
-        batch_size=5,
-        num_workers=0,
-        transform="mae",
-        augment=transform_options(16),
-        mean=(0.5,) * 3,
-        std=(0.25,) * 3,
-        seed=0,
-        shuffle_buffer=0,
-        manifest=None,
-        pin_memory=False,
-        resampled=True,
-        batches_per_epoch=4,
-    )
-    return StreamConfig(**{**settings, **overrides})
+    settings = small_stream_settings(shards, batch_size=5)
+    return StreamConfig(**{**settings, "resampled": True, "batches_per_epoch": 4, **overrides})
 
 
 def build(order: str, shards: Path) -> object:
@@ -80,7 +66,9 @@ def test_a_shard_of_random_bytes_is_named_as_no_tar_archive(demo_dir: Path, tmp_
 
 
 def test_matching_counts_pass(demo_dir: Path) -> None:
-    verify_manifest_counts(read_manifest(demo_dir / "train"))
+    found = read_manifest(demo_dir / "train")
+    assert [count_samples(url)[0] for url in found["counts"]] == list(found["counts"].values())
+    verify_manifest_counts(found)  # raises on any shard that disagrees
 
 
 def test_a_shard_replaced_after_a_check_is_checked_again(demo_dir: Path, tmp_path: Path) -> None:
