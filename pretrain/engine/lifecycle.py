@@ -109,7 +109,7 @@ def fit(
     from). ``frozen_parts``: parts of the module train on purpose not at all (no warning about them)."""
     path = prepare_resume(trainer, resume, conversion_wait_s)
     if resume is not None:
-        run_checkpoints(trainer).resumed_from(Path(resume), checkpoint_step(Path(resume)))
+        run_checkpoints(trainer).resumed_from(Path(resume), resume_step(resume))
     with frozen_parts_expected() if frozen_parts else contextlib.nullcontext():
         # Our own checkpoints (they hold metadata dicts besides tensors): saying so keeps Lightning's warning out.
         trainer.fit(module, datamodule=datamodule, ckpt_path=path, weights_only=False)

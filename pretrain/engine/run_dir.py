@@ -25,6 +25,7 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from pretrain.engine.backbone_io import BACKBONE_FILE
 from pretrain.engine.checkpoints import (
     CHECKPOINT_SUBDIR,
     checkpoint_candidates,
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 REPLACED_SUBDIR = "replaced"  # overwrite=true moves a previous run here, under the time of the move
 KEPT_IN_PLACE = (LOCK_FILE, REPLACED_SUBDIR, "run.log")  # run.log: Hydra's log of this very job, already open
-EXPORT_FILE = "backbone.safetensors"
 UNSUPPORTED_LOCK_ERRORS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 HOLDER_BYTES = 4096
 
@@ -103,8 +103,8 @@ def _lock(descriptor: int, run_dir: Path) -> bool:
 def previous_run(run_dir: Path) -> list[str]:
     """What in ``run_dir`` shows that a run already trained there: checkpoints or an export."""
     found = [str(path.relative_to(run_dir)) for path in checkpoint_candidates(run_dir / CHECKPOINT_SUBDIR)]
-    if (run_dir / EXPORT_FILE).exists():
-        found.append(EXPORT_FILE)
+    if (run_dir / BACKBONE_FILE).exists():
+        found.append(BACKBONE_FILE)
     return found
 
 
